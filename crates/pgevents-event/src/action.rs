@@ -1,0 +1,114 @@
+//! What happened to a row: the `action` of a payload.
+
+use std::fmt;
+
+/// The kind of change an event records; displayed in upper case, as in payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// A row was inserted.
+    Insert,
+    /// A row was updated.
+    Update,
+    /// A row was deleted.
+    Delete,
+    /// The table was truncated.
+    Truncate,
+    /// An event created by hand (`invoke`), not by a row change.
+    Manual,
+}
+
+/// A string or code that names no [`Action`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownAction(pub String);
+
+impl fmt::Display for UnknownAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown action {:?}: expected INSERT, UPDATE, DELETE, TRUNCATE or MANUAL",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownAction {}
+
+impl Action {
+    /// The upper-case name used in payloads and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Insert => "INSERT",
+            Action::Update => "UPDATE",
+            Action::Delete => "DELETE",
+            Action::Truncate => "TRUNCATE",
+            Action::Manual => "MANUAL",
+        }
+    }
+
+    /// The one-letter code stored in the event log.
+    pub fn code(self) -> i8 {
+        (match self {
+            Action::Insert => b'I',
+            Action::Update => b'U',
+            Action::Delete => b'D',
+            Action::Truncate => b'T',
+            Action::Manual => b'M',
+        }) as i8
+    }
+
+    /// The action for a one-letter log code.
+    pub fn from_code(code: i8) -> Result<Action, UnknownAction> {
+        match code as u8 {
+            b'I' => Ok(Action::Insert),
+            b'U' => Ok(Action::Update),
+            b'D' => Ok(Action::Delete),
+            b'T' => Ok(Action::Truncate),
+            b'M' => Ok(Action::Manual),
+            other => Err(UnknownAction(char::from(other).to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = UnknownAction;
+
+    fn from_str(s: &str) -> Result<Action, UnknownAction> {
+        [
+            Action::Insert,
+            Action::Update,
+            Action::Delete,
+            Action::Truncate,
+            Action::Manual,
+        ]
+        .into_iter()
+        .find(|a| a.as_str().eq_ignore_ascii_case(s))
+        .ok_or_else(|| UnknownAction(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for a in [
+            Action::Insert,
+            Action::Update,
+            Action::Delete,
+            Action::Truncate,
+            Action::Manual,
+        ] {
+            assert_eq!(Action::from_code(a.code()), Ok(a));
+            assert_eq!(a.as_str().parse::<Action>(), Ok(a));
+        }
+        assert!(Action::from_code(b'x' as i8).is_err());
+        assert!("upsert".parse::<Action>().is_err());
+    }
+}
