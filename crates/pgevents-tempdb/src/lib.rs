@@ -327,6 +327,106 @@ fn find_bindir() -> Option<PathBuf> {
     versions.pop().map(|(_, dir)| dir)
 }
 
+/// A PostgreSQL server shared by a whole test process, and fresh databases on it.
+///
+/// The server is `PGEVENTS_TEST_DATABASE_URL` when set (any database on an existing server
+/// where the user may `CREATE DATABASE`), else a [`TempCluster`] started on first use and
+/// removed when the process exits.
+pub mod testing {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Mutex, OnceLock};
+
+    use super::{Error, Options, TempCluster};
+
+    static CLUSTER: Mutex<Option<TempCluster>> = Mutex::new(None);
+    static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn remove_cluster() {
+        if let Ok(mut guard) = CLUSTER.lock() {
+            drop(guard.take());
+        }
+    }
+
+    fn server() -> Result<&'static str, Error> {
+        let url = SERVER.get_or_init(|| {
+            if let Ok(url) = std::env::var("PGEVENTS_TEST_DATABASE_URL") {
+                return Ok(url);
+            }
+            let cluster = TempCluster::start(&Options::default()).map_err(|e| e.to_string())?;
+            let url = cluster.url("postgres");
+            if let Ok(mut guard) = CLUSTER.lock() {
+                *guard = Some(cluster);
+            }
+            // SAFETY: registering a plain extern "C" fn with no captured state.
+            unsafe { libc::atexit(remove_cluster) };
+            Ok(url)
+        });
+        url.as_deref().map_err(|detail| Error::Command {
+            command: "starting the test PostgreSQL server".into(),
+            detail: detail.clone(),
+        })
+    }
+
+    /// Replaces the database name of a `postgres://` URL.
+    pub fn with_database(url: &str, database: &str) -> String {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (url, None),
+        };
+        let scheme_end = base.find("://").map_or(0, |i| i + 3);
+        let base = match base[scheme_end..].find('/') {
+            Some(i) => &base[..scheme_end + i],
+            None => base,
+        };
+        match query {
+            Some(q) => format!("{base}/{database}?{q}"),
+            None => format!("{base}/{database}"),
+        }
+    }
+
+    /// Creates a new, empty database for one test and returns its URL.
+    pub fn fresh_database(prefix: &str) -> Result<String, Error> {
+        let server = server()?;
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let psql = super::find_bindir()
+            .map(|d| d.join("psql"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| "psql".into());
+        let out = std::process::Command::new(psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server, "-c"])
+            .arg(format!("CREATE DATABASE \"{name}\""))
+            .output()
+            .map_err(|source| Error::Io {
+                what: "running psql to create a test database".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                command: format!("CREATE DATABASE {name}"),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(with_database(server, &name))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn database_names_are_replaced() {
+            assert_eq!(
+                super::with_database("postgres://u@h:5/postgres?sslmode=disable", "x"),
+                "postgres://u@h:5/x?sslmode=disable"
+            );
+            assert_eq!(super::with_database("postgres://h", "x"), "postgres://h/x");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

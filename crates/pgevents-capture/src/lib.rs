@@ -1,0 +1,10 @@
+//! Capture: how committed row changes get into the event log.
+//!
+//! [`trigger`] installs, for each watched table, AFTER ROW triggers (and a statement-level
+//! TRUNCATE trigger when asked) whose function appends the change to the log's `capture`
+//! table inside the writer's own transaction: a rolled-back write leaves no event, and a
+//! committed one cannot be lost, whatever the dispatcher is doing.
+
+pub mod trigger;
+
+pub use trigger::{install_trigger, uninstall_trigger, TriggerSpec};

@@ -1,0 +1,391 @@
+//! Trigger capture: one generated plpgsql function and one to three triggers per watched table.
+//!
+//! The function is generated per trigger so that everything known at install time (the
+//! trigger's id, the primary-key expression for per-row ordering) is a constant in its body:
+//! the writer pays for one `INSERT` into an index-free table, a `to_json` of the row, and an
+//! advisory-lock probe that decides whether a sleeping dispatcher needs a `NOTIFY`.
+
+use pgevents_event::Action;
+use pgevents_log::{
+    quote_ident, quote_literal, wake_channel, wake_key, Error, LogSchema, QualifiedName,
+};
+use tokio_postgres::{Client, GenericClient};
+
+/// What to capture for one configured trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerSpec {
+    /// The trigger's name (any length; PostgreSQL object names are derived from it).
+    pub name: String,
+    /// The watched table.
+    pub table: QualifiedName,
+    /// Which of INSERT, UPDATE, DELETE, TRUNCATE to capture.
+    pub operations: Vec<Action>,
+    /// When set, an UPDATE is captured only if one of these columns changed.
+    pub columns: Option<Vec<String>>,
+    /// Whether events of one row are delivered in commit order (needs a primary key or
+    /// replica identity index; without one, events of the table are unordered).
+    pub ordered: bool,
+}
+
+impl TriggerSpec {
+    /// A spec capturing INSERT, UPDATE and DELETE of `table`, ordered per row.
+    pub fn new(name: impl Into<String>, table: QualifiedName) -> TriggerSpec {
+        TriggerSpec {
+            name: name.into(),
+            table,
+            operations: vec![Action::Insert, Action::Update, Action::Delete],
+            columns: None,
+            ordered: true,
+        }
+    }
+
+    fn captures(&self, action: Action) -> bool {
+        self.operations.contains(&action)
+    }
+}
+
+/// The PostgreSQL trigger names used for `name` on its table (always within 63 bytes, and
+/// distinct for distinct names however long, so long names never collide).
+fn pg_trigger_names(schema: &LogSchema, name: &str) -> [String; 3] {
+    let mut prefix: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
+    if prefix.is_empty() {
+        prefix.push('t');
+    }
+    let hash = schema.key(&format!("trigger:{name}")) as u64 as u32;
+    let base = format!("pgevents_{prefix}_{hash:08x}");
+    [
+        format!("{base}_row"),
+        format!("{base}_upd"),
+        format!("{base}_trunc"),
+    ]
+}
+
+struct TableInfo {
+    columns: Vec<String>,
+    key_columns: Vec<String>,
+}
+
+async fn table_info(
+    client: &impl GenericClient,
+    table: &QualifiedName,
+) -> Result<TableInfo, Error> {
+    let row = client
+        .query_opt(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| Error::query(format!("looking up table {table}"), e))?;
+    let Some(row) = row else {
+        return Err(Error::NoSuchTable(table.to_string()));
+    };
+    let oid: u32 = row.get(0);
+    let columns = client
+        .query(
+            "SELECT attname::text FROM pg_attribute
+              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading the columns of {table}"), e))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    // The primary key, else the replica identity index: what identifies "the same row".
+    let key_columns = client
+        .query(
+            "SELECT a.attname::text
+               FROM pg_index i
+               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = $1
+                AND i.indexrelid = (SELECT x.indexrelid FROM pg_index x WHERE x.indrelid = $1
+                                      AND (x.indisprimary OR x.indisreplident)
+                                    ORDER BY x.indisprimary DESC LIMIT 1)
+              ORDER BY k.ord",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading the primary key of {table}"), e))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(TableInfo {
+        columns,
+        key_columns,
+    })
+}
+
+fn row_key_expr(record: &str, key_columns: &[String], seed: i32) -> String {
+    match key_columns {
+        [] => "NULL::bigint".into(),
+        [one] => format!(
+            "hashtextextended(({record}.{})::text, {seed})",
+            quote_ident(one)
+        ),
+        many => format!(
+            "hashtextextended(ROW({})::text, {seed})",
+            many.iter()
+                .map(|c| format!("{record}.{}", quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn dollar_quote(body: &str) -> String {
+    let mut n = 0;
+    loop {
+        let tag = format!("$pgevents{n}$");
+        if !body.contains(&tag) {
+            return format!("{tag}{body}{tag}");
+        }
+        n += 1;
+    }
+}
+
+fn capture_function(schema: &LogSchema, id: i32, key_columns: &[String]) -> String {
+    let capture = schema.object("capture");
+    let new_key = row_key_expr("NEW", key_columns, id);
+    let old_key = row_key_expr("OLD", key_columns, id);
+    let body = format!(
+        "
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {capture} (trigger_id, op, row_key, new_row)
+        VALUES ({id}, 'I', {new_key}, to_json(NEW));
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO {capture} (trigger_id, op, row_key, old_row, new_row)
+        VALUES ({id}, 'U', {new_key}, to_json(OLD), to_json(NEW));
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {capture} (trigger_id, op, row_key, old_row)
+        VALUES ({id}, 'D', {old_key}, to_json(OLD));
+    ELSE
+        INSERT INTO {capture} (trigger_id, op) VALUES ({id}, 'T');
+    END IF;
+    IF NOT pg_try_advisory_xact_lock_shared({wake}) THEN
+        PERFORM pg_notify({channel}, '');
+    END IF;
+    RETURN NULL;
+END
+",
+        wake = wake_key(schema),
+        channel = quote_literal(&wake_channel(schema)),
+    );
+    format!(
+        "CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql
+         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body};
+         COMMENT ON FUNCTION {func}() IS {comment}",
+        func = schema.object(&format!("capture_{id}")),
+        body = dollar_quote(&body),
+        comment = quote_literal(&format!(
+            "pgevents capture function, log schema version {}",
+            pgevents_log::SCHEMA_VERSION
+        )),
+    )
+}
+
+/// Installs (or replaces) capture for `spec`, idempotently; returns the trigger's log id.
+///
+/// Fails with [`Error::NoSuchTable`] or [`Error::NoSuchColumn`] before changing anything.
+pub async fn install_trigger(
+    client: &mut Client,
+    schema: &LogSchema,
+    spec: &TriggerSpec,
+) -> Result<i32, Error> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::query("starting the trigger install", e))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&schema.key("install")],
+    )
+    .await
+    .map_err(|e| Error::query("taking the install lock", e))?;
+    let info = table_info(&tx, &spec.table).await?;
+    for column in spec.columns.iter().flatten() {
+        if !info.columns.contains(column) {
+            return Err(Error::NoSuchColumn {
+                table: spec.table.to_string(),
+                column: column.clone(),
+            });
+        }
+    }
+    let key_columns = if spec.ordered {
+        info.key_columns.as_slice()
+    } else {
+        &[]
+    };
+    let definition = serde_json::json!({
+        "operations": spec.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+        "columns": spec.columns,
+        "ordered": spec.ordered && !key_columns.is_empty(),
+        "capture": "trigger",
+    });
+    let id =
+        pgevents_log::store::register_trigger(&tx, schema, &spec.name, &spec.table, &definition)
+            .await?;
+    let func = schema.object(&format!("capture_{id}"));
+    let table = spec.table.quoted();
+    let [row, upd, trunc] = pg_trigger_names(schema, &spec.name);
+    let mut ddl = capture_function(schema, id, key_columns);
+    for name in [&row, &upd, &trunc] {
+        ddl.push_str(&format!(
+            ";\nDROP TRIGGER IF EXISTS {} ON {table}",
+            quote_ident(name)
+        ));
+    }
+    let filtered_update = spec.captures(Action::Update) && spec.columns.is_some();
+    let mut row_ops: Vec<&str> = Vec::new();
+    if spec.captures(Action::Insert) {
+        row_ops.push("INSERT");
+    }
+    if spec.captures(Action::Update) && !filtered_update {
+        row_ops.push("UPDATE");
+    }
+    if spec.captures(Action::Delete) {
+        row_ops.push("DELETE");
+    }
+    if !row_ops.is_empty() {
+        ddl.push_str(&format!(
+            ";\nCREATE TRIGGER {} AFTER {} ON {table} FOR EACH ROW EXECUTE FUNCTION {func}()",
+            quote_ident(&row),
+            row_ops.join(" OR ")
+        ));
+    }
+    if filtered_update {
+        let changed = spec
+            .columns
+            .iter()
+            .flatten()
+            .map(|c| {
+                let c = quote_ident(c);
+                format!("OLD.{c}::text IS DISTINCT FROM NEW.{c}::text")
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        ddl.push_str(&format!(
+            ";\nCREATE TRIGGER {} AFTER UPDATE ON {table} FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {func}()",
+            quote_ident(&upd)
+        ));
+    }
+    if spec.captures(Action::Truncate) {
+        ddl.push_str(&format!(
+            ";\nCREATE TRIGGER {} AFTER TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {func}()",
+            quote_ident(&trunc)
+        ));
+    }
+    tx.batch_execute(&ddl).await.map_err(|e| {
+        Error::query(
+            format!(
+                "installing capture triggers on {} (needs ownership of the table or the TRIGGER privilege)",
+                spec.table
+            ),
+            e,
+        )
+    })?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::query("committing the trigger install", e))?;
+    tracing::debug!(trigger = %spec.name, table = %spec.table, id, "capture installed");
+    Ok(id)
+}
+
+/// Removes the capture triggers and function of trigger `name` (its logged events stay).
+pub async fn uninstall_trigger(
+    client: &Client,
+    schema: &LogSchema,
+    name: &str,
+) -> Result<bool, Error> {
+    let Some(row) = client
+        .query_opt(
+            &format!(
+                "SELECT id, schema_name, table_name FROM {} WHERE name = $1",
+                schema.object("trigger")
+            ),
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::query(format!("looking up trigger {name:?}"), e))?
+    else {
+        return Ok(false);
+    };
+    let id: i32 = row.get(0);
+    let table = QualifiedName {
+        schema: row.get(1),
+        name: row.get(2),
+    };
+    let mut ddl = String::new();
+    let table_exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+        .await
+        .map_err(|e| Error::query(format!("looking up table {table}"), e))?
+        .get(0);
+    if table_exists {
+        for trigger in pg_trigger_names(schema, name) {
+            ddl.push_str(&format!(
+                "DROP TRIGGER IF EXISTS {} ON {};\n",
+                quote_ident(&trigger),
+                table.quoted()
+            ));
+        }
+    }
+    ddl.push_str(&format!(
+        "DROP FUNCTION IF EXISTS {}()",
+        schema.object(&format!("capture_{id}"))
+    ));
+    client
+        .batch_execute(&ddl)
+        .await
+        .map_err(|e| Error::query(format!("removing capture of trigger {name:?}"), e))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_names_fit_and_never_collide() {
+        let schema = LogSchema::default();
+        let long_a = format!("{}a", "x".repeat(200));
+        let long_b = format!("{}b", "x".repeat(200));
+        let a = pg_trigger_names(&schema, &long_a);
+        let b = pg_trigger_names(&schema, &long_b);
+        for n in a.iter().chain(&b) {
+            assert!(n.len() <= 63, "{n}");
+        }
+        assert_ne!(a, b);
+        assert!(pg_trigger_names(&schema, "Order Events")[0].starts_with("pgevents_order_events_"));
+    }
+
+    #[test]
+    fn row_keys_quote_columns() {
+        assert_eq!(
+            row_key_expr("NEW", &["Id \"x\"".into()], 3),
+            "hashtextextended((NEW.\"Id \"\"x\"\"\")::text, 3)"
+        );
+        assert!(
+            row_key_expr("OLD", &["a".into(), "b".into()], 1).contains("ROW(OLD.\"a\", OLD.\"b\")")
+        );
+        assert_eq!(row_key_expr("NEW", &[], 1), "NULL::bigint");
+    }
+
+    #[test]
+    fn dollar_quoting_avoids_the_body() {
+        assert_eq!(dollar_quote("x"), "$pgevents0$x$pgevents0$");
+        assert!(dollar_quote("$pgevents0$").starts_with("$pgevents1$"));
+    }
+}

@@ -1,0 +1,20 @@
+//! The durable event log that every pgevents capture writes to and every dispatcher reads.
+//!
+//! Writers append captured rows to an index-free `capture` table inside their own
+//! transaction; [`store::ingest`] moves them, oldest first, into the indexed `event` table,
+//! where dispatchers [`store::claim`] due events under a lease, deliver them, and
+//! [`store::settle`] the outcomes in batches. Everything lives in one schema (default
+//! `pgevents`), installed idempotently by [`install`] and versioned by [`SCHEMA_VERSION`].
+
+mod connect;
+mod error;
+mod ident;
+mod schema;
+pub mod store;
+
+pub use connect::{connect, APPLICATION_NAME};
+pub use error::Error;
+pub use ident::{quote_ident, quote_literal, QualifiedName};
+pub use schema::{
+    install, salt, uninstall, wake_channel, wake_key, LogSchema, DEFAULT_LOG_SCHEMA, SCHEMA_VERSION,
+};

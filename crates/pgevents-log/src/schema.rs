@@ -1,0 +1,191 @@
+//! Installing, upgrading and removing the event log schema.
+
+use tokio_postgres::Client;
+
+use crate::{quote_ident, quote_literal, Error};
+
+/// The version of the log schema this build installs. Install upgrades older logs in place
+/// and replaces every pgevents function, so old function bodies never linger.
+pub const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA_SQL: &str = include_str!("../sql/schema.sql");
+
+/// The schema holding the event log (default `pgevents`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSchema {
+    name: String,
+    quoted: String,
+}
+
+/// The default log schema name.
+pub const DEFAULT_LOG_SCHEMA: &str = "pgevents";
+
+impl Default for LogSchema {
+    fn default() -> Self {
+        LogSchema {
+            name: DEFAULT_LOG_SCHEMA.into(),
+            quoted: quote_ident(DEFAULT_LOG_SCHEMA),
+        }
+    }
+}
+
+impl LogSchema {
+    /// A log schema named `name` (any PostgreSQL identifier up to 63 bytes).
+    pub fn new(name: &str) -> Result<LogSchema, Error> {
+        if name.is_empty() || name.len() > 63 {
+            return Err(Error::Invalid(format!(
+                "log schema name {name:?} must be 1 to 63 bytes long"
+            )));
+        }
+        Ok(LogSchema {
+            name: name.into(),
+            quoted: quote_ident(name),
+        })
+    }
+
+    /// The schema name as given.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The schema name quoted for SQL.
+    pub fn quoted(&self) -> &str {
+        &self.quoted
+    }
+
+    /// `schema.object`, quoted for SQL.
+    pub fn object(&self, object: &str) -> String {
+        format!("{}.{}", self.quoted, quote_ident(object))
+    }
+
+    /// A stable advisory-lock key for `purpose` within this log schema.
+    pub fn key(&self, purpose: &str) -> i64 {
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in purpose.bytes().chain([0]).chain(self.name.bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash as i64
+    }
+}
+
+/// The advisory lock a sleeping dispatcher holds; writers NOTIFY only while it is held.
+///
+/// Writers try to take it in shared mode: they fail exactly when some dispatcher holds it
+/// exclusively, i.e. is about to wait for a notification, and only then send one. A
+/// dispatcher cannot take it while a writer's transaction holds it, and checks the log once
+/// more after taking it, so no event slips between its last look and its sleep — while busy
+/// dispatchers cost writers no NOTIFY (and its commit-time global lock) at all.
+pub fn wake_key(schema: &LogSchema) -> i64 {
+    schema.key("wake")
+}
+
+/// The notification channel writers wake dispatchers on.
+pub fn wake_channel(schema: &LogSchema) -> String {
+    format!("pgevents.wake:{}", schema.name)
+}
+
+fn render(schema: &LogSchema) -> String {
+    SCHEMA_SQL
+        .replace("@schema@", schema.quoted())
+        .replace("@ingest_key@", &schema.key("ingest").to_string())
+}
+
+/// Installs or upgrades the event log in `schema`, idempotently and safely against
+/// concurrent installers. Returns the installation's id salt.
+pub async fn install(client: &mut Client, schema: &LogSchema) -> Result<u16, Error> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::query("starting the install transaction", e))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&schema.key("install")],
+    )
+    .await
+    .map_err(|e| Error::query("taking the install lock", e))?;
+    let meta = schema.object("meta");
+    let exists: bool = tx
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{}.meta", schema.quoted())],
+        )
+        .await
+        .map_err(|e| Error::query("looking for an installed event log", e))?
+        .get(0);
+    if exists {
+        let row = tx
+            .query_opt(&format!("SELECT version FROM {meta}"), &[])
+            .await
+            .map_err(|e| Error::query("reading the event log version", e))?;
+        if let Some(found) = row.map(|r| r.get::<_, i32>(0)) {
+            if found > SCHEMA_VERSION {
+                return Err(Error::TooNew {
+                    schema: schema.name().into(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+        }
+    }
+    tx.batch_execute(&render(schema)).await.map_err(|e| {
+        Error::query(
+            format!(
+                "installing the event log in schema {} (needs CREATE on the database)",
+                schema.name()
+            ),
+            e,
+        )
+    })?;
+    let salt = rand::random::<u16>() & 0x0FFF;
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO {meta} (version, salt) VALUES ($1, $2)
+                 ON CONFLICT (singleton) DO UPDATE
+                   SET version = excluded.version, upgraded_at = now()
+                 RETURNING salt"
+            ),
+            &[&SCHEMA_VERSION, &i32::from(salt)],
+        )
+        .await
+        .map_err(|e| Error::query("recording the event log version", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::query("committing the install", e))?;
+    Ok(row.get::<_, i32>(0) as u16)
+}
+
+/// Reads the installation's id salt, failing with [`Error::NotInstalled`] when there is no log.
+pub async fn salt(client: &Client, schema: &LogSchema) -> Result<u16, Error> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{}.meta", schema.quoted())],
+        )
+        .await
+        .map_err(|e| Error::query("looking for the event log", e))?
+        .get(0);
+    if !exists {
+        return Err(Error::NotInstalled(schema.name().into()));
+    }
+    let row = client
+        .query_one(&format!("SELECT salt FROM {}", schema.object("meta")), &[])
+        .await
+        .map_err(|e| Error::query("reading the event log salt", e))?;
+    Ok(row.get::<_, i32>(0) as u16)
+}
+
+/// Removes the event log schema and everything in it (the capture functions with it, and so
+/// every capture trigger on user tables). Events not yet delivered are lost: callers ask first.
+pub async fn uninstall(client: &Client, schema: &LogSchema) -> Result<(), Error> {
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock({key}); DROP SCHEMA IF EXISTS {s} CASCADE; SELECT pg_advisory_unlock({key});",
+            key = schema.key("install"),
+            s = schema.quoted()
+        ))
+        .await
+        .map_err(|e| Error::query(format!("dropping schema {}", quote_literal(schema.name())), e))
+}

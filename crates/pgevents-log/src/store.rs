@@ -1,0 +1,384 @@
+//! The queries that move events through the log: ingest, claim, settle, renew, release,
+//! plus the trigger registry, manual events and redelivery.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, Statement};
+
+use crate::{Error, LogSchema};
+
+/// One event claimed for delivery.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The event's log position.
+    pub seq: i64,
+    /// The trigger that captured it.
+    pub trigger_id: i32,
+    /// The action code (`I`, `U`, `D`, `T`, `M`).
+    pub op: i8,
+    /// `to_json(OLD)` text.
+    pub old: Option<String>,
+    /// `to_json(NEW)` text.
+    pub new: Option<String>,
+    /// Capture time.
+    pub created_at: DateTime<Utc>,
+    /// Attempts so far, including this one.
+    pub attempts: i32,
+    /// Retries this attempt follows, within the current retry budget.
+    pub current_retry: i32,
+}
+
+/// What became of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Delivered: the event is done.
+    Delivered,
+    /// Failed, to be tried again after the delay.
+    Retry(Duration),
+    /// Failed for good: kept, visible, redeliverable.
+    Failed,
+}
+
+/// The outcome of one attempt, to be written to the log.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// The event.
+    pub seq: i64,
+    /// What to do with it.
+    pub verdict: Verdict,
+    /// When the attempt started.
+    pub started_at: DateTime<Utc>,
+    /// How long it took.
+    pub duration: Duration,
+    /// The destination's status code (HTTP).
+    pub status: Option<i32>,
+    /// The error, for failed attempts.
+    pub error: Option<String>,
+    /// The start of the destination's answer.
+    pub response: Option<String>,
+}
+
+/// A connection with the hot-path statements prepared.
+pub struct Store {
+    client: Client,
+    ingest: Statement,
+    claim: Statement,
+    settle: Statement,
+    renew: Statement,
+    release: Statement,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Prepares the log's statements on `client`.
+    pub async fn open(client: Client, schema: &LogSchema) -> Result<Store, Error> {
+        let s = schema.quoted();
+        let prepare = |sql: String, what: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .prepare(&sql)
+                    .await
+                    .map_err(|e| Error::query(format!("preparing the {what} statement"), e))
+            }
+        };
+        let ingest = prepare(format!("SELECT {s}.ingest($1)"), "ingest").await?;
+        let claim = prepare(
+            format!(
+                "WITH due AS (
+                   SELECT e.seq FROM {s}.event e
+                   WHERE e.status = 'p' AND e.next_attempt_at <= now()
+                     AND e.trigger_id = ANY($1::int4[])
+                     AND NOT EXISTS (
+                       SELECT 1 FROM {s}.event p
+                       WHERE p.status = 'p' AND p.row_key = e.row_key AND p.seq < e.seq)
+                   ORDER BY e.next_attempt_at
+                   LIMIT $2
+                   FOR UPDATE SKIP LOCKED)
+                 UPDATE {s}.event e
+                    SET next_attempt_at = now() + $3::int8 * interval '1 millisecond',
+                        owner = $4, attempts = e.attempts + 1
+                   FROM due WHERE e.seq = due.seq
+                 RETURNING e.seq, e.trigger_id, e.op, e.old_row::text, e.new_row::text,
+                           e.created_at, e.attempts, e.attempts - e.budget_from - 1"
+            ),
+            "claim",
+        )
+        .await?;
+        let settle = prepare(
+            format!(
+                "WITH o AS (
+                   SELECT * FROM unnest($1::int8[], $2::int2[], $3::int8[], $4::int4[],
+                                        $5::int4[], $6::text[], $7::text[], $8::timestamptz[])
+                     AS o(seq, verdict, delay_ms, status, duration_ms, error, response, started_at)),
+                 upd AS (
+                   UPDATE {s}.event e
+                      SET status = CASE o.verdict WHEN 0 THEN 'd' WHEN 2 THEN 'f' ELSE 'p' END::\"char\",
+                          next_attempt_at = CASE WHEN o.verdict = 1
+                              THEN now() + o.delay_ms * interval '1 millisecond'
+                              ELSE e.next_attempt_at END,
+                          finished_at = CASE WHEN o.verdict = 1 THEN NULL ELSE now() END,
+                          owner = NULL, last_status = o.status,
+                          last_duration_ms = o.duration_ms, last_error = o.error
+                     FROM o WHERE e.seq = o.seq AND e.owner = $9
+                   RETURNING e.seq, e.attempts),
+                 log AS (
+                   INSERT INTO {s}.attempt (event_seq, attempt, started_at, duration_ms, status, error, response)
+                   SELECT o.seq, upd.attempts, o.started_at, o.duration_ms, o.status, o.error, o.response
+                     FROM o JOIN upd ON upd.seq = o.seq
+                    WHERE o.verdict <> 0
+                   ON CONFLICT DO NOTHING)
+                 SELECT count(*) FROM upd"
+            ),
+            "settle",
+        )
+        .await?;
+        let renew = prepare(
+            format!(
+                "UPDATE {s}.event SET next_attempt_at = now() + $2::int8 * interval '1 millisecond'
+                  WHERE seq = ANY($1::int8[]) AND owner = $3 AND status = 'p'"
+            ),
+            "renew",
+        )
+        .await?;
+        let release = prepare(
+            format!(
+                "UPDATE {s}.event
+                    SET owner = NULL, next_attempt_at = now(), attempts = greatest(attempts - 1, budget_from)
+                  WHERE seq = ANY($1::int8[]) AND owner = $2 AND status = 'p'"
+            ),
+            "release",
+        )
+        .await?;
+        Ok(Store {
+            client,
+            ingest,
+            claim,
+            settle,
+            renew,
+            release,
+        })
+    }
+
+    /// The underlying connection.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// True once the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Moves up to `max_rows` captured rows into the event log; returns how many moved.
+    pub async fn ingest(&self, max_rows: i32) -> Result<i32, Error> {
+        let row = self
+            .client
+            .query_one(&self.ingest, &[&max_rows])
+            .await
+            .map_err(|e| Error::query("moving captured rows into the event log", e))?;
+        Ok(row.get(0))
+    }
+
+    /// Claims up to `limit` due events of `triggers` for `owner`, leased for `lease`.
+    ///
+    /// An event is due when pending, its time has come, and no earlier pending event of the
+    /// same row exists (per-row ordering: a retrying event holds back only its own row).
+    pub async fn claim(
+        &self,
+        triggers: &[i32],
+        limit: i64,
+        lease: Duration,
+        owner: i64,
+    ) -> Result<Vec<Claimed>, Error> {
+        let rows = self
+            .client
+            .query(&self.claim, &[&triggers, &limit, &millis(lease), &owner])
+            .await
+            .map_err(|e| Error::query("claiming due events", e))?;
+        let mut claimed: Vec<Claimed> = rows
+            .into_iter()
+            .map(|r| Claimed {
+                seq: r.get(0),
+                trigger_id: r.get(1),
+                op: r.get(2),
+                old: r.get(3),
+                new: r.get(4),
+                created_at: r.get(5),
+                attempts: r.get(6),
+                current_retry: r.get(7),
+            })
+            .collect();
+        claimed.sort_by_key(|c| c.seq);
+        Ok(claimed)
+    }
+
+    /// Writes the outcomes of attempts made under `owner`'s lease; returns how many events
+    /// were still leased to `owner` (the others were taken over and are left alone).
+    pub async fn settle(&self, outcomes: &[Settlement], owner: i64) -> Result<i64, Error> {
+        let mut seq = Vec::with_capacity(outcomes.len());
+        let mut verdict = Vec::with_capacity(outcomes.len());
+        let mut delay = Vec::with_capacity(outcomes.len());
+        let mut status = Vec::with_capacity(outcomes.len());
+        let mut duration = Vec::with_capacity(outcomes.len());
+        let mut error = Vec::with_capacity(outcomes.len());
+        let mut response = Vec::with_capacity(outcomes.len());
+        let mut started = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            seq.push(o.seq);
+            let (v, d) = match o.verdict {
+                Verdict::Delivered => (0i16, 0i64),
+                Verdict::Retry(d) => (1, millis(d)),
+                Verdict::Failed => (2, 0),
+            };
+            verdict.push(v);
+            delay.push(d);
+            status.push(o.status);
+            duration.push(i32::try_from(o.duration.as_millis()).unwrap_or(i32::MAX));
+            error.push(o.error.as_deref());
+            response.push(o.response.as_deref());
+            started.push(o.started_at);
+        }
+        let row = self
+            .client
+            .query_one(
+                &self.settle,
+                &[
+                    &seq, &verdict, &delay, &status, &duration, &error, &response, &started, &owner,
+                ],
+            )
+            .await
+            .map_err(|e| Error::query("recording delivery outcomes", e))?;
+        Ok(row.get(0))
+    }
+
+    /// Extends the lease of in-flight events still held by `owner`.
+    pub async fn renew(&self, seqs: &[i64], lease: Duration, owner: i64) -> Result<u64, Error> {
+        self.client
+            .execute(&self.renew, &[&seqs, &millis(lease), &owner])
+            .await
+            .map_err(|e| Error::query("renewing leases", e))
+    }
+
+    /// Gives claimed events back (undelivered, due now), e.g. at shutdown.
+    pub async fn release(&self, seqs: &[i64], owner: i64) -> Result<u64, Error> {
+        self.client
+            .execute(&self.release, &[&seqs, &owner])
+            .await
+            .map_err(|e| Error::query("releasing claimed events", e))
+    }
+}
+
+/// A registered trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerRow {
+    /// Its id in the log.
+    pub id: i32,
+    /// Its configured name.
+    pub name: String,
+    /// The watched table's schema.
+    pub schema: String,
+    /// The watched table.
+    pub table: String,
+}
+
+/// Registers (or updates) a trigger by name and returns its id.
+pub async fn register_trigger(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &LogSchema,
+    name: &str,
+    table: &crate::QualifiedName,
+    definition: &serde_json::Value,
+) -> Result<i32, Error> {
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO {} (name, schema_name, table_name, definition) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET schema_name = excluded.schema_name,
+                   table_name = excluded.table_name, definition = excluded.definition, updated_at = now()
+                 RETURNING id",
+                schema.object("trigger")
+            ),
+            &[&name, &table.schema, &table.name, &definition],
+        )
+        .await
+        .map_err(|e| Error::query(format!("registering trigger {name:?}"), e))?;
+    Ok(row.get(0))
+}
+
+/// Every registered trigger.
+pub async fn triggers(client: &Client, schema: &LogSchema) -> Result<Vec<TriggerRow>, Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id, name, schema_name, table_name FROM {} ORDER BY name",
+                schema.object("trigger")
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("reading the registered triggers", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| TriggerRow {
+            id: r.get(0),
+            name: r.get(1),
+            schema: r.get(2),
+            table: r.get(3),
+        })
+        .collect())
+}
+
+/// Writes a manual event (action `MANUAL`, `new` = `data`) for trigger `trigger_id` and wakes
+/// dispatchers; returns the event's log position and capture time.
+pub async fn invoke(
+    client: &Client,
+    schema: &LogSchema,
+    trigger_id: i32,
+    data: &serde_json::Value,
+) -> Result<(i64, DateTime<Utc>), Error> {
+    let text = data.to_string();
+    let row = client
+        .query_one(
+            &format!(
+                "WITH e AS (INSERT INTO {} (trigger_id, op, new_row) VALUES ($1, 'M', $2::text::json)
+                            RETURNING seq, created_at)
+                 SELECT e.seq, e.created_at FROM e CROSS JOIN pg_notify($3, '')",
+                schema.object("event")
+            ),
+            &[&trigger_id, &text, &crate::wake_channel(schema)],
+        )
+        .await
+        .map_err(|e| Error::query("writing a manual event", e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Makes events pending and due now again, with a fresh retry budget; returns how many.
+/// Events in flight are left alone.
+pub async fn redeliver(client: &Client, schema: &LogSchema, seqs: &[i64]) -> Result<i64, Error> {
+    let row = client
+        .query_one(
+            &format!(
+                "WITH r AS (UPDATE {} SET status = 'p', next_attempt_at = now(), owner = NULL,
+                        finished_at = NULL, budget_from = attempts
+                  WHERE seq = ANY($1::int8[]) AND (status <> 'p' OR owner IS NULL)
+                  RETURNING 1)
+                 SELECT count(*) FROM r CROSS JOIN pg_notify($2, '')",
+                schema.object("event")
+            ),
+            &[&seqs, &crate::wake_channel(schema)],
+        )
+        .await
+        .map_err(|e| Error::query("redelivering events", e))?;
+    Ok(row.get(0))
+}

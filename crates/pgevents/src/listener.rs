@@ -1,0 +1,223 @@
+//! The listener: per-table handlers over one event log, built and run.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgevents_capture::TriggerSpec;
+use pgevents_dispatch::{Dispatcher, Options, Route};
+use pgevents_event::Action;
+use pgevents_log::{LogSchema, QualifiedName};
+use pgevents_sink::{DynSink, RetryPolicy, Sink};
+
+use crate::handler::HandlerSink;
+use crate::{Error, Handler};
+
+/// Per-table settings for [`ListenerBuilder::on_with`] and [`ListenerBuilder::sink`].
+#[derive(Debug, Clone)]
+pub struct TableOptions {
+    /// Which changes to capture (default INSERT, UPDATE, DELETE; TRUNCATE optional).
+    pub operations: Vec<Action>,
+    /// When set, an UPDATE is delivered only if one of these columns changed.
+    pub columns: Option<Vec<String>>,
+    /// Deliver the events of one row in commit order (default true).
+    pub ordered: bool,
+    /// Retries and timeout (default: the builder's policy).
+    pub retry: Option<RetryPolicy>,
+}
+
+impl Default for TableOptions {
+    fn default() -> Self {
+        TableOptions {
+            operations: vec![Action::Insert, Action::Update, Action::Delete],
+            columns: None,
+            ordered: true,
+            retry: None,
+        }
+    }
+}
+
+struct Entry {
+    table: String,
+    options: TableOptions,
+    sink: Arc<dyn DynSink>,
+}
+
+/// Builds a [`Listener`]: which tables, which handlers, which policies.
+pub struct ListenerBuilder {
+    url: String,
+    log_schema: String,
+    retry: RetryPolicy,
+    options: Options,
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for ListenerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerBuilder")
+            .field("log_schema", &self.log_schema)
+            .field(
+                "tables",
+                &self.entries.iter().map(|e| &e.table).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Handlers bound to an installed event log, ready to [`run`](Listener::run).
+pub struct Listener {
+    dispatcher: Dispatcher,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Starts building a listener on the database at `url` (`sslmode` in the URL selects TLS).
+    pub fn builder(url: impl Into<String>) -> ListenerBuilder {
+        ListenerBuilder {
+            url: url.into(),
+            log_schema: pgevents_log::DEFAULT_LOG_SCHEMA.into(),
+            retry: RetryPolicy::default(),
+            options: Options::default(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Delivers events until `shutdown` completes, then drains: in-flight deliveries finish
+    /// (up to the drain timeout) and unfinished claims are released for others.
+    pub async fn run<F>(self, shutdown: F) -> Result<(), Error>
+    where
+        F: Future + Send,
+    {
+        self.dispatcher
+            .run(async move {
+                shutdown.await;
+            })
+            .await
+            .map_err(Error::from)
+    }
+}
+
+impl ListenerBuilder {
+    /// Delivers the changes of `table` (`"orders"` means `public.orders`) to `handler`.
+    pub fn on<H: Handler>(self, table: &str, handler: H) -> ListenerBuilder {
+        self.on_with(table, handler, TableOptions::default())
+    }
+
+    /// Like [`on`](Self::on), with per-table options.
+    pub fn on_with<H: Handler>(
+        self,
+        table: &str,
+        handler: H,
+        options: TableOptions,
+    ) -> ListenerBuilder {
+        self.sink(table, HandlerSink(Arc::new(handler)), options)
+    }
+
+    /// Delivers the changes of `table` to any [`Sink`] (a webhook, a broker, your own).
+    pub fn sink<S: Sink>(mut self, table: &str, sink: S, options: TableOptions) -> ListenerBuilder {
+        self.entries.push(Entry {
+            table: table.into(),
+            options,
+            sink: Arc::new(sink),
+        });
+        self
+    }
+
+    /// The retry policy of every table without its own (default: 5 retries from 1 s,
+    /// doubling up to 5 min, 30 s per attempt).
+    pub fn retry(mut self, policy: RetryPolicy) -> ListenerBuilder {
+        self.retry = policy;
+        self
+    }
+
+    /// The schema holding the event log (default `pgevents`).
+    pub fn log_schema(mut self, schema: impl Into<String>) -> ListenerBuilder {
+        self.log_schema = schema.into();
+        self
+    }
+
+    /// At most this many events in flight at once (default 1000): memory stays bounded
+    /// whatever the backlog.
+    pub fn max_in_flight(mut self, n: usize) -> ListenerBuilder {
+        self.options.max_in_flight = n.max(1);
+        self.options.batch_size = self.options.batch_size.min(self.options.max_in_flight);
+        self
+    }
+
+    /// How long a claim on an event lasts without renewal (default 10 s): if this process
+    /// dies, other listeners take its events over after this long.
+    pub fn lease(mut self, lease: Duration) -> ListenerBuilder {
+        self.options.lease = lease.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How long [`Listener::run`] waits for in-flight deliveries at shutdown (default 30 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> ListenerBuilder {
+        self.options.drain_timeout = timeout;
+        self
+    }
+
+    /// Connects, installs the event log and the capture triggers (idempotently), and
+    /// returns the listener. Fails, changing nothing for that table, when a table or
+    /// column does not exist.
+    pub async fn build(self) -> Result<Listener, Error> {
+        let schema = LogSchema::new(&self.log_schema)?;
+        let mut specs = Vec::with_capacity(self.entries.len());
+        for entry in &self.entries {
+            let table = QualifiedName::parse(&entry.table).map_err(Error::usage)?;
+            let name = table.to_string();
+            if specs.iter().any(|(s, _): &(TriggerSpec, _)| s.name == name) {
+                return Err(Error::usage(format!(
+                    "table {name} is registered twice: give it one handler"
+                )));
+            }
+            if let Some(bad) = entry
+                .options
+                .operations
+                .iter()
+                .find(|a| matches!(a, Action::Manual))
+            {
+                return Err(Error::usage(format!(
+                    "table {name}: {bad} is not a capturable operation; use INSERT, UPDATE, DELETE or TRUNCATE"
+                )));
+            }
+            specs.push((
+                TriggerSpec {
+                    name,
+                    table,
+                    operations: entry.options.operations.clone(),
+                    columns: entry.options.columns.clone(),
+                    ordered: entry.options.ordered,
+                },
+                entry,
+            ));
+        }
+        let mut client = pgevents_log::connect(&self.url, None).await?;
+        let salt = pgevents_log::install(&mut client, &schema).await?;
+        let mut routes = Vec::with_capacity(specs.len());
+        for (spec, entry) in &specs {
+            let id = pgevents_capture::install_trigger(&mut client, &schema, spec).await?;
+            routes.push(Route {
+                trigger_id: id,
+                name: spec.name.as_str().into(),
+                schema: spec.table.schema.as_str().into(),
+                table: spec.table.name.as_str().into(),
+                sink: entry.sink.clone(),
+                retry: entry.options.retry.unwrap_or(self.retry),
+            });
+        }
+        tracing::info!(
+            tables = routes.len(),
+            schema = schema.name(),
+            "pgevents installed"
+        );
+        Ok(Listener {
+            dispatcher: Dispatcher::new(self.url, schema, salt, routes, self.options),
+        })
+    }
+}

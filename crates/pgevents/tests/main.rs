@@ -1,0 +1,475 @@
+//! Integration tests of the pgevents library against a real PostgreSQL.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgevents::{Action, Event, Listener, RetryPolicy};
+use support::{db, start, Collector};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn fast_retry(max_retries: u32, initial_ms: u64) -> RetryPolicy {
+    RetryPolicy {
+        max_retries,
+        initial_interval: Duration::from_millis(initial_ms),
+        max_interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_equal_postgres_to_json_for_every_type() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+             CREATE TABLE typed (
+                 id bigint PRIMARY KEY, amount numeric(40,20), doc jsonb, tags text[],
+                 grid int[][], at timestamptz, raw bytea, uid uuid, feeling mood, note text)",
+        )
+        .await
+        .expect("schema");
+    let events = Collector::default();
+    let running = start(Listener::builder(&db.url).on("typed", events.handler())).await;
+    let row = |id: i64| format!("SELECT to_json(t)::text FROM typed t WHERE id = {id}");
+    let json_of = |sql: String| {
+        let c = &db.client;
+        async move {
+            c.query_one(&sql, &[])
+                .await
+                .expect("to_json")
+                .get::<_, String>(0)
+        }
+    };
+    db.client
+        .batch_execute(
+            r#"INSERT INTO typed VALUES
+               (9007199254740993, 12345678901234567890.12345678901234567890,
+                '{"b": [1, 2.50, {"c": null}], "a": "x"}', ARRAY['a', NULL, 'c "q"'],
+                '{{1,2},{3,4}}', '2026-11-24 10:15:00.123456+00', '\xdeadbeef',
+                'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', 'héllo'),
+               (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"#,
+        )
+        .await
+        .expect("insert");
+    let inserted_big = json_of(row(9007199254740993)).await;
+    let inserted_null = json_of(row(2)).await;
+    events
+        .wait_until(WAIT, "two inserts", |e| e.len() == 2)
+        .await;
+    db.client
+        .batch_execute("UPDATE typed SET amount = -0.00000000000000000001, feeling = 'sad' WHERE id = 9007199254740993")
+        .await
+        .expect("update");
+    let updated_big = json_of(row(9007199254740993)).await;
+    db.client
+        .batch_execute("DELETE FROM typed WHERE id = 2")
+        .await
+        .expect("delete");
+    events
+        .wait_until(WAIT, "update and delete", |e| e.len() == 4)
+        .await;
+    running.stop().await;
+
+    let got = events.events();
+    let by_action = |a: Action| got.iter().filter(move |e| e.action() == a);
+    let inserts: Vec<&Event> = by_action(Action::Insert).collect();
+    assert_eq!(inserts.len(), 2);
+    let big = inserts
+        .iter()
+        .find(|e| e.new_json() == Some(inserted_big.as_str()))
+        .expect("the big row's INSERT carries to_json(row) verbatim");
+    assert!(big.old().is_none());
+    assert!(big.payload_str().contains("9007199254740993"));
+    assert!(big
+        .payload_str()
+        .contains("12345678901234567890.12345678901234567890"));
+    assert!(inserts
+        .iter()
+        .any(|e| e.new_json() == Some(inserted_null.as_str())));
+    let update = by_action(Action::Update).next().expect("an UPDATE");
+    assert_eq!(update.old_json(), Some(inserted_big.as_str()));
+    assert_eq!(update.new_json(), Some(updated_big.as_str()));
+    let delete = by_action(Action::Delete).next().expect("a DELETE");
+    assert_eq!(delete.old_json(), Some(inserted_null.as_str()));
+    assert!(delete.new().is_none());
+    // The seed shape, with data.old / data.new as PostgreSQL's JSON text.
+    let expected = format!(
+        r#""action":"UPDATE","created_at":"{}","data":{{"old":{},"new":{}}}}}"#,
+        update.created_at_rfc3339(),
+        inserted_big,
+        updated_big
+    );
+    assert!(
+        update.payload_str().ends_with(&expected),
+        "{}",
+        update.payload_str()
+    );
+    assert_eq!(update.table(), "typed");
+    assert_eq!(update.schema(), "public");
+    let ids: HashSet<_> = got.iter().map(Event::id).collect();
+    assert_eq!(ids.len(), 4, "every event has its own id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_writes_yield_no_event_and_big_rows_arrive_whole() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        .await
+        .expect("schema");
+    let events = Collector::default();
+    let running = start(Listener::builder(&db.url).on("docs", events.handler())).await;
+    db.client
+        .batch_execute("BEGIN; INSERT INTO docs VALUES (1, 'never'); ROLLBACK;")
+        .await
+        .expect("rollback");
+    let big: String = "x".repeat(10 * 1024 * 1024);
+    db.client
+        .execute("INSERT INTO docs VALUES (2, $1)", &[&big])
+        .await
+        .expect("10 MB insert commits");
+    events
+        .wait_until(WAIT, "the 10 MB row", |e| !e.is_empty())
+        .await;
+    running.stop().await;
+    let got = events.events();
+    assert_eq!(got.len(), 1, "the rolled-back insert produced no event");
+    let body = got[0]
+        .new()
+        .and_then(|v| v.get("body"))
+        .and_then(|v| v.as_str())
+        .map(str::len);
+    assert_eq!(body, Some(10 * 1024 * 1024));
+    assert!(got[0].payload().len() > 10 * 1024 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quoted_identifiers_work() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            r#"CREATE SCHEMA "my schema";
+               CREATE TABLE "my schema"."Weird ""Name""" ("Id" int PRIMARY KEY, "the value" text, "x'; DROP TABLE y; --" int)"#,
+        )
+        .await
+        .expect("schema");
+    let events = Collector::default();
+    let running =
+        start(Listener::builder(&db.url).on(r#""my schema"."Weird ""Name""""#, events.handler()))
+            .await;
+    db.client
+        .batch_execute(
+            r#"INSERT INTO "my schema"."Weird ""Name""" VALUES (1, 'a', 2);
+               UPDATE "my schema"."Weird ""Name""" SET "the value" = 'b';
+               DELETE FROM "my schema"."Weird ""Name""";"#,
+        )
+        .await
+        .expect("writes");
+    events
+        .wait_until(WAIT, "three events", |e| e.len() == 3)
+        .await;
+    running.stop().await;
+    let got = events.events();
+    assert!(got
+        .iter()
+        .all(|e| e.schema() == "my schema" && e.table() == r#"Weird "Name""#));
+    let actions: Vec<Action> = got.iter().map(Event::action).collect();
+    assert_eq!(actions, [Action::Insert, Action::Update, Action::Delete]);
+    assert_eq!(
+        got[1]
+            .new()
+            .and_then(|n| n.get("the value"))
+            .and_then(|v| v.as_str()),
+        Some("b")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_written_while_no_listener_runs_are_delivered_on_start() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE offline (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    // Install, then stop: nothing listens while the rows are written.
+    let first = Collector::default();
+    start(Listener::builder(&db.url).on("offline", first.handler()))
+        .await
+        .stop()
+        .await;
+    db.client
+        .batch_execute("INSERT INTO offline SELECT generate_series(1, 1000)")
+        .await
+        .expect("insert");
+    let events = Collector::default();
+    let running = start(Listener::builder(&db.url).on("offline", events.handler())).await;
+    events
+        .wait_until(WAIT, "1000 events", |e| e.len() >= 1000)
+        .await;
+    running.stop().await;
+    let ids: HashSet<i64> = events
+        .events()
+        .iter()
+        .filter_map(|e| e.new().and_then(|n| n.get("id")).and_then(|v| v.as_i64()))
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    assert_eq!(first.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_lose_no_events() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE busy (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let events = Collector::default();
+    let running = start(Listener::builder(&db.url).on("busy", events.handler())).await;
+    for batch in 0..10 {
+        let from = batch * 1000 + 1;
+        db.client
+            .batch_execute(&format!(
+                "INSERT INTO busy SELECT generate_series({from}, {})",
+                from + 999
+            ))
+            .await
+            .expect("insert");
+        if batch == 4 {
+            let killed = db
+                .client
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                      WHERE datname = current_database() AND application_name = 'pgevents'",
+                    &[],
+                )
+                .await
+                .expect("terminate")
+                .get::<_, i64>(0);
+            assert!(
+                killed >= 2,
+                "the listener's connections were terminated ({killed})"
+            );
+        }
+    }
+    events
+        .wait_until(WAIT, "10,000 distinct rows", |e| {
+            e.iter()
+                .filter_map(|e| e.new().and_then(|n| n.get("id")).and_then(|v| v.as_i64()))
+                .collect::<HashSet<_>>()
+                .len()
+                == 10_000
+        })
+        .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_handlers_are_retried_with_growing_gaps_and_panics_are_contained() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE flaky (id int PRIMARY KEY); CREATE TABLE steady (id int PRIMARY KEY); CREATE TABLE broken (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let flaky = Collector::default();
+    let steady = Collector::default();
+    let broken_calls = Arc::new(AtomicUsize::new(0));
+    let flaky_handler = {
+        let flaky = flaky.clone();
+        move |e: Event| {
+            flaky.push(e);
+            let n = flaky.len();
+            async move {
+                if n <= 2 {
+                    Err(format!("attempt {n} fails"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    };
+    let broken_handler = {
+        let calls = broken_calls.clone();
+        move |_e: Event| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if true {
+                    panic!("handler bug");
+                }
+                Ok::<_, std::convert::Infallible>(())
+            }
+        }
+    };
+    let running = start(
+        Listener::builder(&db.url)
+            .retry(fast_retry(5, 300))
+            .on("flaky", flaky_handler)
+            .on("broken", broken_handler)
+            .on("steady", steady.handler()),
+    )
+    .await;
+    db.client
+        .batch_execute("INSERT INTO flaky VALUES (1); INSERT INTO broken VALUES (1); INSERT INTO steady SELECT generate_series(1, 100)")
+        .await
+        .expect("insert");
+    steady
+        .wait_until(WAIT, "100 steady events", |e| e.len() == 100)
+        .await;
+    flaky
+        .wait_until(WAIT, "three attempts", |e| e.len() == 3)
+        .await;
+    let broken = broken_calls.clone();
+    support::eventually(WAIT, "the panicking handler to be retried", || {
+        let broken = broken.clone();
+        async move { broken.load(Ordering::SeqCst) >= 2 }
+    })
+    .await;
+    running.stop().await;
+    let attempts = flaky.timed();
+    let ids: HashSet<_> = attempts.iter().map(|(_, e)| e.id()).collect();
+    assert_eq!(ids.len(), 1, "the same event id on every attempt");
+    let gap1 = attempts[1].0 - attempts[0].0;
+    let gap2 = attempts[2].0 - attempts[1].0;
+    assert!(
+        gap1 >= Duration::from_millis(200),
+        "first retry waited {gap1:?}"
+    );
+    assert!(gap2 > gap1, "gaps grow: {gap1:?} then {gap2:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_listeners_deliver_each_event_exactly_once() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE shared (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let a = Collector::default();
+    let b = Collector::default();
+    let first = start(Listener::builder(&db.url).on("shared", a.handler())).await;
+    let second = start(Listener::builder(&db.url).on("shared", b.handler())).await;
+    db.client
+        .batch_execute("INSERT INTO shared SELECT generate_series(1, 10000)")
+        .await
+        .expect("insert");
+    let total = || a.len() + b.len();
+    support::eventually(WAIT, "10,000 deliveries", || {
+        let n = total();
+        async move { n >= 10_000 }
+    })
+    .await;
+    first.stop().await;
+    second.stop().await;
+    let mut seen: HashMap<uuid::Uuid, usize> = HashMap::new();
+    for e in a.events().iter().chain(b.events().iter()) {
+        *seen.entry(e.id()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 10_000);
+    assert!(seen.values().all(|&n| n == 1), "no event delivered twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_row_order_holds_while_an_earlier_event_is_retried() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE rows (id int PRIMARY KEY, v int)")
+        .await
+        .expect("schema");
+    let delivered = Collector::default();
+    let failures = Arc::new(Mutex::new(0usize));
+    let handler = {
+        let delivered = delivered.clone();
+        let failures = failures.clone();
+        move |e: Event| {
+            let id = e
+                .new()
+                .or(e.old())
+                .and_then(|r| r.get("id"))
+                .and_then(|v| v.as_i64());
+            let v = e.new().and_then(|r| r.get("v")).and_then(|v| v.as_i64());
+            // Row 1's first version fails three times before it goes through.
+            let fail = id == Some(1) && v == Some(0) && {
+                let mut f = failures.lock().expect("lock");
+                *f += 1;
+                *f <= 3
+            };
+            if !fail {
+                delivered.push(e);
+            }
+            async move {
+                if fail {
+                    Err("not yet")
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    };
+    let running = start(
+        Listener::builder(&db.url)
+            .retry(fast_retry(10, 200))
+            .on("rows", handler),
+    )
+    .await;
+    db.client
+        .batch_execute("INSERT INTO rows VALUES (1, 0), (2, 0)")
+        .await
+        .expect("insert");
+    for v in 1..=5 {
+        db.client
+            .batch_execute(&format!("UPDATE rows SET v = {v}"))
+            .await
+            .expect("update");
+    }
+    delivered
+        .wait_until(WAIT, "12 events", |e| e.len() == 12)
+        .await;
+    running.stop().await;
+    let version = |e: &Event| e.new().and_then(|r| r.get("v")).and_then(|v| v.as_i64());
+    let row = |id: i64| -> Vec<Option<i64>> {
+        delivered
+            .events()
+            .iter()
+            .filter(|e| e.new().and_then(|r| r.get("id")).and_then(|v| v.as_i64()) == Some(id))
+            .map(version)
+            .collect()
+    };
+    let expected: Vec<Option<i64>> = (0..=5).map(Some).collect();
+    assert_eq!(row(1), expected, "row 1 in commit order despite retries");
+    assert_eq!(row(2), expected, "row 2 in commit order");
+    // Row 2 was not held back by row 1's retries: it finished before row 1's first success.
+    let events = delivered.events();
+    let first_row1 = events
+        .iter()
+        .position(|e| e.new().and_then(|r| r.get("id")).and_then(|v| v.as_i64()) == Some(1));
+    let last_row2 = events
+        .iter()
+        .rposition(|e| e.new().and_then(|r| r.get("id")).and_then(|v| v.as_i64()) == Some(2));
+    assert!(last_row2 < first_row1, "other rows are not held back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors() {
+    let db = db().await;
+    let err = Listener::builder(&db.url)
+        .on("missing_table", Collector::default().handler())
+        .build()
+        .await
+        .expect_err("a missing table is an error");
+    assert!(err.is_usage());
+    assert!(
+        err.to_string()
+            .contains("public.missing_table does not exist"),
+        "{err}"
+    );
+    let err = Listener::builder("postgres://nobody@127.0.0.1:1/none")
+        .on("t", Collector::default().handler())
+        .build()
+        .await
+        .expect_err("an unreachable database is an error");
+    assert!(err.is_connection(), "{err}");
+}
