@@ -16,23 +16,34 @@ struct AuditHandler {
 impl Handler for AuditHandler {
     async fn handle(&self, event: Event) -> Result<(), BoxError> {
         let old = event.old().map(ToString::to_string).unwrap_or_default();
-        println!("{} {} {} old={old}", self.prefix, event.table(), event.action());
+        println!(
+            "{} {} {} old={old}",
+            self.prefix,
+            event.table(),
+            event.action()
+        );
         Ok(())
     }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let url = std::env::var("DATABASE_URL")
-        .map_err(|_| "set DATABASE_URL to the database to watch, e.g. postgres://postgres@127.0.0.1/postgres")?;
+    let url = std::env::var("DATABASE_URL").map_err(|_| {
+        "set DATABASE_URL to the database to watch, e.g. postgres://postgres@127.0.0.1/postgres"
+    })?;
     let listener = Listener::builder(url)
         .on("orders", |event: Event| async move {
-            println!("data change on table 'orders' detected: {}", event.payload_str());
+            println!(
+                "data change on table 'orders' detected: {}",
+                event.payload_str()
+            );
             Ok::<_, std::convert::Infallible>(())
         })
         .on_with(
             "orders_audit",
-            AuditHandler { prefix: "audit:".into() },
+            AuditHandler {
+                prefix: "audit:".into(),
+            },
             pgevents::TableOptions::default(),
         )
         .build()

@@ -473,3 +473,134 @@ async fn bad_input_gets_clear_errors() {
         .expect_err("an unreachable database is an error");
     assert!(err.is_connection(), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_is_idempotent_upgrades_functions_and_uninstalls() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE inst (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let events = Collector::default();
+    for _ in 0..2 {
+        start(Listener::builder(&db.url).on("inst", events.handler()))
+            .await
+            .stop()
+            .await;
+    }
+    let count = |sql: &'static str| {
+        let c = &db.client;
+        async move { c.query_one(sql, &[]).await.expect(sql).get::<_, i64>(0) }
+    };
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'inst'::regclass AND NOT tgisinternal"
+        )
+        .await,
+        1,
+        "installing twice leaves one trigger"
+    );
+    // An old function body (as from an earlier version) is replaced by the next install.
+    let func: String = db
+        .client
+        .query_one(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'pgevents' AND p.proname LIKE 'capture_%'",
+            &[],
+        )
+        .await
+        .expect("capture function")
+        .get(0);
+    db.client
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION {func} RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$"
+        ))
+        .await
+        .expect("simulate an old body");
+    let running = start(Listener::builder(&db.url).on("inst", events.handler())).await;
+    db.client
+        .batch_execute("INSERT INTO inst VALUES (1)")
+        .await
+        .expect("insert");
+    events
+        .wait_until(WAIT, "the event after reinstall", |e| e.len() == 1)
+        .await;
+    running.stop().await;
+    // Uninstalling a trigger stops capture; uninstalling the log removes everything.
+    let schema = pgevents_log::LogSchema::default();
+    assert!(
+        pgevents_capture::uninstall_trigger(&db.client, &schema, "public.inst")
+            .await
+            .expect("uninstall trigger")
+    );
+    db.client
+        .batch_execute("INSERT INTO inst VALUES (2)")
+        .await
+        .expect("insert");
+    assert_eq!(count("SELECT count(*) FROM pgevents.capture").await, 0);
+    pgevents_log::uninstall(&db.client, &schema)
+        .await
+        .expect("uninstall log");
+    assert_eq!(
+        count("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgevents'").await,
+        0
+    );
+    db.client
+        .batch_execute("INSERT INTO inst VALUES (3)")
+        .await
+        .expect("writes work without pgevents");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_deliveries() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE slow (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let started = Collector::default();
+    let finished = Collector::default();
+    let handler = {
+        let (started, finished) = (started.clone(), finished.clone());
+        move |e: Event| {
+            let (started, finished) = (started.clone(), finished.clone());
+            async move {
+                started.push(e.clone());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                finished.push(e);
+                Ok::<_, std::convert::Infallible>(())
+            }
+        }
+    };
+    let running = start(Listener::builder(&db.url).on("slow", handler)).await;
+    db.client
+        .batch_execute("INSERT INTO slow SELECT generate_series(1, 5)")
+        .await
+        .expect("insert");
+    started
+        .wait_until(WAIT, "deliveries in flight", |e| e.len() == 5)
+        .await;
+    assert!(
+        finished.len() < 5,
+        "stopping while deliveries are in flight"
+    );
+    running.stop().await;
+    assert_eq!(
+        finished.len(),
+        5,
+        "run() returned only after in-flight deliveries finished"
+    );
+    let pending: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pgevents.event WHERE status <> 'd'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        pending, 0,
+        "their outcomes were recorded before run() returned"
+    );
+}
