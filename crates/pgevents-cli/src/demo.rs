@@ -27,7 +27,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&Options::default()))
                 .await
                 .context("starting the throwaway PostgreSQL")??;
-            eprintln!("PostgreSQL running at {} (data in {})", cluster.url("postgres"), cluster.dir().display());
+            eprintln!(
+                "PostgreSQL running at {} (data in {})",
+                cluster.url("postgres"),
+                cluster.dir().display()
+            );
             Some(cluster)
         }
     };
@@ -45,7 +49,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if let Some(cluster) = cluster {
-        eprintln!("stopping PostgreSQL and removing {}", cluster.dir().display());
+        eprintln!(
+            "stopping PostgreSQL and removing {}",
+            cluster.dir().display()
+        );
         tokio::task::spawn_blocking(move || cluster.shutdown())
             .await
             .context("stopping the throwaway PostgreSQL")??;

@@ -59,7 +59,10 @@ fn demo_prints_events_and_cleans_up_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "demo exits 0 after Ctrl-C: {status}");
-    assert!(!dir.exists(), "the throwaway cluster's directory is removed");
+    assert!(
+        !dir.exists(),
+        "the throwaway cluster's directory is removed"
+    );
     let pid_file = dir.join("data/postmaster.pid");
     assert!(!pid_file.exists());
     let port_open = std::fs::read_dir("/proc")
