@@ -382,3 +382,43 @@ pub async fn redeliver(client: &Client, schema: &LogSchema, seqs: &[i64]) -> Res
         .map_err(|e| Error::query("redelivering events", e))?;
     Ok(row.get(0))
 }
+
+/// Removes delivered events older than `delivered` and failed events older than `failed`
+/// (by when they finished), with their attempts, at most `batch` at a time; returns how
+/// many were removed. Call it repeatedly: each call is one short transaction, so the log
+/// never sees one huge DELETE. It scans only the log's old region (events captured before
+/// the younger cutoff), so it costs little when there is nothing to remove.
+pub async fn purge(
+    client: &Client,
+    schema: &LogSchema,
+    delivered: Duration,
+    failed: Duration,
+    batch: i64,
+) -> Result<u64, Error> {
+    let row = client
+        .query_one(
+            &format!(
+                "WITH bound AS (
+                   SELECT coalesce((SELECT seq FROM {s}.event
+                                     WHERE created_at >= now() - least($1, $2) * interval '1 millisecond'
+                                     ORDER BY seq LIMIT 1), 9223372036854775807) AS upper),
+                 doomed AS (
+                   SELECT e.seq FROM {s}.event e, bound
+                    WHERE e.seq < bound.upper
+                      AND ((e.status = 'd' AND e.finished_at < now() - $1 * interval '1 millisecond')
+                        OR (e.status = 'f' AND e.finished_at < now() - $2 * interval '1 millisecond'))
+                    ORDER BY e.seq LIMIT $3
+                    FOR UPDATE SKIP LOCKED),
+                 attempts AS (
+                   DELETE FROM {s}.attempt a USING doomed WHERE a.event_seq = doomed.seq),
+                 gone AS (
+                   DELETE FROM {s}.event e USING doomed WHERE e.seq = doomed.seq RETURNING 1)
+                 SELECT count(*) FROM gone",
+                s = schema.quoted()
+            ),
+            &[&millis(delivered), &millis(failed), &batch],
+        )
+        .await
+        .map_err(|e| Error::query("removing old events (retention)", e))?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
