@@ -7,4 +7,4 @@
 
 pub mod trigger;
 
-pub use trigger::{install_trigger, uninstall_trigger, TriggerSpec};
+pub use trigger::{check_trigger, install_trigger, uninstall_trigger, TriggerSpec};

@@ -196,6 +196,49 @@ END
     )
 }
 
+/// Checks, without changing anything, that `spec` can be installed: the table and the
+/// `columns` exist and the current role may create triggers on the table. Returns every
+/// problem found, each saying what to do.
+pub async fn check_trigger(client: &impl GenericClient, spec: &TriggerSpec) -> Result<Vec<String>, Error> {
+    let info = match table_info(client, &spec.table).await {
+        Ok(info) => info,
+        Err(e @ Error::NoSuchTable(_)) => return Ok(vec![e.to_string()]),
+        Err(e) => return Err(e),
+    };
+    let mut problems: Vec<String> = spec
+        .columns
+        .iter()
+        .flatten()
+        .filter(|c| !info.columns.contains(c))
+        .map(|column| {
+            Error::NoSuchColumn {
+                table: spec.table.to_string(),
+                column: column.clone(),
+            }
+            .to_string()
+        })
+        .collect();
+    let may_trigger: bool = client
+        .query_one(
+            "SELECT has_table_privilege($1, 'TRIGGER')",
+            &[&spec.table.quoted()],
+        )
+        .await
+        .map_err(|e| Error::query(format!("checking privileges on {}", spec.table), e))?
+        .get(0);
+    if !may_trigger {
+        problems.push(format!(
+            "the current role may not create triggers on {}: run install as the table's owner, or GRANT TRIGGER ON {} TO <role>",
+            spec.table,
+            spec.table.quoted()
+        ));
+    }
+    if spec.ordered && info.key_columns.is_empty() {
+        tracing::debug!(table = %spec.table, "no primary key: events of this table are unordered");
+    }
+    Ok(problems)
+}
+
 /// Installs (or replaces) capture for `spec`, idempotently; returns the trigger's log id.
 ///
 /// Fails with [`Error::NoSuchTable`] or [`Error::NoSuchColumn`] before changing anything.

@@ -1,0 +1,76 @@
+//! pgevents destinations: where a trigger's events go once they are committed and logged.
+//!
+//! Every destination is a folder of the same shape behind a cargo feature (all on by default):
+//! `config.rs` holds the plain-data, `serde` settings of one `[[trigger]]` destination key,
+//! `sink.rs` the runtime [`pgevents_sink::Sink`] those settings resolve into, and `tests.rs`
+//! its tests. Settings become a sink in one step, [`ResolveSink::resolve`], which reads the
+//! `*_from_env` variables from an [`Env`] and reports problems as a [`SinkConfigError`] that
+//! names the field path; [`ResolveSink::validate`] runs the same checks and returns all of them.
+//!
+//! | key | feature | sink |
+//! |---|---|---|
+//! | `webhook` | `webhook` | [`WebhookSink`]: HTTP `POST`, optionally signed (Standard Webhooks) |
+//! | `stdout` | `stdout` | [`StdoutSink`]: one JSON line per event on standard output |
+//!
+//! ```
+//! # #[cfg(feature = "webhook")] {
+//! use pgevents_sinks::{Env, ResolveSink, WebhookConfig};
+//!
+//! let config: WebhookConfig = toml::from_str(r#"url_from_env = "ORDERS_HOOK""#).unwrap();
+//! let env = Env::fixed([("ORDERS_HOOK", "https://example.com/hooks/orders")]);
+//! assert!(config.validate("trigger[0].webhook", &env).is_empty());
+//!
+//! let problems = config.validate("trigger[0].webhook", &Env::fixed::<_, &str, &str>([]));
+//! assert_eq!(
+//!     problems[0].to_string(),
+//!     "trigger[0].webhook.url_from_env: environment variable ORDERS_HOOK is not set; \
+//!      export it or use url = \"...\""
+//! );
+//! # }
+//! ```
+
+mod env;
+mod error;
+#[cfg(feature = "stdout")]
+mod stdout;
+#[cfg(feature = "webhook")]
+mod webhook;
+// Brokers (`nats`, `redis`, `amqp`) come here: one folder and one feature each, same shape.
+
+pub use env::Env;
+pub use error::{SinkConfigError, SinkConfigErrorKind};
+#[cfg(feature = "stdout")]
+pub use stdout::{StdoutConfig, StdoutSink};
+#[cfg(feature = "webhook")]
+pub use webhook::{HeaderValueConfig, WebhookConfig, WebhookSink};
+
+use pgevents_event::Format;
+use pgevents_sink::Sink;
+
+/// Destination settings that turn into a runtime sink: implemented by every `*Config` here.
+///
+/// `path` is the settings' place in the config file (e.g. `trigger["order_events"].webhook`);
+/// every error names a field below it, so the user knows exactly what to fix.
+pub trait ResolveSink {
+    /// The sink these settings build.
+    type Sink: Sink;
+
+    /// Every problem with the settings: missing environment variables, malformed URLs, bad
+    /// header names... Empty when [`ResolveSink::resolve`] would succeed (bar starting an
+    /// HTTP client).
+    fn validate(&self, path: &str, env: &Env) -> Vec<SinkConfigError>;
+
+    /// Builds the sink, delivering payloads in `format`, reading secrets from `env`; fails
+    /// with the first problem [`ResolveSink::validate`] would report.
+    fn resolve(&self, path: &str, format: Format, env: &Env)
+        -> Result<Self::Sink, SinkConfigError>;
+}
+
+/// The path of `field` below `prefix`: `prefix.field`, or `field` alone when `prefix` is empty.
+pub fn join_path(prefix: &str, field: &str) -> String {
+    if prefix.is_empty() {
+        field.to_string()
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
