@@ -1,5 +1,7 @@
-//! The `pgevents` command: a thin layer of argument parsing over the library.
+//! The `pgevents` command: a thin layer of argument parsing and printing over the library
+//! and the daemon crate.
 
+mod daemon;
 mod demo;
 mod signals;
 
@@ -20,6 +22,8 @@ enum Command {
     /// Watch events flow: starts a throwaway PostgreSQL (unless --database-url is given),
     /// writes rows to a demo table on a timer and prints every event as it arrives.
     Demo(demo::Args),
+    #[command(flatten)]
+    Daemon(daemon::Command),
 }
 
 fn main() -> ExitCode {
@@ -51,16 +55,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
+    runtime.block_on(async {
         match cli.command {
-            Command::Demo(args) => demo::run(args).await,
+            Command::Demo(args) => match demo::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            },
+            Command::Daemon(command) => daemon::run(command).await,
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    })
 }

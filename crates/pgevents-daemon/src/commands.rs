@@ -1,0 +1,238 @@
+//! The operator commands: install, uninstall, check, status, events, invoke.
+
+use pgevents_capture::TriggerSpec;
+use pgevents_config::{CaptureMode, Config, DeliveryOrdering, TriggerConfig};
+use pgevents_log::browse::{self, AttemptRecord, EventRecord, Filter, TriggerCounts};
+use pgevents_log::{LogSchema, QualifiedName};
+use tokio_postgres::Client;
+
+use crate::DaemonError;
+
+pub(crate) fn schema(config: &Config) -> Result<LogSchema, DaemonError> {
+    LogSchema::new(&config.database.log_schema)
+        .map_err(|e| DaemonError::Usage(format!("{}: database.log_schema: {e}", config.source)))
+}
+
+pub(crate) async fn connect(config: &Config) -> Result<Client, DaemonError> {
+    Ok(pgevents_log::connect(config.database_url(), None).await?)
+}
+
+pub(crate) fn spec(trigger: &TriggerConfig) -> TriggerSpec {
+    TriggerSpec {
+        name: trigger.name.clone(),
+        table: QualifiedName {
+            schema: trigger.table.schema.clone(),
+            name: trigger.table.name.clone(),
+        },
+        operations: trigger.operations.clone(),
+        columns: trigger.columns.clone(),
+        ordered: trigger.ordering == DeliveryOrdering::PerRow,
+    }
+}
+
+/// Installs the event log and every trigger's capture, idempotently. Returns each
+/// trigger's log id, in config order, and the installation's id salt.
+pub async fn install(config: &Config) -> Result<(Vec<i32>, u16), DaemonError> {
+    let schema = schema(config)?;
+    let mut client = connect(config).await?;
+    let salt = pgevents_log::install(&mut client, &schema).await?;
+    let mut ids = Vec::with_capacity(config.triggers.len());
+    for trigger in &config.triggers {
+        let id = match config.capture.mode {
+            CaptureMode::Trigger => {
+                pgevents_capture::install_trigger(&mut client, &schema, &spec(trigger))
+                    .await
+                    .map_err(|e| in_trigger(trigger, e))?
+            }
+            CaptureMode::Logical => {
+                return Err(DaemonError::Setup(format!(
+                    "{}: capture.mode = \"logical\" is not available in this build; use mode = \"trigger\"",
+                    config.source
+                )))
+            }
+        };
+        ids.push(id);
+    }
+    Ok((ids, salt))
+}
+
+fn in_trigger(trigger: &TriggerConfig, e: pgevents_log::Error) -> DaemonError {
+    match DaemonError::from(e) {
+        DaemonError::Setup(m) => DaemonError::Setup(format!("{}: {m}", trigger.path())),
+        DaemonError::Runtime(m) => DaemonError::Runtime(format!("{}: {m}", trigger.path())),
+        other => other,
+    }
+}
+
+/// Removes every configured trigger's capture; with `drop_log`, the whole event log too.
+pub async fn uninstall(config: &Config, drop_log: bool) -> Result<Vec<String>, DaemonError> {
+    let schema = schema(config)?;
+    let client = connect(config).await?;
+    let mut removed = Vec::new();
+    let installed: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{}.trigger", schema.quoted())],
+        )
+        .await
+        .map_err(|e| DaemonError::from(pgevents_log::Error::query("looking for the event log", e)))?
+        .get(0);
+    if installed {
+        for trigger in &config.triggers {
+            if pgevents_capture::uninstall_trigger(&client, &schema, &trigger.name).await? {
+                removed.push(trigger.name.clone());
+            }
+        }
+    }
+    if drop_log {
+        pgevents_log::uninstall(&client, &schema).await?;
+    }
+    Ok(removed)
+}
+
+/// Checks the database against the config without changing anything; returns every problem.
+pub async fn check(config: &Config) -> Result<Vec<String>, DaemonError> {
+    let schema = schema(config)?;
+    let client = match connect(config).await {
+        Ok(c) => c,
+        Err(e) => return Ok(vec![format!("database: {e}")]),
+    };
+    let mut problems = Vec::new();
+    let q = |e| DaemonError::from(pgevents_log::Error::query("checking the database", e));
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), to_regclass($1) IS NOT NULL,
+                    has_database_privilege(current_database(), 'CREATE')",
+            &[&format!("{}.event", schema.quoted())],
+        )
+        .await
+        .map_err(q)?;
+    let (wal_level, installed, may_create): (String, bool, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    if !installed && !may_create {
+        problems.push(format!(
+            "database: the event log is not installed in schema {:?} and the current role may not create it: run `pgevents install` as a role with CREATE on the database, or GRANT CREATE ON DATABASE to this role",
+            schema.name()
+        ));
+    }
+    if config.capture.mode == CaptureMode::Logical && wal_level != "logical" {
+        problems.push(format!(
+            "capture.mode: logical capture needs wal_level = logical, but the server has wal_level = {wal_level}: run `ALTER SYSTEM SET wal_level = logical` and restart PostgreSQL, or use mode = \"trigger\""
+        ));
+    }
+    for trigger in &config.triggers {
+        for p in pgevents_capture::check_trigger(&client, &spec(trigger)).await? {
+            problems.push(format!("{}: {p}", trigger.path()));
+        }
+    }
+    Ok(problems)
+}
+
+/// Per-trigger counts and the capture lag.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// One row per registered trigger.
+    pub triggers: Vec<TriggerCounts>,
+    /// Seconds between the oldest captured change not yet in the log and now.
+    pub capture_lag_seconds: f64,
+}
+
+/// The log's per-trigger counts and capture lag.
+pub async fn status(config: &Config) -> Result<Status, DaemonError> {
+    let schema = schema(config)?;
+    let client = connect(config).await?;
+    pgevents_log::salt(&client, &schema).await?;
+    let (triggers, capture_lag_seconds) = browse::status(&client, &schema).await?;
+    Ok(Status {
+        triggers,
+        capture_lag_seconds,
+    })
+}
+
+async fn open(config: &Config) -> Result<(Client, LogSchema, u16), DaemonError> {
+    let schema = schema(config)?;
+    let client = connect(config).await?;
+    let salt = pgevents_log::salt(&client, &schema).await?;
+    Ok((client, schema, salt))
+}
+
+/// Events matching `filter`, newest first.
+pub async fn list_events(
+    config: &Config,
+    filter: &Filter,
+) -> Result<Vec<EventRecord>, DaemonError> {
+    let (client, schema, salt) = open(config).await?;
+    Ok(browse::list(&client, &schema, salt, filter).await?)
+}
+
+/// One event, its seed payload, and its attempts.
+pub async fn show_event(
+    config: &Config,
+    id: &str,
+) -> Result<(EventRecord, Vec<AttemptRecord>), DaemonError> {
+    let uuid = parse_id(id)?;
+    let (client, schema, salt) = open(config).await?;
+    browse::show(&client, &schema, salt, uuid)
+        .await?
+        .ok_or_else(|| DaemonError::Runtime(format!("no event with id {id}")))
+}
+
+fn parse_id(id: &str) -> Result<uuid::Uuid, DaemonError> {
+    uuid::Uuid::parse_str(id).map_err(|_| {
+        DaemonError::Usage(format!(
+            "{id:?} is not an event id (a UUID such as 01a20d6c-c7f0-7588-8000-000000000001)"
+        ))
+    })
+}
+
+/// Makes the given events pending again with a fresh retry budget; returns how many.
+pub async fn redeliver(config: &Config, ids: &[String]) -> Result<i64, DaemonError> {
+    let mut seqs = Vec::with_capacity(ids.len());
+    for id in ids {
+        let uuid = parse_id(id)?;
+        let seq = pgevents_event::seq_from_id(uuid)
+            .ok_or_else(|| DaemonError::Runtime(format!("no event with id {id}")))?;
+        seqs.push(seq);
+    }
+    let (client, schema, _) = open(config).await?;
+    Ok(pgevents_log::store::redeliver(&client, &schema, &seqs).await?)
+}
+
+/// Redelivers every failed event of `trigger`; returns how many.
+pub async fn redeliver_failed(config: &Config, trigger: &str) -> Result<i64, DaemonError> {
+    let (client, schema, _) = open(config).await?;
+    let seqs = browse::failed_seqs(&client, &schema, trigger).await?;
+    Ok(pgevents_log::store::redeliver(&client, &schema, &seqs).await?)
+}
+
+/// Writes a manual event for `trigger` (action MANUAL, `data.new` = `data`); returns its id.
+pub async fn invoke(
+    config: &Config,
+    trigger: &str,
+    data: &serde_json::Value,
+) -> Result<uuid::Uuid, DaemonError> {
+    if config.trigger(trigger).is_none() {
+        return Err(DaemonError::Usage(format!(
+            "no trigger named {trigger:?} in {}: use one of {:?}",
+            config.source,
+            config
+                .triggers
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+        )));
+    }
+    let (client, schema, salt) = open(config).await?;
+    let id = pgevents_log::store::triggers(&client, &schema)
+        .await?
+        .into_iter()
+        .find(|t| t.name == trigger)
+        .map(|t| t.id)
+        .ok_or_else(|| {
+            DaemonError::Setup(format!(
+                "trigger {trigger:?} is not installed: run `pgevents install`"
+            ))
+        })?;
+    let (seq, created_at) = pgevents_log::store::invoke(&client, &schema, id, data).await?;
+    Ok(pgevents_event::event_id(created_at, salt, seq))
+}

@@ -1,0 +1,14 @@
+//! The pgevents daemon: everything `pgevents run`, `check`, `install`, `uninstall`, `status`,
+//! `events` and `invoke` do, driven by a [`pgevents_config::Config`]. The binary only parses
+//! arguments and prints.
+
+mod commands;
+mod error;
+mod run;
+
+pub use commands::{
+    check, install, invoke, list_events, redeliver, redeliver_failed, show_event, status,
+    uninstall, Status,
+};
+pub use error::DaemonError;
+pub use run::run;

@@ -1,0 +1,103 @@
+//! `pgevents run`: install, then capture, deliver and keep the log tidy until shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use pgevents_config::Config;
+use pgevents_dispatch::{Dispatcher, Options, Route};
+
+use crate::commands::{install, schema};
+use crate::DaemonError;
+
+/// How often retention looks for old events.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Events removed per retention statement.
+const RETENTION_BATCH: i64 = 1000;
+
+/// Installs (idempotently) and runs delivery until `shutdown` completes, then drains
+/// in-flight work. Transient faults (the database going away, a dead webhook) never end
+/// it: they are logged and retried.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DaemonError> {
+    let schema = schema(&config)?;
+    let (ids, salt) = install(&config).await?;
+    let mut routes = Vec::with_capacity(ids.len());
+    for (trigger, id) in config.triggers.iter().zip(ids) {
+        let sink = trigger.build_sink(&trigger.path()).map_err(|e| {
+            DaemonError::Config(pgevents_config::ConfigErrors {
+                source: config.source.clone(),
+                errors: vec![e],
+            })
+        })?;
+        routes.push(Route {
+            trigger_id: id,
+            name: trigger.name.as_str().into(),
+            schema: trigger.table.schema.as_str().into(),
+            table: trigger.table.name.as_str().into(),
+            sink,
+            retry: trigger.retry,
+        });
+    }
+    tracing::info!(
+        triggers = routes.len(),
+        schema = schema.name(),
+        "pgevents running"
+    );
+    let url = config.database_url().to_string();
+    let dispatcher = Dispatcher::new(
+        url.clone(),
+        schema.clone(),
+        salt,
+        routes,
+        Options::default(),
+    );
+    let retention = tokio::spawn(retention_loop(
+        url,
+        schema,
+        config.retention.delivered,
+        config.retention.failed,
+    ));
+    let result = dispatcher.run(shutdown).await;
+    retention.abort();
+    let _ = retention.await;
+    tracing::info!("pgevents stopped");
+    result.map_err(DaemonError::from)
+}
+
+/// Removes old delivered and failed events in small batches, forever.
+async fn retention_loop(
+    url: String,
+    schema: pgevents_log::LogSchema,
+    delivered: Duration,
+    failed: Duration,
+) {
+    let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+    loop {
+        tick.tick().await;
+        let client = match pgevents_log::connect(&url, None).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::debug!(%error, "retention: database unavailable; trying later");
+                continue;
+            }
+        };
+        let mut removed = 0u64;
+        loop {
+            match pgevents_log::store::purge(&client, &schema, delivered, failed, RETENTION_BATCH)
+                .await
+            {
+                Ok(0) => break,
+                Ok(n) => removed += n,
+                Err(error) => {
+                    tracing::warn!(%error, "retention: could not remove old events; trying later");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "retention removed old events");
+        }
+    }
+}
