@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use pgevents_admin::{AdminState, Health};
 use pgevents_config::Config;
 use pgevents_dispatch::{Dispatcher, Options, Route};
 

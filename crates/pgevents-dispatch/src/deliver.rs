@@ -28,6 +28,7 @@ pub(crate) async fn attempt(
     );
     async move {
         let seq = event.seq();
+        let (trigger, created_at) = (event.trigger().to_owned(), event.created_at());
         let started_at = chrono::Utc::now();
         let started = Instant::now();
         let delivery = Delivery {
@@ -47,6 +48,7 @@ pub(crate) async fn attempt(
         let duration = started.elapsed();
         let verdict = verdict(&outcome, current_retry, &policy);
         let report = outcome.report();
+        crate::telemetry::attempted(&trigger, verdict, duration, created_at);
         match verdict {
             Verdict::Delivered => tracing::debug!(?duration, "delivered"),
             Verdict::Retry(after) => tracing::warn!(

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::deliver;
 use crate::wake::Waker;
+use crate::Health;
 
 /// Where the events of one trigger go.
 #[derive(Clone)]
@@ -92,6 +93,7 @@ pub struct Dispatcher {
     routes: HashMap<i32, Route>,
     options: Options,
     owner: i64,
+    health: Health,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -135,7 +137,15 @@ impl Dispatcher {
             routes: routes.into_iter().map(|r| (r.trigger_id, r)).collect(),
             options,
             owner: rand::random::<i64>().wrapping_abs().max(1),
+            health: Health::new(),
         }
+    }
+
+    /// Reports to `health`: capture running from start to the end of the drain, the
+    /// database reachable after each successful look at the log (down after a failed one).
+    pub fn with_health(mut self, health: Health) -> Dispatcher {
+        self.health = health;
+        self
     }
 
     /// Runs until `shutdown` completes, then stops claiming, waits up to the drain timeout
@@ -143,6 +153,7 @@ impl Dispatcher {
     ///
     /// Database faults never end the loop: they are logged and retried with backoff.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        self.health.set_capture_running(true);
         let shared = Arc::new(Shared {
             in_flight: Mutex::new(HashMap::new()),
             settled: Notify::new(),
@@ -214,6 +225,7 @@ impl Dispatcher {
                 }
             }
         }
+        self.health.set_capture_running(false);
         Ok(())
     }
 
@@ -285,6 +297,7 @@ impl ClaimLoop<'_> {
         loop {
             while deliveries.try_join_next().is_some() {}
             let step = self.step(&trigger_ids, deliveries, &note_tx).await;
+            self.dispatcher.health.set_database_reachable(step.is_ok());
             let wait = match step {
                 Err(error) => {
                     let wait = self.backoff.next();
@@ -359,6 +372,7 @@ impl ClaimLoop<'_> {
             }
         }
         let moved = store.ingest(INGEST_BATCH).await?;
+        crate::telemetry::captured(moved);
         if !renewals.is_empty() {
             store.renew(&renewals, d.options.lease, d.owner).await?;
         }

@@ -8,10 +8,15 @@
 //!
 //! It learns of new events within milliseconds through a notification, but never depends on
 //! one: it looks at the log after start, after every reconnect and on a timer.
+//!
+//! It reports how it fares through a [`Health`] handle and the metrics of [`telemetry`].
 
 mod deliver;
 mod dispatcher;
+mod health;
+pub mod telemetry;
 mod wake;
 
 pub use dispatcher::{Dispatcher, Options, Route};
+pub use health::Health;
 pub use pgevents_sink::{Delivery, DynSink, Outcome, Report, RetryPolicy, Sink};

@@ -400,14 +400,14 @@ pub async fn purge(
             &format!(
                 "WITH bound AS (
                    SELECT coalesce((SELECT seq FROM {s}.event
-                                     WHERE created_at >= now() - least($1, $2) * interval '1 millisecond'
+                                     WHERE created_at >= now() - least($1::int8, $2::int8) * interval '1 millisecond'
                                      ORDER BY seq LIMIT 1), 9223372036854775807) AS upper),
                  doomed AS (
                    SELECT e.seq FROM {s}.event e, bound
                     WHERE e.seq < bound.upper
-                      AND ((e.status = 'd' AND e.finished_at < now() - $1 * interval '1 millisecond')
-                        OR (e.status = 'f' AND e.finished_at < now() - $2 * interval '1 millisecond'))
-                    ORDER BY e.seq LIMIT $3
+                      AND ((e.status = 'd' AND e.finished_at < now() - $1::int8 * interval '1 millisecond')
+                        OR (e.status = 'f' AND e.finished_at < now() - $2::int8 * interval '1 millisecond'))
+                    ORDER BY e.seq LIMIT $3::int8
                     FOR UPDATE SKIP LOCKED),
                  attempts AS (
                    DELETE FROM {s}.attempt a USING doomed WHERE a.event_seq = doomed.seq),

@@ -1,0 +1,426 @@
+//! Test support: a fresh database per test, a running dispatcher reporting to a health
+//! handle, the admin server on a free port, a switchable sink, HTTP helpers and waits with
+//! deadlines.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgevents_admin::{AdminState, Health};
+use pgevents_capture::TriggerSpec;
+use pgevents_dispatch::{Dispatcher, Options, Route};
+use pgevents_log::{LogSchema, QualifiedName};
+use pgevents_sink::{Delivery, Outcome, Report, RetryPolicy, Sink};
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A fresh database and a connection to it.
+pub struct Db {
+    pub url: String,
+    pub client: Client,
+}
+
+pub async fn db() -> Db {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let url = pgevents_tempdb::testing::fresh_database("pgevents_admin").expect("test database");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    Db { url, client }
+}
+
+/// What the test sink does with the next attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Accept.
+    Deliver = 0,
+    /// Answer like a webhook's 500 (retriable).
+    Fail = 1,
+    /// Wait until released, then accept (the event stays in flight, pending).
+    Hold = 2,
+}
+
+/// Ids and payloads a sink accepted.
+type Received = Mutex<Vec<(uuid::Uuid, Vec<u8>)>>;
+
+/// A task running until its stop signal.
+type Running<E> = (oneshot::Sender<()>, JoinHandle<Result<(), E>>);
+
+/// A sink whose behaviour the test switches, recording the ids it accepted.
+#[derive(Clone)]
+pub struct Switch {
+    mode: Arc<AtomicU8>,
+    released: Arc<watch::Sender<bool>>,
+    delivered: Arc<Received>,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Switch {
+            mode: Arc::new(AtomicU8::new(Mode::Deliver as u8)),
+            released: Arc::new(watch::channel(false).0),
+            delivered: Arc::default(),
+        }
+    }
+}
+
+impl Switch {
+    pub fn set(&self, mode: Mode) {
+        if mode == Mode::Hold {
+            self.released.send_replace(false);
+        }
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Lets held attempts finish (delivered) and accepts from now on.
+    pub fn release(&self) {
+        self.mode.store(Mode::Deliver as u8, Ordering::SeqCst);
+        self.released.send_replace(true);
+    }
+
+    pub fn delivered_ids(&self) -> Vec<uuid::Uuid> {
+        self.delivered
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn payload_of(&self, id: uuid::Uuid) -> Option<Vec<u8>> {
+        self.delivered
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, p)| p.clone())
+    }
+}
+
+impl Sink for Switch {
+    async fn deliver(&self, delivery: Delivery) -> Outcome {
+        let mode = self.mode.load(Ordering::SeqCst);
+        if mode == Mode::Fail as u8 {
+            return Outcome::Retry {
+                report: Report {
+                    status: Some(500),
+                    error: Some("HTTP 500 from the test sink".into()),
+                    response: Some(r#"{"ok":false,"reason":"test sink refused"}"#.into()),
+                },
+                after: None,
+            };
+        }
+        if mode == Mode::Hold as u8 {
+            let mut released = self.released.subscribe();
+            let _ = released.wait_for(|r| *r).await;
+        }
+        let event = delivery.event;
+        self.delivered
+            .lock()
+            .expect("lock")
+            .push((event.id(), event.payload().to_vec()));
+        Outcome::Delivered(Report {
+            status: Some(200),
+            ..Report::default()
+        })
+    }
+}
+
+/// One watched table: its trigger name, the table, the sink and the retry policy.
+pub struct Table {
+    pub trigger: &'static str,
+    pub table: &'static str,
+    pub sink: Switch,
+    pub retry: RetryPolicy,
+}
+
+impl Table {
+    pub fn new(trigger: &'static str, table: &'static str) -> Table {
+        Table {
+            trigger,
+            table,
+            sink: Switch::default(),
+            retry: fast_retry(0),
+        }
+    }
+
+    pub fn retry(mut self, policy: RetryPolicy) -> Table {
+        self.retry = policy;
+        self
+    }
+}
+
+pub fn fast_retry(max_retries: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_retries,
+        initial_interval: Duration::from_millis(100),
+        max_interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(30),
+    }
+}
+
+/// A log with triggers, a running dispatcher and a running admin server.
+pub struct Daemon {
+    pub db: Db,
+    pub schema: LogSchema,
+    pub salt: u16,
+    pub health: Health,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+    pub sinks: Vec<Switch>,
+    dispatcher: Option<Running<pgevents_log::Error>>,
+    admin: Option<Running<pgevents_admin::Error>>,
+    routes: Vec<Route>,
+}
+
+/// Creates `tables` (`id bigint primary key, note text`), installs the log and a trigger per
+/// table, and starts the admin server (with `token`) and, when `dispatch`, the dispatcher.
+pub async fn daemon(tables: Vec<Table>, token: Option<&str>, dispatch: bool) -> Daemon {
+    let db = db().await;
+    let schema = LogSchema::default();
+    let mut client = pgevents_log::connect(&db.url, None).await.expect("connect");
+    let salt = pgevents_log::install(&mut client, &schema)
+        .await
+        .expect("install the log");
+    let mut routes = Vec::new();
+    let mut sinks = Vec::new();
+    for t in tables {
+        db.client
+            .batch_execute(&format!(
+                "CREATE TABLE {} (id bigint PRIMARY KEY, note text)",
+                t.table
+            ))
+            .await
+            .expect("create table");
+        let table = QualifiedName::parse(t.table).expect("table name");
+        let spec = TriggerSpec::new(t.trigger, table.clone());
+        let id = pgevents_capture::install_trigger(&mut client, &schema, &spec)
+            .await
+            .expect("install trigger");
+        routes.push(Route {
+            trigger_id: id,
+            name: t.trigger.into(),
+            schema: table.schema.as_str().into(),
+            table: table.name.as_str().into(),
+            sink: Arc::new(t.sink.clone()),
+            retry: t.retry,
+        });
+        sinks.push(t.sink);
+    }
+    assert_eq!(
+        pgevents_log::salt(&client, &schema).await.expect("salt"),
+        salt
+    );
+    let health = Health::new();
+    let state = AdminState::new(
+        db.url.clone(),
+        schema.clone(),
+        salt,
+        token.map(str::to_owned),
+        health.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let admin = tokio::spawn(pgevents_admin::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let mut d = Daemon {
+        db,
+        schema,
+        salt,
+        health,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client"),
+        token: token.map(str::to_owned),
+        sinks,
+        dispatcher: None,
+        admin: Some((stop, admin)),
+        routes,
+    };
+    if dispatch {
+        d.start_dispatcher();
+    }
+    d
+}
+
+impl Daemon {
+    pub fn start_dispatcher(&mut self) {
+        assert!(self.dispatcher.is_none(), "the dispatcher already runs");
+        let options = Options {
+            idle_poll: Duration::from_millis(250),
+            drain_timeout: Duration::from_secs(5),
+            ..Options::default()
+        };
+        let dispatcher = Dispatcher::new(
+            self.db.url.clone(),
+            self.schema.clone(),
+            self.salt,
+            self.routes.clone(),
+            options,
+        )
+        .with_health(self.health.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(dispatcher.run(async move {
+            let _ = stopped.await;
+        }));
+        self.dispatcher = Some((stop, task));
+    }
+
+    pub async fn stop_dispatcher(&mut self) {
+        if let Some((stop, task)) = self.dispatcher.take() {
+            let _ = stop.send(());
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("the dispatcher stops within a minute")
+                .expect("dispatcher task")
+                .expect("dispatcher run");
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some((stop, task)) = self.admin.take() {
+            let _ = stop.send(());
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("the admin server stops within a minute")
+                .expect("admin task")
+                .expect("admin serve");
+        }
+        self.stop_dispatcher().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// GET with the token (if any); the status and the body parsed as JSON (Null if not JSON).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .authorized(self.http.get(self.url(path)))
+            .send()
+            .await
+            .expect("GET");
+        answer(response).await
+    }
+
+    /// POST `body` with the token (if any).
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let response = self
+            .authorized(self.http.post(self.url(path)))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("POST");
+        answer(response).await
+    }
+
+    /// GET with the token, the body as text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let response = self
+            .authorized(self.http.get(self.url(path)))
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+
+    /// Writes `sql` on the test's own connection.
+    pub async fn sql(&self, sql: &str) {
+        self.db.client.batch_execute(sql).await.expect("sql");
+    }
+
+    /// Events of `trigger` with `status`, newest first.
+    pub async fn events(&self, trigger: &str, status: &str) -> Vec<Value> {
+        let (code, body) = self
+            .get(&format!(
+                "/api/v1/events?trigger={trigger}&status={status}&limit=1000"
+            ))
+            .await;
+        assert_eq!(code, 200, "{body}");
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `trigger` has `n` events with `status`; returns them.
+    pub async fn wait_for_events(&self, trigger: &str, status: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let events = self.events(trigger, status).await;
+            if events.len() >= n {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} {status} events of {trigger} (have {})",
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until event `id` has `status`; returns its detail.
+    pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (code, body) = self.get(&format!("/api/v1/events/{id}")).await;
+            assert_eq!(code, 200, "{body}");
+            if body["event"]["status"] == status {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for event {id} to be {status}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Polls `check` until it returns true, or panics after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
