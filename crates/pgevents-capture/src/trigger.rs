@@ -199,7 +199,10 @@ END
 /// Checks, without changing anything, that `spec` can be installed: the table and the
 /// `columns` exist and the current role may create triggers on the table. Returns every
 /// problem found, each saying what to do.
-pub async fn check_trigger(client: &impl GenericClient, spec: &TriggerSpec) -> Result<Vec<String>, Error> {
+pub async fn check_trigger(
+    client: &impl GenericClient,
+    spec: &TriggerSpec,
+) -> Result<Vec<String>, Error> {
     let info = match table_info(client, &spec.table).await {
         Ok(info) => info,
         Err(e @ Error::NoSuchTable(_)) => return Ok(vec![e.to_string()]),

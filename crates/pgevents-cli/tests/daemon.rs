@@ -29,11 +29,14 @@ impl Hit {
     }
 }
 
+/// A scripted answer: status, `Retry-After`, delay in milliseconds.
+type Answer = (u16, Option<&'static str>, u64);
+
 /// A webhook receiver: `/{name}` answers from a per-name script of statuses (then 200).
 #[derive(Clone, Default)]
 struct Receiver {
     hits: Arc<Mutex<HashMap<String, Vec<Hit>>>>,
-    scripts: Arc<Mutex<HashMap<String, Vec<(u16, Option<&'static str>, u64)>>>>,
+    scripts: Arc<Mutex<HashMap<String, Vec<Answer>>>>,
 }
 
 impl Receiver {
@@ -51,7 +54,7 @@ impl Receiver {
     }
 
     /// Answers the next requests to `/{name}` with (status, Retry-After, delay ms), then 200.
-    fn script(&self, name: &str, answers: Vec<(u16, Option<&'static str>, u64)>) {
+    fn script(&self, name: &str, answers: Vec<Answer>) {
         self.scripts
             .lock()
             .expect("lock")

@@ -23,6 +23,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
     let schema = schema(&config)?;
+    let token = match config.admin.token() {
+        Some("") => {
+            return Err(DaemonError::Setup(format!(
+                "{}: admin.token_from_env: the variable is set but empty; set a token or remove token_from_env",
+                config.source
+            )))
+        }
+        other => other.map(str::to_string),
+    };
+    // Before anything is counted, so no early event is missing from /metrics.
+    pgevents_admin::install_metrics_recorder();
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|e| {
+            DaemonError::Setup(format!(
+                "{}: admin.listen: cannot listen on {}: {e}; choose another address or port",
+                config.source, config.admin.listen
+            ))
+        })?;
     let (ids, salt) = install(&config).await?;
     let mut routes = Vec::with_capacity(ids.len());
     for (trigger, id) in config.triggers.iter().zip(ids) {
@@ -41,18 +60,30 @@ pub async fn run(
             retry: trigger.retry,
         });
     }
-    tracing::info!(
-        triggers = routes.len(),
-        schema = schema.name(),
-        "pgevents running"
-    );
     let url = config.database_url().to_string();
+    let health = Health::new();
     let dispatcher = Dispatcher::new(
         url.clone(),
         schema.clone(),
         salt,
         routes,
         Options::default(),
+    )
+    .with_health(health.clone());
+    let admin_addr = admin_listener.local_addr().ok();
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(pgevents_admin::serve(
+        admin_listener,
+        AdminState::new(url.clone(), schema.clone(), salt, token, health),
+        async move {
+            let _ = admin_stopped.await;
+        },
+    ));
+    tracing::info!(
+        triggers = config.triggers.len(),
+        schema = schema.name(),
+        admin = ?admin_addr,
+        "pgevents running"
     );
     let retention = tokio::spawn(retention_loop(
         url,
@@ -63,6 +94,13 @@ pub async fn run(
     let result = dispatcher.run(shutdown).await;
     retention.abort();
     let _ = retention.await;
+    // The admin server keeps answering while delivery drains.
+    let _ = stop_admin.send(());
+    match admin.await {
+        Ok(Err(error)) => tracing::warn!(%error, "the admin server failed"),
+        Err(error) => tracing::warn!(%error, "the admin server task failed"),
+        Ok(Ok(())) => {}
+    }
     tracing::info!("pgevents stopped");
     result.map_err(DaemonError::from)
 }
