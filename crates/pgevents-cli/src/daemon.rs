@@ -191,6 +191,12 @@ async fn execute(command: Command) -> Result<(), DaemonError> {
             }
             print_table(&rows);
             println!("capture lag: {:.1}s", status.capture_lag_seconds);
+            if let Some((bytes, warning)) = &status.slot {
+                println!("replication slot lag: {bytes} bytes of WAL held");
+                if let Some(warning) = warning {
+                    println!("warning: {warning}");
+                }
+            }
             Ok(())
         }
         Command::Events { command } => events(command).await,

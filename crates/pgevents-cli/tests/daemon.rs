@@ -764,3 +764,93 @@ async fn sigkill_during_a_burst_loses_nothing() {
         "{duplicates} duplicates (received {at_kill} before the kill)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_mode_delivers_without_triggers_and_uninstalls_its_slot() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE wal_orders (id int PRIMARY KEY, status text)")
+        .await
+        .expect("schema");
+    let (receiver, addr) = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slot = format!("pgevents_cli_{}", std::process::id());
+    let body = config(
+        &db,
+        &format!(
+            "[[trigger]]\nname = \"wal\"\ntable = \"wal_orders\"\nwebhook = {{ url = \"http://{addr}/wal\" }}\n"
+        ),
+    )
+    .replace(
+        "[admin]",
+        &format!("[capture]\nmode = \"logical\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n\n[admin]"),
+    );
+    let cfg = write_config(&dir, &body);
+    let cfg_s = cfg.display().to_string();
+    let out = output(&["check", "--config", &cfg_s], &[]);
+    assert!(
+        out.status.success(),
+        "check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon = Daemon::start(&cfg, &[]);
+    let deadline = Instant::now() + WAIT;
+    while db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map(|r| r.get::<_, i64>(0))
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the daemon creates its slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.client
+        .batch_execute(
+            "INSERT INTO wal_orders VALUES (1, 'new'); UPDATE wal_orders SET status = 'paid'",
+        )
+        .await
+        .expect("writes");
+    let hits = receiver
+        .wait("wal", "two events from the WAL", |h| h.len() == 2)
+        .await;
+    assert_eq!(hits[0].json()["action"], "INSERT");
+    assert_eq!(
+        hits[1].json()["data"]["old"],
+        serde_json::json!({"id": 1, "status": "new"})
+    );
+    assert_eq!(
+        hits[1].json()["data"]["new"],
+        serde_json::json!({"id": 1, "status": "paid"})
+    );
+    let triggers: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'wal_orders'::regclass AND NOT tgisinternal", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(triggers, 0, "no trigger on the user table in logical mode");
+    let out = output(&["status", "--config", &cfg_s], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replication slot lag"));
+    daemon.stop();
+    let out = output(&["uninstall", "--drop-log", "--config", &cfg_s], &[]);
+    assert!(
+        out.status.success(),
+        "uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let slots: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(slots, 0, "uninstall drops the slot");
+}

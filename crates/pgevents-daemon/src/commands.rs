@@ -30,13 +30,39 @@ pub(crate) fn spec(trigger: &TriggerConfig) -> TriggerSpec {
     }
 }
 
-/// Installs the event log and every trigger's capture, idempotently. Returns each
-/// trigger's log id, in config order, and the installation's id salt.
-pub async fn install(config: &Config) -> Result<(Vec<i32>, u16), DaemonError> {
+/// What `install` set up.
+pub struct Installed {
+    /// Each trigger's log id, in config order.
+    pub ids: Vec<i32>,
+    /// The installation's id salt.
+    pub salt: u16,
+    /// The WAL reader, when `capture.mode = "logical"`.
+    pub capture: Option<pgevents_logical::LogicalCapture>,
+}
+
+fn logical_error(config: &Config, e: pgevents_logical::Error) -> DaemonError {
+    let message = format!("{}: capture: {e}", config.source);
+    if e.is_transient() {
+        DaemonError::Runtime(message)
+    } else {
+        DaemonError::Setup(message)
+    }
+}
+
+/// Installs the event log and every trigger's capture (triggers, or the publication, slot
+/// and replica identities in logical mode), idempotently.
+pub async fn install(config: &Config) -> Result<Installed, DaemonError> {
     let schema = schema(config)?;
     let mut client = connect(config).await?;
+    if config.capture.mode == CaptureMode::Logical {
+        // Before anything changes: a server without wal_level = logical keeps its triggers.
+        pgevents_logical::check_wal_level(&client)
+            .await
+            .map_err(|e| logical_error(config, e))?;
+    }
     let salt = pgevents_log::install(&mut client, &schema).await?;
     let mut ids = Vec::with_capacity(config.triggers.len());
+    let mut tables = Vec::new();
     for trigger in &config.triggers {
         let id = match config.capture.mode {
             CaptureMode::Trigger => {
@@ -45,15 +71,43 @@ pub async fn install(config: &Config) -> Result<(Vec<i32>, u16), DaemonError> {
                     .map_err(|e| in_trigger(trigger, e))?
             }
             CaptureMode::Logical => {
-                return Err(DaemonError::Setup(format!(
-                    "{}: capture.mode = \"logical\" is not available in this build; use mode = \"trigger\"",
-                    config.source
-                )))
+                let table = pgevents_logical::register_table(&client, &schema, &spec(trigger))
+                    .await
+                    .map_err(|e| logical_error(config, e))?;
+                let id = table.trigger_id;
+                tables.push(table);
+                id
             }
         };
         ids.push(id);
     }
-    Ok((ids, salt))
+    let capture = match config.capture.mode {
+        CaptureMode::Trigger => None,
+        CaptureMode::Logical => {
+            let capture = logical(config, &schema, tables)?;
+            capture
+                .install()
+                .await
+                .map_err(|e| logical_error(config, e))?;
+            Some(capture)
+        }
+    };
+    Ok(Installed { ids, salt, capture })
+}
+
+fn logical(
+    config: &Config,
+    schema: &LogSchema,
+    tables: Vec<pgevents_logical::LogicalTable>,
+) -> Result<pgevents_logical::LogicalCapture, DaemonError> {
+    pgevents_logical::LogicalCapture::new(
+        config.database_url(),
+        schema.clone(),
+        config.capture.slot.clone(),
+        config.capture.publication.clone(),
+        tables,
+    )
+    .map_err(|e| logical_error(config, e))
 }
 
 fn in_trigger(trigger: &TriggerConfig, e: pgevents_log::Error) -> DaemonError {
@@ -83,6 +137,13 @@ pub async fn uninstall(config: &Config, drop_log: bool) -> Result<Vec<String>, D
                 removed.push(trigger.name.clone());
             }
         }
+    }
+    if installed && config.capture.mode == CaptureMode::Logical {
+        // The slot holds WAL until it is dropped: remove it (and the publication) first.
+        logical(config, &schema, Vec::new())?
+            .uninstall()
+            .await
+            .map_err(|e| logical_error(config, e))?;
     }
     if drop_log {
         pgevents_log::uninstall(&client, &schema).await?;
@@ -135,6 +196,9 @@ pub struct Status {
     pub triggers: Vec<TriggerCounts>,
     /// Seconds between the oldest captured change not yet in the log and now.
     pub capture_lag_seconds: f64,
+    /// In logical mode: bytes of WAL the slot holds back, and a warning when that
+    /// threatens the disk.
+    pub slot: Option<(i64, Option<String>)>,
 }
 
 /// The log's per-trigger counts and capture lag.
@@ -143,9 +207,23 @@ pub async fn status(config: &Config) -> Result<Status, DaemonError> {
     let client = connect(config).await?;
     pgevents_log::salt(&client, &schema).await?;
     let (triggers, capture_lag_seconds) = browse::status(&client, &schema).await?;
+    let slot = match config.capture.mode {
+        CaptureMode::Trigger => None,
+        CaptureMode::Logical => logical(config, &schema, Vec::new())?
+            .slot_health()
+            .await
+            .map_err(|e| logical_error(config, e))?
+            .map(|h| {
+                (
+                    h.lag_bytes.unwrap_or(0),
+                    h.warning(pgevents_logical::DEFAULT_LAG_WARNING_BYTES),
+                )
+            }),
+    };
     Ok(Status {
         triggers,
         capture_lag_seconds,
+        slot,
     })
 }
 

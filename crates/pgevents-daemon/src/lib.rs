@@ -8,7 +8,7 @@ mod run;
 
 pub use commands::{
     check, install, invoke, list_events, redeliver, redeliver_failed, show_event, status,
-    uninstall, Status,
+    uninstall, Installed, Status,
 };
 pub use error::DaemonError;
 pub use run::run;

@@ -7,7 +7,7 @@ use pgevents_admin::{AdminState, Health};
 use pgevents_config::Config;
 use pgevents_dispatch::{Dispatcher, Options, Route};
 
-use crate::commands::{install, schema};
+use crate::commands::{install, schema, Installed};
 use crate::DaemonError;
 
 /// How often retention looks for old events.
@@ -42,7 +42,7 @@ pub async fn run(
                 config.source, config.admin.listen
             ))
         })?;
-    let (ids, salt) = install(&config).await?;
+    let Installed { ids, salt, capture } = install(&config).await?;
     let mut routes = Vec::with_capacity(ids.len());
     for (trigger, id) in config.triggers.iter().zip(ids) {
         let sink = trigger.build_sink(&trigger.path()).map_err(|e| {
@@ -91,7 +91,21 @@ pub async fn run(
         config.retention.delivered,
         config.retention.failed,
     ));
-    let result = dispatcher.run(shutdown).await;
+    let result = match capture {
+        None => dispatcher.run(shutdown).await,
+        Some(capture) => {
+            let (captured, dispatched) = capture.run_beside(dispatcher, shutdown).await;
+            if let Err(e) = captured {
+                let message = format!("{}: capture: {e}", config.source);
+                return Err(if e.is_transient() {
+                    DaemonError::Runtime(message)
+                } else {
+                    DaemonError::Setup(message)
+                });
+            }
+            dispatched
+        }
+    };
     retention.abort();
     let _ = retention.await;
     // The admin server keeps answering while delivery drains.

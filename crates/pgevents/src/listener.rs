@@ -50,6 +50,8 @@ pub struct ListenerBuilder {
     retry: RetryPolicy,
     options: Options,
     entries: Vec<Entry>,
+    /// Logical capture: (slot, publication); `None` for trigger capture.
+    logical: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for ListenerBuilder {
@@ -67,6 +69,8 @@ impl std::fmt::Debug for ListenerBuilder {
 /// Handlers bound to an installed event log, ready to [`run`](Listener::run).
 pub struct Listener {
     dispatcher: Dispatcher,
+    /// The WAL reader, in logical capture mode.
+    capture: Option<pgevents_logical::LogicalCapture>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -84,6 +88,7 @@ impl Listener {
             retry: RetryPolicy::default(),
             options: Options::default(),
             entries: Vec::new(),
+            logical: None,
         }
     }
 
@@ -93,12 +98,22 @@ impl Listener {
     where
         F: Future + Send,
     {
-        self.dispatcher
-            .run(async move {
+        let Some(capture) = self.capture else {
+            return self
+                .dispatcher
+                .run(async move {
+                    shutdown.await;
+                })
+                .await
+                .map_err(Error::from);
+        };
+        let (captured, dispatched) = capture
+            .run_beside(self.dispatcher, async move {
                 shutdown.await;
             })
-            .await
-            .map_err(Error::from)
+            .await;
+        captured.map_err(pgevents_log::Error::from)?;
+        dispatched.map_err(Error::from)
     }
 }
 
@@ -162,6 +177,21 @@ impl ListenerBuilder {
         self
     }
 
+    /// Captures changes from the WAL through replication slot `slot` and publication
+    /// `publication` instead of triggers (`capture.mode = "logical"`; needs
+    /// `wal_level = logical`). [`build`](Self::build) then installs the publication, the
+    /// slot and `REPLICA IDENTITY FULL` on the tables, and removes capture triggers an
+    /// earlier trigger-mode build left; [`Listener::run`] streams the slot beside delivery.
+    /// Payloads are the same as in trigger mode.
+    pub fn capture_logical(
+        mut self,
+        slot: impl Into<String>,
+        publication: impl Into<String>,
+    ) -> ListenerBuilder {
+        self.logical = Some((slot.into(), publication.into()));
+        self
+    }
+
     /// Connects, installs the event log and the capture triggers (idempotently), and
     /// returns the listener. Fails, changing nothing for that table, when a table or
     /// column does not exist.
@@ -200,8 +230,24 @@ impl ListenerBuilder {
         let mut client = pgevents_log::connect(&self.url, None).await?;
         let salt = pgevents_log::install(&mut client, &schema).await?;
         let mut routes = Vec::with_capacity(specs.len());
+        let mut logical_tables = Vec::new();
+        if self.logical.is_some() {
+            // Before any trigger is replaced: a server without wal_level = logical keeps them.
+            pgevents_logical::check_wal_level(&client)
+                .await
+                .map_err(pgevents_log::Error::from)?;
+        }
         for (spec, entry) in &specs {
-            let id = pgevents_capture::install_trigger(&mut client, &schema, spec).await?;
+            let id = if self.logical.is_some() {
+                let table = pgevents_logical::register_table(&client, &schema, spec)
+                    .await
+                    .map_err(pgevents_log::Error::from)?;
+                let id = table.trigger_id;
+                logical_tables.push(table);
+                id
+            } else {
+                pgevents_capture::install_trigger(&mut client, &schema, spec).await?
+            };
             routes.push(Route {
                 trigger_id: id,
                 name: spec.name.as_str().into(),
@@ -216,8 +262,24 @@ impl ListenerBuilder {
             schema = schema.name(),
             "pgevents installed"
         );
+        let capture = match self.logical {
+            Some((slot, publication)) => {
+                let capture = pgevents_logical::LogicalCapture::new(
+                    self.url.clone(),
+                    schema.clone(),
+                    slot,
+                    publication,
+                    logical_tables,
+                )
+                .map_err(pgevents_log::Error::from)?;
+                capture.install().await.map_err(pgevents_log::Error::from)?;
+                Some(capture)
+            }
+            None => None,
+        };
         Ok(Listener {
             dispatcher: Dispatcher::new(self.url, schema, salt, routes, self.options),
+            capture,
         })
     }
 }

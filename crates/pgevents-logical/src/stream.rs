@@ -1,0 +1,678 @@
+//! The capture loop: leadership, the replication session, decoding into batches, writing
+//! them to the log and only then confirming the slot's position.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pgevents_event::Action;
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
+};
+use tokio::time::Instant;
+use tokio_postgres::{Client, NoTls};
+
+use crate::pgoutput::{self, Message, OldKind, Relation, Value};
+use crate::slots::slot_health;
+use crate::writer::{Batch, Cursor, Row, Shape, Writer, WHOLE};
+use crate::{catalog, Error, LogicalCapture, LogicalTable};
+
+/// Shortest and longest wait before retrying after a transient failure.
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often the loop looks at its leadership connection when the stream is quiet.
+const TICK: Duration = Duration::from_secs(1);
+/// Replication events buffered between the protocol client and the decoder. Each holds one
+/// row change, so this bounds memory together with the batch limits.
+const STREAM_BUFFER: usize = 64;
+/// Session settings of the walsender, so values come out in unambiguous text forms that the
+/// log connection reads back exactly (ISO dates, UTC offsets, shortest-exact floats).
+const WALSENDER_OPTIONS: &str =
+    "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex";
+
+/// Why a session ended without an error.
+enum Stop {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The leadership connection broke: another process may be taking over.
+    LostLead,
+}
+
+type Shutdown<'a, F> = Pin<&'a mut F>;
+
+impl LogicalCapture {
+    /// Streams changes into the event log until `shutdown` completes.
+    ///
+    /// Only one process streams from a slot: this one first waits for the slot's leadership
+    /// (a session advisory lock), so a second process started on the same slot waits and
+    /// takes over within moments when the first dies. Transient failures (connections,
+    /// server restarts, a previous consumer still releasing the slot) are retried with
+    /// backoff; a lost or missing slot, a wrong `wal_level` or an undecodable stream end the
+    /// run with an error that says what to do.
+    pub async fn run<F: Future>(self, shutdown: F) -> Result<(), Error> {
+        let shutdown = std::pin::pin!(shutdown);
+        let mut shutdown: Shutdown<'_, F> = shutdown;
+        let mut delay = RETRY_MIN;
+        loop {
+            let lead = match self.lead(shutdown.as_mut()).await {
+                Ok(Some(lead)) => lead,
+                Ok(None) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, slot = %self.slot, "cannot reach the database for capture leadership; retrying");
+                    if !pause(&mut delay, shutdown.as_mut()).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            tracing::info!(slot = %self.slot, "capturing from the replication slot");
+            loop {
+                let started = Instant::now();
+                match self.session(&lead, shutdown.as_mut()).await {
+                    Ok(Stop::Shutdown) => return Ok(()),
+                    Ok(Stop::LostLead) => {
+                        tracing::warn!(slot = %self.slot, "lost the capture leadership connection; waiting to lead again");
+                        break;
+                    }
+                    Err(e) if e.is_transient() => {
+                        if started.elapsed() > RETRY_MAX {
+                            delay = RETRY_MIN;
+                        }
+                        tracing::warn!(error = %e, slot = %self.slot, retry_in_ms = delay.as_millis() as u64, "capture interrupted; resuming from the last written position");
+                        if !pause(&mut delay, shutdown.as_mut()).await {
+                            return Ok(());
+                        }
+                        if lead.is_closed() {
+                            break;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Takes the slot's leadership, waiting for it while another process holds it; `None`
+    /// when shutdown came first.
+    async fn lead<F: Future>(&self, shutdown: Shutdown<'_, F>) -> Result<Option<Client>, Error> {
+        let client = pgevents_log::connect(&self.url, None).await?;
+        let key = self.lead_key();
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(|e| Error::query("taking the capture leadership", e))?
+            .get(0);
+        if got {
+            return Ok(Some(client));
+        }
+        tracing::info!(slot = %self.slot, "another process captures from this slot; standing by to take over");
+        let cancel = client.cancel_token();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        let waited = tokio::select! {
+            biased;
+            _ = shutdown => None,
+            r = client.execute("SELECT pg_advisory_lock($1)", &params) => Some(r),
+        };
+        match waited {
+            None => {
+                let _ = cancel.cancel_query(NoTls).await;
+                Ok(None)
+            }
+            Some(r) => {
+                r.map_err(|e| Error::query("waiting for the capture leadership", e))?;
+                Ok(Some(client))
+            }
+        }
+    }
+
+    fn lead_key(&self) -> i64 {
+        self.schema.key(&format!("logical-slot:{}", self.slot))
+    }
+
+    /// One replication session: from the last written position until shutdown or an error.
+    async fn session<F: Future>(
+        &self,
+        lead: &Client,
+        mut shutdown: Shutdown<'_, F>,
+    ) -> Result<Stop, Error> {
+        let mut writer = Writer::open(&self.url, &self.schema, &self.slot).await?;
+        self.check_slot(writer.client()).await?;
+        let progress = writer.progress().await?;
+        let mut decoder = Decoder {
+            tables: self.watched(writer.client()).await?,
+            relations: HashMap::new(),
+            txn: None,
+            batch: Batch::at(progress.cursor),
+            warned: HashSet::new(),
+        };
+        let config = replication_config(
+            &self.url,
+            &self.slot,
+            &self.publication,
+            progress.end_lsn,
+            &self.options,
+        )?;
+        let mut stream = ReplicationClient::connect(config)
+            .await
+            .map_err(|source| Error::replication("connecting", source))?;
+        let mut deadline: Option<Instant> = None;
+        let mut next_check = Instant::now() + self.options.health_interval;
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wake = deadline.map_or(next_tick, |d| d.min(next_tick));
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => None,
+                r = tokio::time::timeout_at(wake, stream.recv()) => Some(r),
+            };
+            let Some(received) = received else {
+                self.finish(&mut writer, &mut decoder, &mut stream).await;
+                return Ok(Stop::Shutdown);
+            };
+            match received {
+                Err(_) => {}
+                Ok(Ok(Some(event))) => match event {
+                    ReplicationEvent::Begin {
+                        final_lsn,
+                        commit_time_micros,
+                        ..
+                    } => decoder.begin(final_lsn.0, commit_time_micros),
+                    ReplicationEvent::XLogData { data, .. } => {
+                        let message = pgoutput::decode(&data)?;
+                        decoder.change(message, writer.client()).await?;
+                    }
+                    ReplicationEvent::Commit { end_lsn, .. } => {
+                        decoder.commit(end_lsn.0)?;
+                        if decoder.batch.is_empty() {
+                            // Nothing of it waits to be written: confirm at once.
+                            decoder.batch.end_lsn = None;
+                            stream.update_applied_lsn(end_lsn);
+                        }
+                    }
+                    // Between transactions with nothing unwritten: every transaction before this
+                    // point was sent and is in the log.
+                    ReplicationEvent::KeepAlive { wal_end, .. }
+                        if decoder.txn.is_none() && decoder.batch.is_empty() =>
+                    {
+                        stream.update_applied_lsn(wal_end);
+                    }
+                    _ => {}
+                },
+                Ok(Ok(None)) => {
+                    return Err(Error::replication(
+                        "streaming",
+                        PgWireError::Io(Arc::new(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the server ended the replication stream",
+                        ))),
+                    ))
+                }
+                Ok(Err(source)) => return Err(self.stream_error(source, writer.client()).await),
+            }
+            let now = Instant::now();
+            if decoder.batch.is_empty() {
+                deadline = None;
+            } else {
+                let due = *deadline.get_or_insert(now + self.options.linger);
+                if due <= now
+                    || decoder.batch.len() >= self.options.batch_rows
+                    || decoder.batch.bytes() >= self.options.batch_bytes
+                {
+                    self.flush(&mut writer, &mut decoder, &stream).await?;
+                    deadline = None;
+                }
+            }
+            if now >= next_tick {
+                next_tick = now + TICK;
+                if lead.is_closed() {
+                    return Ok(Stop::LostLead);
+                }
+                if now >= next_check {
+                    next_check = now + self.options.health_interval;
+                    self.check_slot(writer.client()).await?;
+                }
+            }
+        }
+    }
+
+    /// Writes the batch, then confirms the end of the last source transaction it completes.
+    async fn flush(
+        &self,
+        writer: &mut Writer,
+        decoder: &mut Decoder,
+        stream: &ReplicationClient,
+    ) -> Result<(), Error> {
+        let rows = decoder.batch.len();
+        let started = Instant::now();
+        writer.write(&decoder.batch).await?;
+        if let Some(end) = decoder.batch.end_lsn {
+            stream.update_applied_lsn(Lsn(end));
+        }
+        decoder.batch.clear();
+        tracing::debug!(
+            rows,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "captured rows written to the event log"
+        );
+        Ok(())
+    }
+
+    /// At shutdown: writes what is decoded (best effort; the slot re-sends anything not
+    /// written) and ends the stream.
+    async fn finish(
+        &self,
+        writer: &mut Writer,
+        decoder: &mut Decoder,
+        stream: &mut ReplicationClient,
+    ) {
+        if !decoder.batch.is_empty() {
+            let flushed =
+                tokio::time::timeout(Duration::from_secs(10), self.flush(writer, decoder, stream))
+                    .await;
+            if !matches!(flushed, Ok(Ok(()))) {
+                tracing::warn!(slot = %self.slot, "could not write the last decoded rows at shutdown; they will be captured again on the next start");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
+    }
+
+    /// Fails when the slot is missing or lost; logs a warning when it holds back too much WAL.
+    async fn check_slot(&self, client: &Client) -> Result<(), Error> {
+        let Some(health) = slot_health(client, &self.slot).await? else {
+            return Err(Error::SlotMissing {
+                slot: self.slot.clone(),
+            });
+        };
+        if health.is_lost() {
+            return Err(Error::SlotLost {
+                slot: self.slot.clone(),
+            });
+        }
+        if let Some(warning) = health.warning(self.options.lag_warning_bytes) {
+            tracing::warn!(slot = %self.slot, retained_bytes = health.retained_bytes, "{warning}");
+        }
+        Ok(())
+    }
+
+    /// Turns a replication error into the clearest error: a lost or missing slot if that is
+    /// what the catalog now shows, else the protocol error itself.
+    async fn stream_error(&self, source: PgWireError, client: &Client) -> Error {
+        if let Err(e) = self.check_slot(client).await {
+            if matches!(e, Error::SlotLost { .. } | Error::SlotMissing { .. }) {
+                return e;
+            }
+        }
+        Error::replication("streaming", source)
+    }
+
+    /// The watched tables by OID, with their key columns.
+    async fn watched(&self, client: &Client) -> Result<HashMap<u32, Watched>, Error> {
+        let mut watched: HashMap<u32, Watched> = HashMap::new();
+        for t in &self.tables {
+            let Some(info) = catalog::table_info(client, &t.table).await? else {
+                tracing::warn!(table = %t.table, "watched table does not exist; its changes are not captured");
+                continue;
+            };
+            if info.replica_identity != b'f' {
+                tracing::warn!(table = %t.table, "REPLICA IDENTITY is not FULL: data.old of UPDATE and DELETE events is incomplete; run `pgevents install` again");
+            }
+            watched
+                .entry(info.oid)
+                .or_insert_with(|| Watched {
+                    specs: Vec::new(),
+                    key_columns: info.key_columns.clone(),
+                })
+                .specs
+                .push(t.clone());
+        }
+        Ok(watched)
+    }
+}
+
+/// Waits `delay` (doubling it for next time) unless shutdown comes first; false on shutdown.
+async fn pause<F: Future>(delay: &mut Duration, shutdown: Shutdown<'_, F>) -> bool {
+    let wait = *delay;
+    *delay = (*delay * 2).min(RETRY_MAX);
+    tokio::select! {
+        biased;
+        _ = shutdown => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// The replication client's settings for the database at `url`.
+fn replication_config(
+    url: &str,
+    slot: &str,
+    publication: &str,
+    ack_lsn: u64,
+    options: &crate::Options,
+) -> Result<ReplicationConfig, Error> {
+    let config: tokio_postgres::Config = url.parse().map_err(|source| {
+        Error::Log(pgevents_log::Error::Connect {
+            context: "parsing the database URL".into(),
+            source,
+        })
+    })?;
+    let user = config.get_user().ok_or_else(|| {
+        Error::Invalid(
+            "the database URL names no user: add one, as in postgres://user@host/db".into(),
+        )
+    })?;
+    let password = config
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let database = config.get_dbname().unwrap_or(user);
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let replication = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => {
+            let mode = match config.get_ssl_mode() {
+                tokio_postgres::config::SslMode::Disable => SslMode::Disable,
+                tokio_postgres::config::SslMode::Require => SslMode::Require,
+                _ => SslMode::Prefer,
+            };
+            ReplicationConfig::new(host.as_str(), user, password, database, slot, publication)
+                .with_port(port)
+                .with_tls(TlsConfig {
+                    mode,
+                    ..TlsConfig::default()
+                })
+        }
+        Some(tokio_postgres::config::Host::Unix(dir)) => ReplicationConfig::unix(
+            dir.display().to_string(),
+            port,
+            user,
+            password,
+            database,
+            slot,
+            publication,
+        ),
+        None => {
+            return Err(Error::Invalid(
+                "the database URL names no host: add one, as in postgres://user@host/db".into(),
+            ))
+        }
+    };
+    Ok(replication
+        .with_start_lsn(Lsn::ZERO)
+        .with_ack_lsn(Lsn(ack_lsn))
+        .with_status_interval(options.status_interval)
+        .with_wakeup_interval(Duration::from_secs(10))
+        .with_buffer_size(STREAM_BUFFER)
+        .with_options(WALSENDER_OPTIONS)
+        .with_application_name(
+            config
+                .get_application_name()
+                .unwrap_or(pgevents_log::APPLICATION_NAME),
+        ))
+}
+
+/// A watched table: who captures it, and what identifies its rows.
+struct Watched {
+    specs: Vec<LogicalTable>,
+    key_columns: Vec<String>,
+}
+
+/// The source transaction being decoded.
+struct Txn {
+    lsn: u64,
+    commit_time: DateTime<Utc>,
+    /// The number of the next change.
+    next: i64,
+    /// Changes numbered below this are already in the log (a replay).
+    skip_below: i64,
+}
+
+/// A relation as last described by the stream, with its row shape.
+struct Known {
+    relation: Relation,
+    shape: Arc<Shape>,
+}
+
+/// Turns decoded messages into rows of a batch.
+struct Decoder {
+    tables: HashMap<u32, Watched>,
+    relations: HashMap<u32, Known>,
+    txn: Option<Txn>,
+    batch: Batch,
+    /// Relations already warned about (incomplete old rows).
+    warned: HashSet<u32>,
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl Decoder {
+    fn begin(&mut self, lsn: u64, commit_time_micros: i64) {
+        let cursor = self.batch.cursor;
+        let skip_below = if lsn < cursor.txn_lsn {
+            WHOLE
+        } else if lsn == cursor.txn_lsn {
+            cursor.next_change
+        } else {
+            0
+        };
+        let commit_time =
+            DateTime::from_timestamp_micros(commit_time_micros.saturating_add(PG_EPOCH_MICROS))
+                .unwrap_or_else(Utc::now);
+        self.txn = Some(Txn {
+            lsn,
+            commit_time,
+            next: 0,
+            skip_below,
+        });
+    }
+
+    fn commit(&mut self, end_lsn: u64) -> Result<(), Error> {
+        let txn = self
+            .txn
+            .take()
+            .ok_or_else(|| Error::Decode("a commit without a transaction".into()))?;
+        self.batch.cursor = self.batch.cursor.max(Cursor {
+            txn_lsn: txn.lsn,
+            next_change: WHOLE,
+        });
+        self.batch.end_lsn = Some(end_lsn);
+        Ok(())
+    }
+
+    async fn change(&mut self, message: Message, catalog: &Client) -> Result<(), Error> {
+        let relation = match &message {
+            Message::Relation(relation) => {
+                let key_columns = match self.tables.get_mut(&relation.oid) {
+                    Some(watched) => {
+                        // Keys may have changed with the schema: read them again.
+                        watched.key_columns = key_columns(catalog, relation.oid).await?;
+                        watched.key_columns.clone()
+                    }
+                    None => Vec::new(),
+                };
+                let key = key_columns
+                    .iter()
+                    .map(|k| relation.columns.iter().position(|c| &c.name == k))
+                    .collect::<Option<Vec<usize>>>()
+                    .unwrap_or_default();
+                let shape = Arc::new(Shape {
+                    columns: relation.columns.clone(),
+                    key,
+                });
+                if relation.replica_identity != b'f' && self.tables.contains_key(&relation.oid) {
+                    self.warn_once(relation.oid, &relation.name);
+                }
+                self.relations.insert(
+                    relation.oid,
+                    Known {
+                        relation: relation.clone(),
+                        shape,
+                    },
+                );
+                return Ok(());
+            }
+            Message::Other => return Ok(()),
+            Message::Insert { relation, .. }
+            | Message::Update { relation, .. }
+            | Message::Delete { relation, .. } => Some(*relation),
+            Message::Truncate { .. } => None,
+        };
+        let txn = self
+            .txn
+            .as_mut()
+            .ok_or_else(|| Error::Decode("a change outside a transaction".into()))?;
+        let index = txn.next;
+        txn.next += 1;
+        self.batch.cursor = self.batch.cursor.max(Cursor {
+            txn_lsn: txn.lsn,
+            next_change: index + 1,
+        });
+        if index < txn.skip_below {
+            return Ok(());
+        }
+        let at = (txn.lsn, index);
+        let created_at = txn.commit_time;
+        if let Message::Truncate { relations } = message {
+            for oid in relations {
+                for spec in self.tables.get(&oid).map_or(&[][..], |w| &w.specs[..]) {
+                    if spec.operations.contains(&Action::Truncate) {
+                        self.batch.push(Row {
+                            at,
+                            trigger_id: spec.trigger_id,
+                            op: Action::Truncate.code(),
+                            keyed: false,
+                            shape: None,
+                            old: None,
+                            new: None,
+                            created_at,
+                        });
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let Some(oid) = relation else { return Ok(()) };
+        if !self.tables.contains_key(&oid) {
+            return Ok(()); // published, but not watched by this configuration
+        }
+        let known = self.relations.get(&oid).ok_or_else(|| {
+            Error::Decode(format!("a change of relation {oid} before its description"))
+        })?;
+        let shape = known.shape.clone();
+        let width = known.relation.columns.len();
+        let (action, old, new) = match message {
+            Message::Insert { new, .. } => (Action::Insert, None, Some(new)),
+            Message::Update { old, new, .. } => (Action::Update, old, Some(new)),
+            Message::Delete { old, .. } => (Action::Delete, Some(old), None),
+            _ => return Ok(()),
+        };
+        let mut incomplete =
+            matches!(&old, Some((OldKind::Key, _))) || (action == Action::Update && old.is_none());
+        let old: Option<Vec<Option<String>>> = old.map(|(_, values)| {
+            values
+                .into_iter()
+                .map(|v| match v {
+                    Value::Text(s) => Some(s),
+                    _ => None,
+                })
+                .collect()
+        });
+        let new: Option<Vec<Option<String>>> = match new {
+            None => None,
+            Some(values) => {
+                let mut out = Vec::with_capacity(values.len());
+                for (i, v) in values.into_iter().enumerate() {
+                    out.push(match v {
+                        Value::Text(s) => Some(s),
+                        Value::Null => None,
+                        // An untouched TOASTed value: the whole old row has it.
+                        Value::Unchanged => match old.as_ref().and_then(|o| o.get(i)) {
+                            Some(Some(s)) => Some(s.clone()),
+                            _ => {
+                                incomplete = true;
+                                None
+                            }
+                        },
+                    });
+                }
+                Some(out)
+            }
+        };
+        if old.as_ref().is_some_and(|o| o.len() != width)
+            || new.as_ref().is_some_and(|n| n.len() != width)
+        {
+            return Err(Error::Decode(format!(
+                "a row of relation {oid} does not have the {width} columns of its description"
+            )));
+        }
+        if incomplete {
+            let name = known.relation.name.clone();
+            self.warn_once(oid, &name);
+        }
+        let Some(watched) = self.tables.get(&oid) else {
+            return Ok(());
+        };
+        for spec in &watched.specs {
+            if !spec.operations.contains(&action) {
+                continue;
+            }
+            if action == Action::Update {
+                if let (Some(columns), Some(old), Some(new)) = (&spec.columns, &old, &new) {
+                    let changed = shape
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .any(|(i, c)| columns.contains(&c.name) && old.get(i) != new.get(i));
+                    if !changed {
+                        continue;
+                    }
+                }
+            }
+            self.batch.push(Row {
+                at,
+                trigger_id: spec.trigger_id,
+                op: action.code(),
+                keyed: spec.ordered && !shape.key.is_empty(),
+                shape: Some(shape.clone()),
+                old: old.clone(),
+                new: new.clone(),
+                created_at,
+            });
+        }
+        Ok(())
+    }
+
+    fn warn_once(&mut self, oid: u32, name: &str) {
+        if self.warned.insert(oid) {
+            tracing::warn!(
+                table = name,
+                "REPLICA IDENTITY of a watched table is not FULL: old rows (and unchanged TOASTed values) are incomplete in its events; run `pgevents install` again to set it"
+            );
+        }
+    }
+}
+
+/// The key columns of the table with OID `oid` (primary key, else replica identity index).
+async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, Error> {
+    let name = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| Error::query("looking up a watched table", e))?;
+    let Some(name) = name else {
+        return Ok(Vec::new());
+    };
+    let table = pgevents_log::QualifiedName {
+        schema: name.get(0),
+        name: name.get(1),
+    };
+    Ok(catalog::table_info(client, &table)
+        .await?
+        .map(|i| i.key_columns)
+        .unwrap_or_default())
+}

@@ -1,0 +1,554 @@
+//! Writing decoded changes into the event log, exactly once, with PostgreSQL rendering the
+//! JSON.
+//!
+//! A [`Batch`] holds decoded rows (column values as text) and the stream position they bring
+//! the capture to. [`Writer::write`] commits it in one log transaction: it locks the slot's
+//! row in `logical_progress`, drops the rows that row says are already written (a replay
+//! after a crash, or an overlapping former leader), inserts the rest into `event`, moves the
+//! cursor, and wakes the dispatchers — all or nothing.
+//!
+//! The `data` JSON is built by the server from the text values: each row image becomes a
+//! subquery whose columns are the decoded text cast to the column's type (named by
+//! `format_type` from the type OID and modifier of the Relation message) under the column's
+//! name, and `to_json` of that subquery row is the same `composite_to_json` call trigger
+//! capture makes on `NEW`/`OLD` — so numbers, arrays, json, enums, domains and composites
+//! come out byte for byte as there, with the columns the row had when it was written (not
+//! the table's current ones: ADD/DROP COLUMN between change and capture change nothing).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use pgevents_log::{quote_ident, wake_channel, LogSchema};
+use tokio_postgres::types::{PgLsn, ToSql};
+use tokio_postgres::{Client, Statement};
+
+use crate::pgoutput::Column;
+use crate::Error;
+
+/// `next_change` of a transaction written whole.
+pub(crate) const WHOLE: i64 = i64::MAX;
+
+/// How far the event log holds the stream: every change numbered below `next_change` in
+/// the source transaction committed at `txn_lsn`, and everything committed before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct Cursor {
+    /// The source transaction's commit LSN.
+    pub txn_lsn: u64,
+    /// Its changes written (or [`WHOLE`]).
+    pub next_change: i64,
+}
+
+impl Cursor {
+    /// Whether change `index` of transaction `txn_lsn` is already in the log.
+    pub fn covers(&self, txn_lsn: u64, index: i64) -> bool {
+        (txn_lsn, index) < (self.txn_lsn, self.next_change)
+    }
+}
+
+/// A relation's row shape at one point of the stream, and what identifies a row in it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Shape {
+    /// The published columns.
+    pub columns: Vec<Column>,
+    /// Positions (in `columns`) of the key columns; empty when the table has no key.
+    pub key: Vec<usize>,
+}
+
+/// One event to write.
+#[derive(Debug)]
+pub(crate) struct Row {
+    /// The change's place in the stream: (commit LSN, change number).
+    pub at: (u64, i64),
+    /// The trigger capturing it.
+    pub trigger_id: i32,
+    /// `I`, `U`, `D` or `T`.
+    pub op: i8,
+    /// Whether to compute a row key (per-row ordering).
+    pub keyed: bool,
+    /// The row shape; `None` for TRUNCATE.
+    pub shape: Option<Arc<Shape>>,
+    /// The old image's values as text.
+    pub old: Option<Vec<Option<String>>>,
+    /// The new image's values as text.
+    pub new: Option<Vec<Option<String>>>,
+    /// The source transaction's commit time.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Row {
+    fn size(&self) -> usize {
+        let image = |v: &Option<Vec<Option<String>>>| {
+            v.iter()
+                .flatten()
+                .map(|s| s.as_ref().map_or(1, |s| s.len() + 8))
+                .sum::<usize>()
+        };
+        64 + image(&self.old) + image(&self.new)
+    }
+}
+
+/// Rows waiting to be written, and the position writing them brings the capture to.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    rows: Vec<Row>,
+    bytes: usize,
+    /// The cursor once these rows are written.
+    pub cursor: Cursor,
+    /// The end LSN of the last source transaction the batch completes.
+    pub end_lsn: Option<u64>,
+}
+
+impl Batch {
+    /// An empty batch starting from `cursor`.
+    pub fn at(cursor: Cursor) -> Batch {
+        Batch {
+            cursor,
+            ..Batch::default()
+        }
+    }
+
+    /// Adds a row.
+    pub fn push(&mut self, row: Row) {
+        self.bytes += row.size();
+        self.rows.push(row);
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Approximate memory held by the rows.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Forgets the rows after a successful write (the cursor stays).
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.bytes = 0;
+        self.end_lsn = None;
+    }
+}
+
+/// At most this many row shapes keep a prepared statement.
+const MAX_STATEMENTS: usize = 256;
+
+/// The log connection of a capture session.
+pub(crate) struct Writer {
+    client: Client,
+    schema: LogSchema,
+    slot: String,
+    channel: String,
+    statements: HashMap<Arc<Shape>, Statement>,
+    truncate: Statement,
+    lock_progress: Statement,
+    save_progress: Statement,
+}
+
+/// The saved position of a slot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Progress {
+    /// The exactly-once cursor.
+    pub cursor: Cursor,
+    /// The end LSN of the last source transaction written whole (0 if none).
+    pub end_lsn: u64,
+}
+
+impl Writer {
+    /// Connects and prepares the fixed statements.
+    pub async fn open(url: &str, schema: &LogSchema, slot: &str) -> Result<Writer, Error> {
+        let client = pgevents_log::connect(url, None).await?;
+        let event = schema.object("event");
+        let progress = schema.object("logical_progress");
+        let prepare = |sql: String, what: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .prepare(&sql)
+                    .await
+                    .map_err(|e| Error::query(format!("preparing the {what} statement (is logical capture installed? run `pgevents install`)"), e))
+            }
+        };
+        let truncate = prepare(
+            format!(
+                "INSERT INTO {event} (trigger_id, op, created_at, next_attempt_at)
+                 SELECT u.trigger_id, 'T', u.created_at, now()
+                   FROM unnest($1::int4[], $2::timestamptz[]) WITH ORDINALITY
+                        AS u(trigger_id, created_at, ord)
+                  ORDER BY u.ord"
+            ),
+            "truncate event",
+        )
+        .await?;
+        let lock_progress = prepare(
+            format!(
+                "SELECT txn_lsn, next_change, end_lsn FROM {progress} WHERE slot = $1 FOR UPDATE"
+            ),
+            "capture position",
+        )
+        .await?;
+        let save_progress = prepare(
+            format!(
+                "UPDATE {progress} SET txn_lsn = $2, next_change = $3, end_lsn = $4, updated_at = now()
+                  WHERE slot = $1"
+            ),
+            "capture position update",
+        )
+        .await?;
+        Ok(Writer {
+            client,
+            schema: schema.clone(),
+            slot: slot.into(),
+            channel: wake_channel(schema),
+            statements: HashMap::new(),
+            truncate,
+            lock_progress,
+            save_progress,
+        })
+    }
+
+    /// The log connection (catalog reads, slot health).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Reads the slot's saved position.
+    pub async fn progress(&self) -> Result<Progress, Error> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT txn_lsn, next_change, end_lsn FROM {} WHERE slot = $1",
+                    self.schema.object("logical_progress")
+                ),
+                &[&self.slot],
+            )
+            .await
+            .map_err(|e| Error::query("reading the capture position", e))?
+            .ok_or_else(|| self.not_installed())?;
+        Ok(progress_of(&row))
+    }
+
+    fn not_installed(&self) -> Error {
+        Error::Invalid(format!(
+            "no capture position is recorded for replication slot {:?} in log schema {:?}: run `pgevents install` (capture.mode = \"logical\")",
+            self.slot,
+            self.schema.name()
+        ))
+    }
+
+    /// Writes `batch` and the position it reaches in one log transaction; rows the log
+    /// already holds are skipped. Returns the position now saved.
+    pub async fn write(&mut self, batch: &Batch) -> Result<Progress, Error> {
+        for row in &batch.rows {
+            if let Some(shape) = &row.shape {
+                if !self.statements.contains_key(shape) {
+                    if self.statements.len() >= MAX_STATEMENTS {
+                        self.statements.clear();
+                    }
+                    let statement = self.prepare_shape(shape).await?;
+                    self.statements.insert(shape.clone(), statement);
+                }
+            }
+        }
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(|e| Error::query("starting a log write", e))?;
+        let saved = tx
+            .query_opt(&self.lock_progress, &[&self.slot])
+            .await
+            .map_err(|e| Error::query("locking the capture position", e))?
+            .map(|r| progress_of(&r))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the capture position of replication slot {:?} is gone (was logical capture uninstalled?): run `pgevents install`",
+                    self.slot
+                ))
+            })?;
+        let fresh: Vec<&Row> = batch
+            .rows
+            .iter()
+            .filter(|r| !saved.cursor.covers(r.at.0, r.at.1))
+            .collect();
+        let mut start = 0;
+        while start < fresh.len() {
+            let shape = &fresh[start].shape;
+            let end = fresh[start..]
+                .iter()
+                .position(|r| r.shape != *shape)
+                .map_or(fresh.len(), |n| start + n);
+            let run = &fresh[start..end];
+            match shape {
+                None => {
+                    let triggers: Vec<i32> = run.iter().map(|r| r.trigger_id).collect();
+                    let times: Vec<DateTime<Utc>> = run.iter().map(|r| r.created_at).collect();
+                    tx.execute(&self.truncate, &[&triggers, &times])
+                        .await
+                        .map_err(|e| Error::query("writing TRUNCATE events", e))?;
+                }
+                Some(shape) => {
+                    let statement = self
+                        .statements
+                        .get(shape)
+                        .ok_or_else(|| Error::Decode("a row shape lost its statement".into()))?;
+                    insert_rows(&tx, statement, shape, run).await?;
+                }
+            }
+            start = end;
+        }
+        let cursor = saved.cursor.max(batch.cursor);
+        let end_lsn = saved.end_lsn.max(batch.end_lsn.unwrap_or(0));
+        tx.execute(
+            &self.save_progress,
+            &[
+                &self.slot,
+                &PgLsn::from(cursor.txn_lsn),
+                &cursor.next_change,
+                &PgLsn::from(end_lsn),
+            ],
+        )
+        .await
+        .map_err(|e| Error::query("saving the capture position", e))?;
+        if !fresh.is_empty() {
+            tx.execute("SELECT pg_notify($1, '')", &[&self.channel])
+                .await
+                .map_err(|e| Error::query("waking the dispatchers", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| Error::query("committing a log write", e))?;
+        if fresh.len() < batch.rows.len() {
+            tracing::debug!(
+                skipped = batch.rows.len() - fresh.len(),
+                "rows already in the log were skipped"
+            );
+        }
+        Ok(Progress { cursor, end_lsn })
+    }
+
+    async fn prepare_shape(&self, shape: &Shape) -> Result<Statement, Error> {
+        let oids: Vec<u32> = shape.columns.iter().map(|c| c.type_oid).collect();
+        let mods: Vec<i32> = shape.columns.iter().map(|c| c.type_modifier).collect();
+        let types: Vec<Option<String>> = self
+            .client
+            .query(
+                "SELECT format_type(t.oid, t.modifier)
+                   FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS t(oid, modifier, ord)
+                  ORDER BY t.ord",
+                &[&oids, &mods],
+            )
+            .await
+            .map_err(|e| Error::query("naming column types", e))?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut names = Vec::with_capacity(types.len());
+        for (column, ty) in shape.columns.iter().zip(types) {
+            match ty {
+                Some(ty) if ty != "???" && !ty.starts_with('-') => names.push(ty),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "column {:?} has type OID {}, which no longer exists: its changes cannot be rendered",
+                        column.name, column.type_oid
+                    )))
+                }
+            }
+        }
+        let sql = insert_sql(&self.schema, shape, &names);
+        self.client
+            .prepare(&sql)
+            .await
+            .map_err(|e| Error::query("preparing an event insert", e))
+    }
+}
+
+fn progress_of(row: &tokio_postgres::Row) -> Progress {
+    let txn: PgLsn = row.get(0);
+    let end: PgLsn = row.get(2);
+    Progress {
+        cursor: Cursor {
+            txn_lsn: txn.into(),
+            next_change: row.get(1),
+        },
+        end_lsn: end.into(),
+    }
+}
+
+/// The INSERT for rows of `shape`, whose column types are named `types`.
+///
+/// Parameters: trigger ids, ops, keyed flags, commit times, has-old and has-new flags, then
+/// one text array per column for the old images and one per column for the new.
+fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
+    let n = shape.columns.len();
+    let image = |prefix: &str, flag: &str| {
+        let columns = shape
+            .columns
+            .iter()
+            .zip(types)
+            .enumerate()
+            .map(|(i, (c, ty))| format!("u.{prefix}{i}::{ty} AS {}", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // OFFSET 0 keeps the subquery whole, so its casts run only when the image exists
+        // (a NULL cast to a NOT NULL domain would fail).
+        format!("LEFT JOIN LATERAL (SELECT {columns} WHERE u.{flag} OFFSET 0) {prefix} ON true")
+    };
+    let key = |alias: &str| match shape.key.as_slice() {
+        [] => "NULL::bigint".to_string(),
+        [one] => format!(
+            "hashtextextended(({alias}.{})::text, u.trigger_id)",
+            quote_ident(&shape.columns[*one].name)
+        ),
+        many => format!(
+            "hashtextextended(ROW({})::text, u.trigger_id)",
+            many.iter()
+                .map(|i| format!("{alias}.{}", quote_ident(&shape.columns[*i].name)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut params = vec![
+        "$1::int4[]".to_string(),
+        "$2::\"char\"[]".into(),
+        "$3::bool[]".into(),
+        "$4::timestamptz[]".into(),
+        "$5::bool[]".into(),
+        "$6::bool[]".into(),
+    ];
+    let mut aliases = vec![
+        "trigger_id".to_string(),
+        "op".into(),
+        "keyed".into(),
+        "created_at".into(),
+        "has_old".into(),
+        "has_new".into(),
+    ];
+    for (prefix, offset) in [("o", 7), ("n", 7 + n)] {
+        for i in 0..n {
+            params.push(format!("${}::text[]", offset + i));
+            aliases.push(format!("{prefix}{i}"));
+        }
+    }
+    format!(
+        "INSERT INTO {event} (trigger_id, op, row_key, old_row, new_row, created_at, next_attempt_at)
+         SELECT u.trigger_id, u.op,
+                CASE WHEN u.keyed THEN CASE WHEN u.op = 'D' THEN {old_key} ELSE {new_key} END END,
+                CASE WHEN u.has_old THEN to_json(o) END,
+                CASE WHEN u.has_new THEN to_json(n) END,
+                u.created_at, now()
+           FROM unnest({params}) WITH ORDINALITY AS u({aliases}, ord)
+           {old_image}
+           {new_image}
+          ORDER BY u.ord",
+        event = schema.object("event"),
+        old_key = key("o"),
+        new_key = key("n"),
+        params = params.join(", "),
+        aliases = aliases.join(", "),
+        old_image = image("o", "has_old"),
+        new_image = image("n", "has_new"),
+    )
+}
+
+async fn insert_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    statement: &Statement,
+    shape: &Shape,
+    rows: &[&Row],
+) -> Result<(), Error> {
+    let n = shape.columns.len();
+    let triggers: Vec<i32> = rows.iter().map(|r| r.trigger_id).collect();
+    let ops: Vec<i8> = rows.iter().map(|r| r.op).collect();
+    let keyed: Vec<bool> = rows.iter().map(|r| r.keyed).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
+    let has_old: Vec<bool> = rows.iter().map(|r| r.old.is_some()).collect();
+    let has_new: Vec<bool> = rows.iter().map(|r| r.new.is_some()).collect();
+    let column = |image: fn(&Row) -> &Option<Vec<Option<String>>>, i: usize| -> Vec<Option<&str>> {
+        rows.iter()
+            .map(|r| {
+                image(r)
+                    .as_ref()
+                    .and_then(|values| values.get(i))
+                    .and_then(|v| v.as_deref())
+            })
+            .collect()
+    };
+    let mut columns: Vec<Vec<Option<&str>>> = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        columns.push(column(|r| &r.old, i));
+    }
+    for i in 0..n {
+        columns.push(column(|r| &r.new, i));
+    }
+    let mut params: Vec<&(dyn ToSql + Sync)> =
+        vec![&triggers, &ops, &keyed, &times, &has_old, &has_new];
+    for c in &columns {
+        params.push(c);
+    }
+    tx.execute(statement, &params)
+        .await
+        .map_err(|e| Error::query("writing captured rows to the event log", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_cover_what_was_written() {
+        let c = Cursor {
+            txn_lsn: 100,
+            next_change: 3,
+        };
+        assert!(c.covers(99, 1_000_000));
+        assert!(c.covers(100, 2));
+        assert!(!c.covers(100, 3));
+        assert!(!c.covers(101, 0));
+        let whole = Cursor {
+            txn_lsn: 100,
+            next_change: WHOLE,
+        };
+        assert!(whole.covers(100, 1_000_000));
+        assert!(whole > c);
+    }
+
+    #[test]
+    fn insert_sql_quotes_names_and_keys() {
+        let shape = Shape {
+            columns: vec![
+                Column {
+                    name: "Id \"x\"".into(),
+                    type_oid: 20,
+                    type_modifier: -1,
+                },
+                Column {
+                    name: "b".into(),
+                    type_oid: 25,
+                    type_modifier: -1,
+                },
+            ],
+            key: vec![0, 1],
+        };
+        let sql = insert_sql(
+            &LogSchema::default(),
+            &shape,
+            &["bigint".into(), "text".into()],
+        );
+        assert!(sql.contains("u.o0::bigint AS \"Id \"\"x\"\"\""));
+        assert!(
+            sql.contains("hashtextextended(ROW(n.\"Id \"\"x\"\"\", n.\"b\")::text, u.trigger_id)")
+        );
+        assert!(sql.contains("$10::text[]"));
+        assert!(!sql.contains("$11"));
+    }
+}

@@ -1,0 +1,573 @@
+//! Integration tests of logical capture against a real PostgreSQL with wal_level = logical.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pgevents_capture::TriggerSpec;
+use pgevents_event::Action;
+use pgevents_log::{LogSchema, QualifiedName};
+use pgevents_logical::{Error, LogicalCapture};
+use support::{db, eventually, ChildCapture, Running, ALL_OPS};
+
+const WAIT: Duration = Duration::from_secs(45);
+
+/// Not a test of its own: the capture process that other tests start and kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by the crash and failover tests"]
+async fn child_capture_process() {
+    let (Ok(url), Ok(slot)) = (
+        std::env::var(support::CHILD_URL),
+        std::env::var(support::CHILD_SLOT),
+    ) else {
+        return;
+    };
+    support::init_tracing();
+    let client = support::connect(&url).await;
+    let schema = LogSchema::default();
+    let tables = support::registered_tables(&client, &schema).await;
+    let capture = LogicalCapture::new(url, schema, slot.clone(), slot, tables)
+        .expect("capture")
+        .with_options(support::fast_options());
+    capture
+        .run(std::future::pending::<()>())
+        .await
+        .expect("capture runs until killed");
+}
+
+struct Logged {
+    op: i8,
+    old: Option<String>,
+    new: Option<String>,
+}
+
+async fn logged(db: &support::Db, trigger_id: i32) -> Vec<Logged> {
+    db.client
+        .query(
+            "SELECT op, old_row::text, new_row::text FROM pgevents.event
+              WHERE trigger_id = $1 ORDER BY seq",
+            &[&trigger_id],
+        )
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|r| Logged {
+            op: r.get(0),
+            old: r.get(1),
+            new: r.get(2),
+        })
+        .collect()
+}
+
+/// One workload, captured at once by a trigger and through the slot: every event's data is
+/// the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_payloads_equal_trigger_payloads_byte_for_byte() {
+    let mut db = db().await;
+    db.client
+        .batch_execute(
+            r#"CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+               CREATE TYPE address AS (street text, number int, tags text[]);
+               CREATE DOMAIN positive AS numeric CHECK (VALUE > 0);
+               CREATE TABLE typed (
+                   id bigint PRIMARY KEY, amount numeric(40,20), doc jsonb, raw_json json,
+                   tags text[], grid int[][], at timestamptz, day date, naive timestamp,
+                   span interval, bytes bytea, uid uuid, feeling mood, feelings mood[],
+                   home address, homes address[], price positive, ratio float8, small real,
+                   flag boolean, code char(3), label varchar(10), "Weird ""Name""" text,
+                   nan numeric, big text);
+               ALTER TABLE typed ALTER COLUMN big SET STORAGE EXTERNAL;"#,
+        )
+        .await
+        .expect("schema");
+    let mut spec = TriggerSpec::new("trigger_mode", QualifiedName::parse("typed").expect("name"));
+    spec.operations = ALL_OPS.to_vec();
+    let trigger_id = pgevents_capture::install_trigger(&mut db.client, &db.schema, &spec)
+        .await
+        .expect("trigger capture");
+    let logical = db.register("logical_mode", "typed", &ALL_OPS).await;
+    let logical_id = logical.trigger_id;
+    let capture = db.capture("matrix", vec![logical]);
+    capture.install().await.expect("install");
+    let running = Running::start(capture);
+
+    // One statement per round trip: in one multi-statement query, a ROLLBACK would take the
+    // statements before its BEGIN with it.
+    let workload = r#"INSERT INTO typed VALUES
+                 (9007199254740993, 12345678901234567890.12345678901234567890,
+                  '{"b": [1, 2.50, {"c": null}], "a": "x", "e": 1.0e2}',
+                  '{"b":1,  "a" : [1, 2.50], "b": 2}',
+                  ARRAY['a', NULL, 'c "q"', 'd,e', '{}', ''], '{{1,2},{3,NULL}}',
+                  '2026-11-24 10:15:00.123456+02', '2024-02-29', '2026-11-24 10:15:00',
+                  '1 year 2 mons 3 days 04:05:06.7', '\xdeadbeef00',
+                  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', '{sad,happy}',
+                  ROW('Main "St", \1', 7, ARRAY['x', NULL])::address,
+                  ARRAY[ROW('a', 1, NULL)::address, NULL], 3.14, 0.1, 1.5e-7, true, 'ab',
+                  'héllo', 'w', 'NaN',
+                  (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 32768) i)),
+                 (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+                 (3, -0.00000000000000000001, '[]', '"s"', '{}', '{}', 'infinity', '-infinity',
+                  'infinity', '-00:00:01', '', '00000000-0000-0000-0000-000000000000', 'sad',
+                  '{}', ROW(NULL, NULL, NULL)::address, '{}', 1e-30, 'Infinity', '-Infinity',
+                  false, '', '', '', 'Infinity', '');
+               UPDATE typed SET flag = false WHERE id = 9007199254740993;
+               UPDATE typed SET big = big || 'x', amount = 1 WHERE id = 9007199254740993;
+               BEGIN; INSERT INTO typed (id, label) VALUES (666, 'rolledback'); ROLLBACK;
+               DELETE FROM typed WHERE id = 2;
+               ALTER TABLE typed ADD COLUMN extra int DEFAULT 7;
+               UPDATE typed SET label = 'after' WHERE id = 3;
+               INSERT INTO typed (id, extra) VALUES (4, 8);
+               ALTER TABLE typed DROP COLUMN raw_json;
+               UPDATE typed SET label = 'dropped' WHERE id = 4;
+               INSERT INTO typed (id) VALUES (5);
+               BEGIN;
+               INSERT INTO typed (id, label) VALUES (6, 'short');
+               UPDATE typed SET label = 'lived' WHERE id = 6;
+               DELETE FROM typed WHERE id = 6;
+               COMMIT;
+               TRUNCATE typed;
+               INSERT INTO typed (id, label) VALUES (7, 'post');
+               UPDATE typed SET id = 8 WHERE id = 7;"#;
+    for statement in workload.split(";\n") {
+        db.client.batch_execute(statement).await.expect("workload");
+    }
+    let moved: i32 = db
+        .client
+        .query_one("SELECT pgevents.ingest(100000)", &[])
+        .await
+        .expect("ingest")
+        .get(0);
+    let expected = db.count(trigger_id).await;
+    assert_eq!(i64::from(moved), expected);
+    assert_eq!(expected, 16, "the trigger saw the whole workload");
+    eventually(WAIT, "the logical events", || async {
+        db.count(logical_id).await >= expected
+    })
+    .await;
+    db.wait_caught_up("matrix").await;
+    running.stop().await;
+
+    let by_trigger = logged(&db, trigger_id).await;
+    let by_slot = logged(&db, logical_id).await;
+    assert_eq!(by_slot.len(), by_trigger.len(), "as many events");
+    for (i, (t, l)) in by_trigger.iter().zip(&by_slot).enumerate() {
+        assert_eq!(l.op, t.op, "event {i}: action");
+        assert_eq!(l.old, t.old, "event {i} ({}): data.old", t.op as u8 as char);
+        assert_eq!(l.new, t.new, "event {i} ({}): data.new", t.op as u8 as char);
+    }
+    // What the equality covers.
+    let ops: String = by_slot.iter().map(|e| e.op as u8 as char).collect();
+    assert_eq!(ops, "IIIUUDUIUIIUDTIU");
+    let unchanged_toast = &by_slot[3];
+    assert!(unchanged_toast
+        .new
+        .as_deref()
+        .is_some_and(|n| n.len() > 1_000_000));
+    assert!(by_slot[0].new.as_deref().is_some_and(|n| n
+        .contains(r#""id":9007199254740993,"amount":12345678901234567890.12345678901234567890"#)));
+    assert!(by_slot[0]
+        .new
+        .as_deref()
+        .is_some_and(|n| n.contains(r#""nan":"NaN""#)));
+    assert!(by_slot[7]
+        .new
+        .as_deref()
+        .is_some_and(|n| n.ends_with(r#""extra":8}"#)));
+    assert!(by_slot[8]
+        .new
+        .as_deref()
+        .is_some_and(|n| !n.contains("raw_json")));
+    let truncate = &by_slot[13];
+    assert!(truncate.old.is_none() && truncate.new.is_none());
+    assert!(by_slot
+        .iter()
+        .all(|e| !e.new.as_deref().unwrap_or("").contains("rolledback")));
+    // Row keys: hashtextextended(key text, trigger id), as the trigger computes them.
+    let bad: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pgevents.event
+              WHERE trigger_id = ANY($1) AND row_key IS DISTINCT FROM
+                    CASE op WHEN 'T' THEN NULL
+                            WHEN 'D' THEN hashtextextended(old_row->>'id', trigger_id)
+                            ELSE hashtextextended(new_row->>'id', trigger_id) END",
+            &[&vec![trigger_id, logical_id]],
+        )
+        .await
+        .expect("row keys")
+        .get(0);
+    assert_eq!(bad, 0, "row keys are computed as the trigger computes them");
+}
+
+/// A capture process killed with SIGKILL in the middle of a 100,000-row transaction, then
+/// started again: every row is in the log exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_killed_mid_transaction_loses_and_duplicates_nothing() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE bulk (id int PRIMARY KEY, payload text)")
+        .await
+        .expect("schema");
+    let table = db.register("bulk", "bulk", &ALL_OPS).await;
+    let id = table.trigger_id;
+    db.capture("crash", vec![table])
+        .install()
+        .await
+        .expect("install");
+    let child = ChildCapture::start(&db.url, "crash");
+    db.client
+        .batch_execute("INSERT INTO bulk SELECT g, md5(g::text) FROM generate_series(1, 100000) g")
+        .await
+        .expect("one 100,000-row transaction");
+    eventually(WAIT, "part of the transaction in the log", || async {
+        db.count(id).await >= 3000
+    })
+    .await;
+    child.kill();
+    let at_kill = db.count(id).await;
+    assert!(
+        at_kill < 100_000,
+        "killed in the middle ({at_kill} rows written)"
+    );
+    let (txn_lsn, next_change): (String, i64) = db
+        .client
+        .query_one(
+            "SELECT txn_lsn::text, next_change FROM pgevents.logical_progress WHERE slot = 'crash'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("progress");
+    assert!(
+        next_change > 0 && next_change < 100_000,
+        "the cursor stands inside the transaction ({txn_lsn}, {next_change})"
+    );
+
+    let child = ChildCapture::start(&db.url, "crash");
+    eventually(WAIT, "the whole transaction", || async {
+        db.count(id).await >= 100_000
+    })
+    .await;
+    db.wait_caught_up("crash").await;
+    child.kill();
+    let (total, distinct): (i64, i64) = db
+        .client
+        .query_one(
+            "SELECT count(*), count(DISTINCT new_row->>'id') FROM pgevents.event WHERE trigger_id = $1",
+            &[&id],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("counts");
+    assert_eq!(distinct, 100_000, "every row delivered");
+    assert_eq!(total, 100_000, "no row twice");
+}
+
+/// Two processes on one slot: the second waits, and takes over when the holder is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_slot_holder_moves_capture_to_the_standby() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE ticks (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let table = db.register("ticks", "ticks", &ALL_OPS).await;
+    let id = table.trigger_id;
+    db.capture("failover", vec![table])
+        .install()
+        .await
+        .expect("install");
+    let url_a = format!("{}&application_name=capture_a", db.url);
+    let url_b = format!("{}&application_name=capture_b", db.url);
+    let a = ChildCapture::start(&url_a, "failover");
+    eventually(WAIT, "process A to hold the slot", || async {
+        db.slot_holder("failover").await.as_deref() == Some("capture_a")
+    })
+    .await;
+    let b = ChildCapture::start(&url_b, "failover");
+    let insert = |from: i32, to: i32| {
+        let client = &db.client;
+        async move {
+            for i in from..=to {
+                client
+                    .execute("INSERT INTO ticks VALUES ($1)", &[&i])
+                    .await
+                    .expect("insert");
+            }
+        }
+    };
+    insert(1, 200).await;
+    eventually(WAIT, "A to capture", || async { db.count(id).await >= 100 }).await;
+    assert_eq!(
+        db.slot_holder("failover").await.as_deref(),
+        Some("capture_a"),
+        "B waits while A holds the slot"
+    );
+    a.kill();
+    insert(201, 400).await;
+    eventually(WAIT, "B to take over", || async {
+        db.slot_holder("failover").await.as_deref() == Some("capture_b")
+    })
+    .await;
+    eventually(WAIT, "all 400 rows", || async { db.count(id).await >= 400 }).await;
+    db.wait_caught_up("failover").await;
+    b.kill();
+    let (total, distinct): (i64, i64) = db
+        .client
+        .query_one(
+            "SELECT count(*), count(DISTINCT new_row->>'id') FROM pgevents.event WHERE trigger_id = $1",
+            &[&id],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("counts");
+    assert_eq!((total, distinct), (400, 400), "nothing lost, nothing twice");
+}
+
+/// Install follows the configuration; uninstall removes the slot and publication and puts
+/// the replica identities back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_follows_the_configuration_and_uninstall_cleans_up() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY, u int NOT NULL UNIQUE);
+             ALTER TABLE b REPLICA IDENTITY USING INDEX b_u_key;",
+        )
+        .await
+        .expect("schema");
+    let ta = db.register("a", "a", &ALL_OPS).await;
+    let tb = db.register("b", "b", &ALL_OPS).await;
+    let state = || async {
+        let published: Vec<String> = db
+            .client
+            .query(
+                "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'cfg' ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("publication")
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let identities: String = db
+            .client
+            .query_one(
+                "SELECT string_agg(relreplident::text, '' ORDER BY relname) FROM pg_class WHERE relname IN ('a', 'b')",
+                &[],
+            )
+            .await
+            .expect("identities")
+            .get(0);
+        let slots: i64 = db
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cfg'",
+                &[],
+            )
+            .await
+            .expect("slots")
+            .get(0);
+        (published, identities, slots)
+    };
+    let both = db.capture("cfg", vec![ta.clone(), tb]);
+    both.install().await.expect("install");
+    both.install().await.expect("install again");
+    let health = both
+        .slot_health()
+        .await
+        .expect("health")
+        .expect("the slot exists");
+    assert_eq!(health.max_slot_wal_keep_size_mb, -1);
+    assert!(health.active_pid.is_none() && !health.is_lost());
+    let warning = health
+        .warning(0)
+        .expect("any retained WAL is worth a warning at 0 bytes");
+    assert!(
+        warning.contains("max_slot_wal_keep_size is unlimited"),
+        "{warning}"
+    );
+    assert_eq!(
+        state().await,
+        (vec!["a".into(), "b".into()], "ff".into(), 1)
+    );
+    let only_a = db.capture("cfg", vec![ta]);
+    only_a.install().await.expect("install without b");
+    assert_eq!(state().await, (vec!["a".into()], "fi".into(), 1));
+    only_a.uninstall().await.expect("uninstall");
+    assert_eq!(state().await, (vec![], "di".into(), 0));
+    let publications: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname = 'cfg'",
+            &[],
+        )
+        .await
+        .expect("publications")
+        .get(0);
+    assert_eq!(publications, 0);
+}
+
+/// The listener's logical mode: triggers of an earlier trigger-mode build are removed and
+/// handlers receive the changes from the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_captures_through_the_slot() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
+        .await
+        .expect("schema");
+    let noop = |_e: pgevents::Event| async { Ok::<_, std::convert::Infallible>(()) };
+    pgevents::Listener::builder(&db.url)
+        .on("orders", noop)
+        .build()
+        .await
+        .expect("trigger-mode build");
+    let triggers = || async {
+        db.client
+            .query_one(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal",
+                &[],
+            )
+            .await
+            .expect("triggers")
+            .get::<_, i64>(0)
+    };
+    assert!(triggers().await > 0);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<pgevents::Event>(16);
+    let listener = pgevents::Listener::builder(&db.url)
+        .on("orders", move |e: pgevents::Event| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e).await;
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+        .capture_logical("listener", "listener")
+        .build()
+        .await
+        .expect("logical-mode build");
+    assert_eq!(triggers().await, 0, "capture triggers are removed");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listener.run(async move {
+        let _ = stop_rx.await;
+    }));
+    db.client
+        .batch_execute(
+            "INSERT INTO orders VALUES (7, 'new'); UPDATE orders SET status = 'paid' WHERE id = 7",
+        )
+        .await
+        .expect("writes");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let event = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("events arrive")
+            .expect("channel open");
+        got.push(event);
+    }
+    assert_eq!(got[0].action(), Action::Insert);
+    assert_eq!(got[1].action(), Action::Update);
+    assert!(got[1]
+        .payload_str()
+        .ends_with(r#""data":{"old":{"id":7,"status":"new"},"new":{"id":7,"status":"paid"}}}"#));
+    let _ = stop_tx.send(());
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("listener stops")
+        .expect("task")
+        .expect("run");
+    let ids: HashSet<_> = got.iter().map(|e| e.id()).collect();
+    assert_eq!(ids.len(), 2);
+}
+
+/// A server without wal_level = logical gets an explanation, not a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_wal_level_is_explained() {
+    support::init_tracing();
+    let mut options = pgevents_tempdb::Options::default();
+    options.settings.retain(|(name, _)| name != "wal_level");
+    options
+        .settings
+        .push(("wal_level".into(), "replica".into()));
+    let cluster = pgevents_tempdb::TempCluster::start(&options).expect("a replica-level cluster");
+    let url = cluster.url("postgres");
+    let mut client = support::connect(&url).await;
+    pgevents_log::install(&mut client, &LogSchema::default())
+        .await
+        .expect("log");
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let capture =
+        LogicalCapture::new(&url, LogSchema::default(), "s", "p", vec![]).expect("capture");
+    let error = capture.install().await.expect_err("install refuses");
+    assert!(
+        matches!(&error, Error::WalLevel { found } if found == "replica"),
+        "{error}"
+    );
+    assert!(error
+        .to_string()
+        .contains("ALTER SYSTEM SET wal_level = logical"));
+}
+
+/// A slot the server invalidated is reported with the way to recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_is_a_clear_error() {
+    support::init_tracing();
+    let mut options = pgevents_tempdb::Options::default();
+    options
+        .settings
+        .push(("max_slot_wal_keep_size".into(), "1MB".into()));
+    options
+        .settings
+        .push(("max_wal_size".into(), "32MB".into()));
+    options
+        .settings
+        .push(("min_wal_size".into(), "32MB".into()));
+    let cluster = pgevents_tempdb::TempCluster::start(&options).expect("a small-WAL cluster");
+    let url = cluster.url("postgres");
+    let mut client = support::connect(&url).await;
+    let schema = LogSchema::default();
+    pgevents_log::install(&mut client, &schema)
+        .await
+        .expect("log");
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, pad text)")
+        .await
+        .expect("schema");
+    let mut spec = TriggerSpec::new("t", QualifiedName::parse("t").expect("name"));
+    spec.operations = ALL_OPS.to_vec();
+    let table = pgevents_logical::register_table(&client, &schema, &spec)
+        .await
+        .expect("register");
+    let capture = LogicalCapture::new(&url, schema, "lost", "lost", vec![table]).expect("capture");
+    capture.install().await.expect("install");
+    eventually(WAIT, "the slot to be invalidated", || async {
+        client
+            .batch_execute(
+                "INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 5000) g
+                   ON CONFLICT (id) DO UPDATE SET pad = excluded.pad;
+                 SELECT pg_switch_wal(); CHECKPOINT;",
+            )
+            .await
+            .expect("write WAL");
+        capture
+            .slot_health()
+            .await
+            .expect("health")
+            .is_some_and(|h| h.is_lost())
+    })
+    .await;
+    let error = tokio::time::timeout(WAIT, capture.clone().run(std::future::pending::<()>()))
+        .await
+        .expect("run ends")
+        .expect_err("a lost slot ends the run");
+    assert!(matches!(error, Error::SlotLost { .. }), "{error}");
+    assert!(error.to_string().contains("pgevents uninstall"));
+    let error = capture.install().await.expect_err("install reports it too");
+    assert!(matches!(error, Error::SlotLost { .. }), "{error}");
+}
