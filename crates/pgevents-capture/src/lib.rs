@@ -5,6 +5,7 @@
 //! table inside the writer's own transaction: a rolled-back write leaves no event, and a
 //! committed one cannot be lost, whatever the dispatcher is doing.
 
+pub mod catalog;
 pub mod trigger;
 
 pub use trigger::{check_trigger, install_trigger, uninstall_trigger, TriggerSpec};

@@ -11,6 +11,8 @@ use pgevents_log::{
 };
 use tokio_postgres::{Client, GenericClient};
 
+use crate::catalog::{describe_table, TableInfo};
+
 /// What to capture for one configured trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriggerSpec {
@@ -70,61 +72,13 @@ fn pg_trigger_names(schema: &LogSchema, name: &str) -> [String; 3] {
     ]
 }
 
-struct TableInfo {
-    columns: Vec<String>,
-    key_columns: Vec<String>,
-}
-
 async fn table_info(
     client: &impl GenericClient,
     table: &QualifiedName,
 ) -> Result<TableInfo, Error> {
-    let row = client
-        .query_opt(
-            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-            &[&table.schema, &table.name],
-        )
-        .await
-        .map_err(|e| Error::query(format!("looking up table {table}"), e))?;
-    let Some(row) = row else {
-        return Err(Error::NoSuchTable(table.to_string()));
-    };
-    let oid: u32 = row.get(0);
-    let columns = client
-        .query(
-            "SELECT attname::text FROM pg_attribute
-              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&oid],
-        )
-        .await
-        .map_err(|e| Error::query(format!("reading the columns of {table}"), e))?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
-    // The primary key, else the replica identity index: what identifies "the same row".
-    let key_columns = client
-        .query(
-            "SELECT a.attname::text
-               FROM pg_index i
-               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-              WHERE i.indrelid = $1
-                AND i.indexrelid = (SELECT x.indexrelid FROM pg_index x WHERE x.indrelid = $1
-                                      AND (x.indisprimary OR x.indisreplident)
-                                    ORDER BY x.indisprimary DESC LIMIT 1)
-              ORDER BY k.ord",
-            &[&oid],
-        )
-        .await
-        .map_err(|e| Error::query(format!("reading the primary key of {table}"), e))?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
-    Ok(TableInfo {
-        columns,
-        key_columns,
-    })
+    describe_table(client, table)
+        .await?
+        .ok_or_else(|| Error::NoSuchTable(table.to_string()))
 }
 
 fn row_key_expr(record: &str, key_columns: &[String], seed: i32) -> String {

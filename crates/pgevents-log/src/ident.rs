@@ -1,6 +1,10 @@
-//! Identifier and literal quoting: the one place SQL text is built from user names.
-
-use std::fmt;
+//! Identifier and literal quoting — the one place SQL text is built from user names — and
+//! table names as users write them: `orders`, `billing.invoices`, or with SQL-quoted parts
+//! such as `"my schema"."Weird ""Name"""`.
+//!
+//! An unquoted part must be written as PostgreSQL stores it: lower case, since PostgreSQL
+//! folds unquoted names to lower case. Rather than fold `Orders` silently (and then watch a
+//! table the user did not mean), such a name is refused with a hint to quote it or lower it.
 
 /// Quotes an identifier for SQL: `my "x"` becomes `"my ""x"""`. Always quotes, so case and
 /// spaces survive and no name can end the identifier early.
@@ -13,95 +17,188 @@ pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-/// A schema-qualified table name, as given in configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+use std::fmt;
+
+/// PostgreSQL's longest identifier, in bytes (`NAMEDATALEN - 1`); longer ones are truncated.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// The schema used when a table name has none.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// A schema-qualified table name, each part exactly as PostgreSQL stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QualifiedName {
-    /// The schema.
+    /// The schema, e.g. `public`.
     pub schema: String,
-    /// The table.
+    /// The bare table name, e.g. `orders`.
     pub name: String,
 }
 
+/// Why a table name does not parse; the message says how to write it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TableNameError(String);
+
 impl QualifiedName {
-    /// Parses `table`, `schema.table`, or either part double-quoted (`"my schema"."Weird ""Name"""`).
-    /// Unquoted parts are taken as written (not case-folded); a bare name means schema `public`.
-    pub fn parse(text: &str) -> Result<QualifiedName, String> {
-        let parts = split_parts(text)?;
-        match parts.as_slice() {
-            [name] => Ok(QualifiedName {
-                schema: "public".into(),
-                name: name.clone(),
-            }),
-            [schema, name] => Ok(QualifiedName {
-                schema: schema.clone(),
-                name: name.clone(),
-            }),
-            _ => Err(format!(
-                "{text:?} is not a table name: write `table` or `schema.table` (quote parts containing dots with \"...\")"
-            )),
+    /// A table name from its two parts.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> QualifiedName {
+        QualifiedName {
+            schema: schema.into(),
+            name: name.into(),
         }
     }
 
+    /// Parses `table`, `schema.table`, either part possibly in double quotes with `""` for a
+    /// quote; a name without schema is in [`DEFAULT_SCHEMA`].
+    ///
+    /// ```
+    /// use pgevents_log::QualifiedName;
+    /// assert_eq!(QualifiedName::parse("orders"), Ok(QualifiedName::new("public", "orders")));
+    /// assert_eq!(
+    ///     QualifiedName::parse(r#""my schema"."Weird ""Name""""#),
+    ///     Ok(QualifiedName::new("my schema", r#"Weird "Name""#))
+    /// );
+    /// assert!(QualifiedName::parse("Orders").is_err()); // ambiguous: write orders or "Orders"
+    /// ```
+    pub fn parse(text: &str) -> Result<QualifiedName, TableNameError> {
+        let mut parts = Vec::new();
+        let mut chars = text.trim().chars().peekable();
+        let empty_part = || {
+            TableNameError(format!(
+                "{text:?} has an empty part; write table or schema.table, e.g. \"public.orders\""
+            ))
+        };
+        loop {
+            let part = match chars.peek() {
+                None | Some('.') => return Err(empty_part()),
+                Some('"') => {
+                    chars.next();
+                    let mut part = String::new();
+                    loop {
+                        match chars.next() {
+                            None => {
+                                return Err(TableNameError(format!(
+                                    "{text:?} has an unclosed double quote; close it, and write a quote inside a quoted name as \"\""
+                                )))
+                            }
+                            Some('"') if chars.peek() == Some(&'"') => {
+                                chars.next();
+                                part.push('"');
+                            }
+                            Some('"') => break,
+                            Some(c) => part.push(c),
+                        }
+                    }
+                    if part.is_empty() {
+                        return Err(TableNameError(format!(
+                            "{text:?} has an empty quoted part \"\"; name the schema or table inside the quotes"
+                        )));
+                    }
+                    part
+                }
+                Some(_) => {
+                    let mut part = String::new();
+                    while let Some(&c) = chars.peek() {
+                        if c == '.' || c == '"' {
+                            break;
+                        }
+                        part.push(c);
+                        chars.next();
+                    }
+                    check_unquoted(text, &part)?;
+                    part
+                }
+            };
+            if part.len() > MAX_IDENTIFIER_BYTES {
+                return Err(TableNameError(format!(
+                    "{part:?} is longer than {MAX_IDENTIFIER_BYTES} bytes, which PostgreSQL would truncate; use the table's real name"
+                )));
+            }
+            parts.push(part);
+            match chars.next() {
+                None => break,
+                Some('.') => continue,
+                Some(c) => {
+                    return Err(TableNameError(format!(
+                        "{text:?} has {c:?} where a . was expected; put a . between schema and table, or put the whole part in double quotes"
+                    )))
+                }
+            }
+        }
+        let mut parts = parts.into_iter();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), None, _) => Ok(QualifiedName::new(DEFAULT_SCHEMA, name)),
+            (Some(schema), Some(name), None) => Ok(QualifiedName::new(schema, name)),
+            _ => Err(TableNameError(format!(
+                "{text:?} has more than two parts; write table or schema.table, e.g. \"billing.invoices\" (a database name is not part of it)"
+            ))),
+        }
+    }
+}
+
+/// Checks an unquoted part: what PostgreSQL would keep as written.
+fn check_unquoted(text: &str, part: &str) -> Result<(), TableNameError> {
+    if part.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(TableNameError(format!(
+            "{part:?} has upper-case letters, which PostgreSQL folds to lower case unless quoted: \
+             write {:?} for the lower-case table, or '\"{part}\"' (double quotes inside the TOML string) for the mixed-case one",
+            part.to_ascii_lowercase()
+        )));
+    }
+    if needs_quotes(part) {
+        return Err(TableNameError(format!(
+            "{text:?}: {part:?} is not a plain SQL name (lower-case letters, digits, _ and $, not starting with a digit or $); \
+             put it in double quotes inside the TOML string, e.g. '\"{part}\"'"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `part` must be quoted to keep its exact spelling in SQL.
+fn needs_quotes(part: &str) -> bool {
+    let mut chars = part.chars();
+    let first_ok = chars.next().is_some_and(|c| {
+        c == '_' || c.is_ascii_lowercase() || (!c.is_ascii() && c.is_alphabetic())
+    });
+    !first_ok
+        || !chars.all(|c| {
+            c == '_'
+                || c == '$'
+                || c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || (!c.is_ascii() && c.is_alphanumeric())
+        })
+}
+
+impl QualifiedName {
     /// The name quoted for SQL: `"schema"."table"`.
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 }
 
-impl fmt::Display for QualifiedName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let plain = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        };
-        let part = |s: &str| {
-            if plain(s) {
-                s.to_string()
-            } else {
-                quote_ident(s)
-            }
-        };
-        write!(f, "{}.{}", part(&self.schema), part(&self.name))
+impl std::str::FromStr for QualifiedName {
+    type Err = TableNameError;
+
+    fn from_str(text: &str) -> Result<QualifiedName, TableNameError> {
+        QualifiedName::parse(text)
     }
 }
 
-fn split_parts(text: &str) -> Result<Vec<String>, String> {
-    let mut parts = Vec::new();
-    let mut chars = text.trim().chars().peekable();
-    loop {
-        let mut part = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        part.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => part.push(c),
-                    None => return Err(format!("{text:?} has an unclosed quote")),
-                }
+impl fmt::Display for QualifiedName {
+    /// `schema.table`, quoting the parts that need it (as the config would write it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, part) in [&self.schema, &self.name].into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
             }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == '.' {
-                    break;
-                }
-                part.push(c);
-                chars.next();
+            if needs_quotes(part) {
+                write!(f, "\"{}\"", part.replace('"', "\"\""))?;
+            } else {
+                f.write_str(part)?;
             }
         }
-        if part.is_empty() {
-            return Err(format!("{text:?} has an empty name part"));
-        }
-        parts.push(part);
-        match chars.next() {
-            None => return Ok(parts),
-            Some('.') => continue,
-            Some(c) => return Err(format!("{text:?}: unexpected {c:?} after a quoted name")),
-        }
+        Ok(())
     }
 }
 
@@ -113,25 +210,72 @@ mod tests {
     fn quoting_survives_hostile_names() {
         assert_eq!(quote_ident(r#"Weird "Name""#), r#""Weird ""Name""""#);
         assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(
+            QualifiedName::parse(r#""my schema"."Weird ""Name""""#).map(|n| n.quoted()),
+            Ok(r#""my schema"."Weird ""Name""""#.to_string())
+        );
+    }
+
+    fn ok(text: &str, schema: &str, name: &str) {
+        assert_eq!(
+            QualifiedName::parse(text),
+            Ok(QualifiedName::new(schema, name)),
+            "{text}"
+        );
     }
 
     #[test]
-    fn parses_table_names() {
-        let q = |s| QualifiedName::parse(s);
-        assert_eq!(
-            q("orders").map(|n| n.quoted()),
-            Ok(r#""public"."orders""#.into())
+    fn plain_qualified_and_quoted_names() {
+        ok("orders", "public", "orders");
+        ok("billing.invoices", "billing", "invoices");
+        ok(" public.orders ", "public", "orders");
+        ok("s_1.t$2", "s_1", "t$2");
+        ok(
+            r#""my schema"."Weird ""Name""""#,
+            "my schema",
+            r#"Weird "Name""#,
         );
-        assert_eq!(
-            q(r#""my schema"."Weird ""Name""""#).map(|n| (n.schema, n.name)),
-            Ok(("my schema".into(), r#"Weird "Name""#.into()))
-        );
-        assert_eq!(
-            q("billing.invoices").map(|n| n.to_string()),
-            Ok("billing.invoices".into())
-        );
-        assert!(q("a.b.c").is_err());
-        assert!(q("").is_err());
-        assert!(q(r#""open"#).is_err());
+        ok(r#""Orders""#, "public", "Orders");
+        ok(r#"billing."Invoices.2024""#, "billing", "Invoices.2024");
+        ok("café", "public", "café");
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for text in [
+            "public.orders",
+            r#""my schema"."Weird ""Name""""#,
+            r#"public."Orders""#,
+            r#"public."1st""#,
+        ] {
+            let parsed = QualifiedName::parse(text).expect(text);
+            assert_eq!(parsed.to_string(), text);
+            assert_eq!(QualifiedName::parse(&parsed.to_string()), Ok(parsed));
+        }
+    }
+
+    #[test]
+    fn refusals_say_what_to_write() {
+        for (text, hint) in [
+            ("", "empty part"),
+            ("a.", "empty part"),
+            (".a", "empty part"),
+            ("Orders", "write \"orders\""),
+            ("my table", "double quotes"),
+            ("1st", "double quotes"),
+            ("a.b.c", "more than two parts"),
+            (r#""open"#, "unclosed"),
+            (r#""""#, "empty quoted part"),
+            (r#""a"b"#, "where a . was expected"),
+            (r#"a"b""#, "where a . was expected"),
+        ] {
+            let error = QualifiedName::parse(text).expect_err(text).to_string();
+            assert!(error.contains(hint), "{text}: {error}");
+        }
+        assert!(QualifiedName::parse(&"x".repeat(64))
+            .expect_err("too long")
+            .to_string()
+            .contains("63 bytes"));
+        assert!(QualifiedName::parse(&"x".repeat(63)).is_ok());
     }
 }

@@ -15,7 +15,7 @@ pub mod store;
 
 pub use connect::{connect, APPLICATION_NAME};
 pub use error::Error;
-pub use ident::{quote_ident, quote_literal, QualifiedName};
+pub use ident::{quote_ident, quote_literal, QualifiedName, TableNameError, DEFAULT_SCHEMA};
 pub use schema::{
     install, salt, uninstall, wake_channel, wake_key, LogSchema, DEFAULT_LOG_SCHEMA, SCHEMA_VERSION,
 };

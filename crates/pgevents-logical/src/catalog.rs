@@ -6,78 +6,14 @@ use tokio_postgres::GenericClient;
 
 use crate::Error;
 
-/// A watched table as the catalog describes it now.
-#[derive(Debug, Clone)]
-pub(crate) struct TableInfo {
-    /// The table's OID.
-    pub oid: u32,
-    /// `relreplident`: `d`efault, `n`othing, `f`ull or `i`ndex.
-    pub replica_identity: u8,
-    /// The replica identity index's name (quoted; it lives in the table's schema), for identity `i`.
-    pub identity_index: Option<String>,
-    /// Its columns, in table order.
-    pub columns: Vec<String>,
-    /// The primary key, else the replica identity index: what identifies "the same row" for
-    /// per-row ordering — the same choice trigger capture makes.
-    pub key_columns: Vec<String>,
-}
+pub(crate) use pgevents_capture::catalog::TableInfo;
 
 /// Reads `table` from the catalog; `None` when it does not exist (or is not a table).
 pub(crate) async fn table_info(
     client: &impl GenericClient,
     table: &QualifiedName,
 ) -> Result<Option<TableInfo>, Error> {
-    let row = client
-        .query_opt(
-            "SELECT c.oid, c.relreplident,
-                    (SELECT quote_ident(ic.relname) FROM pg_index i
-                       JOIN pg_class ic ON ic.oid = i.indexrelid
-                      WHERE i.indrelid = c.oid AND i.indisreplident)
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-            &[&table.schema, &table.name],
-        )
-        .await
-        .map_err(|e| Error::query(format!("looking up table {table}"), e))?;
-    let Some(row) = row else { return Ok(None) };
-    let oid: u32 = row.get(0);
-    let replica_identity: i8 = row.get(1);
-    let columns = client
-        .query(
-            "SELECT attname::text FROM pg_attribute
-              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&oid],
-        )
-        .await
-        .map_err(|e| Error::query(format!("reading the columns of {table}"), e))?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
-    let key_columns = client
-        .query(
-            "SELECT a.attname::text
-               FROM pg_index i
-               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-              WHERE i.indrelid = $1
-                AND i.indexrelid = (SELECT x.indexrelid FROM pg_index x WHERE x.indrelid = $1
-                                      AND (x.indisprimary OR x.indisreplident)
-                                    ORDER BY x.indisprimary DESC LIMIT 1)
-              ORDER BY k.ord",
-            &[&oid],
-        )
-        .await
-        .map_err(|e| Error::query(format!("reading the primary key of {table}"), e))?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
-    Ok(Some(TableInfo {
-        oid,
-        replica_identity: replica_identity as u8,
-        identity_index: row.get(2),
-        columns,
-        key_columns,
-    }))
+    Ok(pgevents_capture::catalog::describe_table(client, table).await?)
 }
 
 /// Fails with [`Error::WalLevel`] unless the server runs with `wal_level = logical`.

@@ -199,7 +199,8 @@ impl ListenerBuilder {
         let schema = LogSchema::new(&self.log_schema)?;
         let mut specs = Vec::with_capacity(self.entries.len());
         for entry in &self.entries {
-            let table = QualifiedName::parse(&entry.table).map_err(Error::usage)?;
+            let table =
+                QualifiedName::parse(&entry.table).map_err(|e| Error::usage(e.to_string()))?;
             let name = table.to_string();
             if specs.iter().any(|(s, _): &(TriggerSpec, _)| s.name == name) {
                 return Err(Error::usage(format!(
