@@ -431,11 +431,8 @@ impl ClaimLoop<'_> {
             let _ = self.done_tx.send(settlement).await;
         }
         self.backoff.reset();
-        if moved >= INGEST_BATCH || (got > 0 && got == free) {
-            return Ok(Step::Busy);
-        }
         if moved > 0 || got > 0 {
-            // Work turned up: stay awake (writers stop notifying) and look again.
+            // Work turned up: stay awake (writers stop notifying) and look again at once.
             waker.awake().await?;
             return Ok(Step::Busy);
         }

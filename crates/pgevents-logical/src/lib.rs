@@ -12,7 +12,7 @@
 //! let schema = LogSchema::default();
 //! let mut client = pgevents_log::connect(url, None).await?;
 //! pgevents_log::install(&mut client, &schema).await?;
-//! let table = QualifiedName::parse("orders").map_err(pgevents_logical::Error::Invalid)?;
+//! let table = QualifiedName::parse("orders").map_err(|e| pgevents_logical::Error::Invalid(e.to_string()))?;
 //! let orders = TriggerSpec::new("order_events", table);
 //! let table = register_table(&client, &schema, &orders).await?;
 //! let capture = LogicalCapture::new(url, schema, "pgevents", "pgevents", vec![table])?;
