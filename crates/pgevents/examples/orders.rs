@@ -4,7 +4,8 @@
 //! ```sh
 //! DATABASE_URL=postgres://postgres@127.0.0.1/postgres cargo run -p pgevents --example orders
 //! ```
-//! (The table `orders` must exist, e.g. `CREATE TABLE orders (id serial PRIMARY KEY, status text)`.)
+//! (The tables must exist, e.g. `CREATE TABLE orders (id serial PRIMARY KEY, status text);
+//! CREATE TABLE orders_audit (id serial PRIMARY KEY, note text)`.)
 
 use pgevents::{BoxError, Event, Handler, Listener};
 
