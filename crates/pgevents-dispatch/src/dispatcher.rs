@@ -1,6 +1,7 @@
 //! The dispatcher loop: ingest, claim, deliver, settle — until shutdown, then drain.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -112,8 +113,9 @@ struct Shared {
     in_flight: Mutex<HashMap<i64, Instant>>,
     /// Signalled after each settled batch: capacity is free, later events of a row may be due.
     settled: Notify,
-    /// The earliest retry this dispatcher scheduled and has not looked for yet.
-    next_retry: Mutex<Option<Instant>>,
+    /// When the retries this dispatcher scheduled fall due (earliest first); at most one
+    /// entry per in-flight event, so bounded like everything else.
+    retries: Mutex<BinaryHeap<Reverse<Instant>>>,
 }
 
 struct Done {
@@ -157,7 +159,7 @@ impl Dispatcher {
         let shared = Arc::new(Shared {
             in_flight: Mutex::new(HashMap::new()),
             settled: Notify::new(),
-            next_retry: Mutex::new(None),
+            retries: Mutex::new(BinaryHeap::new()),
         });
         let permits = Arc::new(Semaphore::new(self.options.max_in_flight));
         let (done_tx, done_rx) = mpsc::channel::<Done>(self.options.max_in_flight);
@@ -322,8 +324,8 @@ impl ClaimLoop<'_> {
                     short_wait
                 }
             };
-            let wait = match *lock(&self.shared.next_retry) {
-                Some(at) => wait.min(at.saturating_duration_since(Instant::now())),
+            let wait = match lock(&self.shared.retries).peek() {
+                Some(Reverse(at)) => wait.min(at.saturating_duration_since(Instant::now())),
                 None => wait,
             };
             let idle = tokio::select! {
@@ -366,9 +368,11 @@ impl ClaimLoop<'_> {
             return Ok(Step::Idle { sleeping: false });
         };
         {
-            let mut next = lock(&self.shared.next_retry);
-            if next.is_some_and(|at| at <= Instant::now()) {
-                *next = None;
+            // Retries due by now are looked for by this step's claim.
+            let now = Instant::now();
+            let mut retries = lock(&self.shared.retries);
+            while retries.peek().is_some_and(|Reverse(at)| *at <= now) {
+                retries.pop();
             }
         }
         let moved = store.ingest(INGEST_BATCH).await?;
@@ -537,20 +541,15 @@ async fn settle_loop(
             }
         }
         let now = Instant::now();
-        let mut earliest = None::<Instant>;
         {
             let mut in_flight = lock(&shared.in_flight);
+            let mut retries = lock(&shared.retries);
             for s in &settlements {
                 in_flight.remove(&s.seq);
                 if let Verdict::Retry(after) = s.verdict {
-                    let at = now + after;
-                    earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                    retries.push(Reverse(now + after));
                 }
             }
-        }
-        if let Some(at) = earliest {
-            let mut next = lock(&shared.next_retry);
-            *next = Some(next.map_or(at, |n| n.min(at)));
         }
         batch.clear();
         shared.settled.notify_one();
