@@ -214,11 +214,44 @@ impl Drop for Daemon {
     }
 }
 
-fn config(db: &Db, triggers: &str) -> String {
-    format!(
-        "[database]\nurl = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{triggers}",
-        db.url
+/// A config for `db` with its admin server on a free loopback port (returned).
+fn config(db: &Db, triggers: &str) -> (String, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    (
+        format!(
+            "[database]\nurl = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{port}\"\n\n{triggers}",
+            db.url
+        ),
+        port,
     )
+}
+
+/// Waits until the daemon's `/healthz` answers 200: installed, capturing, delivering.
+async fn wait_healthy(port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .await
+                .ok()?;
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).await.ok()?;
+            Some(head[9..12].to_vec())
+        }
+        .await;
+        if status.as_deref() == Some(b"200") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the daemon becomes healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn to_json(db: &Db, sql: &str) -> Value {
@@ -235,12 +268,10 @@ async fn exact_bodies_in_both_formats_and_column_filters() {
         .expect("schema");
     let (receiver, addr) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(
-        &dir,
-        &config(
-            &db,
-            &format!(
-                r#"[[trigger]]
+    let (body, port) = config(
+        &db,
+        &format!(
+            r#"[[trigger]]
 name = "seed_events"
 table = "orders"
 webhook = {{ url = "http://{addr}/seed" }}
@@ -258,13 +289,13 @@ operations = ["UPDATE"]
 columns = ["status"]
 webhook = {{ url = "http://{addr}/status" }}
 "#
-            ),
         ),
     );
+    let cfg = write_config(&dir, &body);
     let hasura_hook = format!("http://{addr}/hasura");
     let env = [("HASURA_HOOK", hasura_hook.as_str())];
     let daemon = Daemon::start(&cfg, &env);
-    receiver.wait_until_up(&db).await;
+    wait_healthy(port).await;
     db.client
         .batch_execute("INSERT INTO orders VALUES (9007199254740993, 'new', 'a', 1.1000000000)")
         .await
@@ -400,32 +431,6 @@ fn seed_manual_raw(receiver: &Receiver) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-impl Receiver {
-    /// Waits until the daemon has installed its triggers (it installs before delivering).
-    async fn wait_until_up(&self, db: &Db) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let n: i64 = db
-                .client
-                .query_one(
-                    "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgevents_%' AND NOT tgisinternal",
-                    &[],
-                )
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or(0);
-            if n > 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon installs its triggers"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_backoff_retry_after_timeouts_rejects_signing_and_redeliver() {
     let db = db().await;
@@ -443,12 +448,10 @@ async fn retries_backoff_retry_after_timeouts_rejects_signing_and_redeliver() {
     receiver.script("slow", vec![(200, None, 3000)]);
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(
-        &dir,
-        &config(
-            &db,
-            &format!(
-                r#"[[trigger]]
+    let (body, port) = config(
+        &db,
+        &format!(
+            r#"[[trigger]]
 name = "flaky"
 table = "flaky"
 retry = {{ max_retries = 5, initial_interval = "300ms", max_interval = "10s", timeout = "5s" }}
@@ -471,12 +474,12 @@ table = "slow"
 retry = {{ max_retries = 3, initial_interval = "100ms", max_interval = "10s", timeout = "1s" }}
 webhook = {{ url = "http://{addr}/slow" }}
 "#
-            ),
         ),
     );
+    let cfg = write_config(&dir, &body);
     let env = [("HOOK_KEY", "k-123"), ("HOOK_SECRET", secret)];
     let daemon = Daemon::start(&cfg, &env);
-    receiver.wait_until_up(&db).await;
+    wait_healthy(port).await;
     db.client
         .batch_execute("INSERT INTO flaky VALUES (1); INSERT INTO bad VALUES (1); INSERT INTO later VALUES (1); INSERT INTO slow VALUES (1);")
         .await
@@ -610,11 +613,9 @@ async fn check_reports_every_mistake_and_creates_nothing() {
         .await
         .expect("schema");
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(
-        &dir,
-        &config(
-            &db,
-            r#"[retention]
+    let (body, _) = config(
+        &db,
+        r#"[retention]
 delivered = "7 days"
 
 [[trigger]]
@@ -628,8 +629,8 @@ name = "a"
 table = "orders"
 webhook = { url = "localhost/hook" }
 "#,
-        ),
     );
+    let cfg = write_config(&dir, &body);
     let cfg_s = cfg.display().to_string();
     let out = output(&["check", "--config", &cfg_s], &[]);
     assert_eq!(out.status.code(), Some(2));
@@ -664,7 +665,8 @@ table = "orders"
 columns = ["colour"]
 stdout = {}
 "#,
-        ),
+        )
+        .0,
     )
     .expect("write");
     let cfg2_s = cfg2.display().to_string();
@@ -703,17 +705,15 @@ async fn sigkill_during_a_burst_loses_nothing() {
         .expect("schema");
     let (receiver, addr) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(
-        &dir,
-        &config(
+    let (body, port) = config(
             &db,
             &format!(
                 "[[trigger]]\nname = \"burst\"\ntable = \"burst\"\nwebhook = {{ url = \"http://{addr}/burst\" }}\n"
             ),
-        ),
     );
+    let cfg = write_config(&dir, &body);
     let mut daemon = Daemon::start(&cfg, &[]);
-    receiver.wait_until_up(&db).await;
+    wait_healthy(port).await;
     let writer = {
         let url = db.url.clone();
         tokio::spawn(async move {
@@ -775,15 +775,17 @@ async fn logical_mode_delivers_without_triggers_and_uninstalls_its_slot() {
     let (receiver, addr) = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let slot = format!("pgevents_cli_{}", std::process::id());
-    let body = config(
+    let (body, port) = config(
         &db,
         &format!(
             "[[trigger]]\nname = \"wal\"\ntable = \"wal_orders\"\nwebhook = {{ url = \"http://{addr}/wal\" }}\n"
         ),
-    )
-    .replace(
+    );
+    let body = body.replace(
         "[admin]",
-        &format!("[capture]\nmode = \"logical\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n\n[admin]"),
+        &format!(
+            "[capture]\nmode = \"logical\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n\n[admin]"
+        ),
     );
     let cfg = write_config(&dir, &body);
     let cfg_s = cfg.display().to_string();
@@ -794,21 +796,7 @@ async fn logical_mode_delivers_without_triggers_and_uninstalls_its_slot() {
         String::from_utf8_lossy(&out.stderr)
     );
     let daemon = Daemon::start(&cfg, &[]);
-    let deadline = Instant::now() + WAIT;
-    while db
-        .client
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map(|r| r.get::<_, i64>(0))
-        .unwrap_or(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the daemon creates its slot");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_healthy(port).await;
     db.client
         .batch_execute(
             "INSERT INTO wal_orders VALUES (1, 'new'); UPDATE wal_orders SET status = 'paid'",
