@@ -75,9 +75,15 @@ pub(crate) struct Trigger {
     pub(crate) ordering: Option<DeliveryOrdering>,
     pub(crate) retry: Option<Retry>,
     // Destinations: exactly one must be set. A new sink adds its key here and one line in
-    // `SinkConfig::take_all` (nats, redis, amqp).
+    // `SinkConfig::take_all`.
     #[cfg(feature = "webhook")]
     pub(crate) webhook: Option<pgevents_sinks::WebhookConfig>,
+    #[cfg(feature = "nats")]
+    pub(crate) nats: Option<pgevents_sinks::NatsConfig>,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<pgevents_sinks::RedisConfig>,
+    #[cfg(feature = "amqp")]
+    pub(crate) amqp: Option<pgevents_sinks::AmqpConfig>,
     #[cfg(feature = "stdout")]
     pub(crate) stdout: Option<pgevents_sinks::StdoutConfig>,
 }

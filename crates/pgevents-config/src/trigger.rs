@@ -34,27 +34,41 @@ pub enum DeliveryOrdering {
 
 /// A trigger's destination: one arm per sink, holding that sink's settings.
 ///
-/// A new sink (nats, redis, amqp) adds one arm here, its key in the file's trigger table
-/// and one line in `SinkConfig::take_all`; everything else goes through [`ResolveSink`].
+/// A new sink adds one arm here, its key in the file's trigger table and one line in
+/// `SinkConfig::take_all`; everything else goes through [`ResolveSink`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SinkConfig {
     /// `webhook = { ... }`.
     #[cfg(feature = "webhook")]
     Webhook(pgevents_sinks::WebhookConfig),
+    /// `nats = { ... }` (JetStream).
+    #[cfg(feature = "nats")]
+    Nats(pgevents_sinks::NatsConfig),
+    /// `redis = { ... }` (`XADD` to a stream).
+    #[cfg(feature = "redis")]
+    Redis(pgevents_sinks::RedisConfig),
+    /// `amqp = { ... }` (RabbitMQ, publisher confirms).
+    #[cfg(feature = "amqp")]
+    Amqp(pgevents_sinks::AmqpConfig),
     /// `stdout = {}`.
     #[cfg(feature = "stdout")]
     Stdout(pgevents_sinks::StdoutConfig),
-    // Nats(pgevents_sinks::NatsConfig), Redis(pgevents_sinks::RedisConfig),
-    // Amqp(pgevents_sinks::AmqpConfig) come here.
 }
 
 impl SinkConfig {
-    /// The destination's key in the trigger table (`"webhook"`, `"stdout"`).
+    /// The destination's key in the trigger table (`"webhook"`, `"nats"`, `"redis"`,
+    /// `"amqp"`, `"stdout"`).
     pub fn key(&self) -> &'static str {
         match *self {
             #[cfg(feature = "webhook")]
             SinkConfig::Webhook(_) => "webhook",
+            #[cfg(feature = "nats")]
+            SinkConfig::Nats(_) => "nats",
+            #[cfg(feature = "redis")]
+            SinkConfig::Redis(_) => "redis",
+            #[cfg(feature = "amqp")]
+            SinkConfig::Amqp(_) => "amqp",
             #[cfg(feature = "stdout")]
             SinkConfig::Stdout(_) => "stdout",
         }
@@ -64,6 +78,12 @@ impl SinkConfig {
         match *self {
             #[cfg(feature = "webhook")]
             SinkConfig::Webhook(ref settings) => settings,
+            #[cfg(feature = "nats")]
+            SinkConfig::Nats(ref settings) => settings,
+            #[cfg(feature = "redis")]
+            SinkConfig::Redis(ref settings) => settings,
+            #[cfg(feature = "amqp")]
+            SinkConfig::Amqp(ref settings) => settings,
             #[cfg(feature = "stdout")]
             SinkConfig::Stdout(ref settings) => settings,
         }
@@ -75,6 +95,12 @@ impl SinkConfig {
         let mut found = Vec::new();
         #[cfg(feature = "webhook")]
         found.extend(trigger.webhook.take().map(SinkConfig::Webhook));
+        #[cfg(feature = "nats")]
+        found.extend(trigger.nats.take().map(SinkConfig::Nats));
+        #[cfg(feature = "redis")]
+        found.extend(trigger.redis.take().map(SinkConfig::Redis));
+        #[cfg(feature = "amqp")]
+        found.extend(trigger.amqp.take().map(SinkConfig::Amqp));
         #[cfg(feature = "stdout")]
         found.extend(trigger.stdout.take().map(SinkConfig::Stdout));
         found
@@ -260,7 +286,7 @@ fn trigger(
         0 => {
             problems.push(
                 path,
-                "has no destination; add one, e.g. webhook = { url = \"https://...\" } or stdout = {}",
+                "has no destination; add one (webhook, nats, redis, amqp or stdout), e.g. webhook = { url = \"https://...\" } or stdout = {}",
             );
             None
         }

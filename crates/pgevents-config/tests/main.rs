@@ -1,5 +1,14 @@
 //! pgevents-config through its public API: the PRODUCT.md example, defaults, and a message
 //! naming the field for every kind of mistake.
+//!
+//! Written against the default features (every destination).
+#![cfg(all(
+    feature = "webhook",
+    feature = "nats",
+    feature = "redis",
+    feature = "amqp",
+    feature = "stdout"
+))]
 
 use std::time::Duration;
 
@@ -428,4 +437,163 @@ fn errors_never_show_secrets() {
     for secret in SECRETS {
         assert!(!errors.to_string().contains(secret), "{secret} in {errors}");
     }
+}
+
+/// The broker lines of PRODUCT.md §4, verbatim, as the trigger's destination instead of the
+/// webhook.
+const PRODUCT_BROKER_LINES: [(&str, &str); 4] = [
+    (
+        "nats",
+        r#"nats = { url = "nats://127.0.0.1:4222", subject = "pg.orders" }"#,
+    ),
+    (
+        "redis",
+        r#"redis = { url = "redis://127.0.0.1:6379", stream = "pg:orders" }"#,
+    ),
+    (
+        "amqp",
+        r#"amqp = { url = "amqp://guest:guest@127.0.0.1:5672", exchange = "pg", routing_key = "orders" }"#,
+    ),
+    ("stdout", "stdout = {}"),
+];
+
+#[test]
+fn the_product_broker_lines_parse_and_build_without_connecting() {
+    for (key, line) in PRODUCT_BROKER_LINES {
+        let webhook_line = PRODUCT_EXAMPLE
+            .lines()
+            .find(|l| l.starts_with("webhook = "))
+            .expect("the example's webhook line");
+        let text = PRODUCT_EXAMPLE.replace(webhook_line, line);
+        let config = Config::from_toml_str_with_env(&text, "pgevents.toml", &product_env())
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        let trigger = config.trigger("order_events").expect("the trigger");
+        assert_eq!(trigger.sink.key(), key);
+        let matched = match &trigger.sink {
+            SinkConfig::Nats(nats) => nats.subject.as_deref() == Some("pg.orders"),
+            SinkConfig::Redis(redis) => {
+                redis.stream.as_deref() == Some("pg:orders") && redis.maxlen.is_none()
+            }
+            SinkConfig::Amqp(amqp) => {
+                amqp.exchange.as_deref() == Some("pg")
+                    && amqp.routing_key.as_deref() == Some("orders")
+            }
+            SinkConfig::Stdout(_) => true,
+            other => panic!("{key}: {other:?}"),
+        };
+        assert!(matched, "{key}: {:?}", trigger.sink);
+        // Building a broker sink parses its settings but connects to nothing.
+        trigger
+            .build_sink(&trigger.path())
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("guest:guest"), "{shown}");
+    }
+}
+
+#[test]
+fn broker_urls_can_come_from_the_environment() {
+    let env = Env::fixed([
+        ("NATS_URL", "nats://n4ts-t0ken@127.0.0.1:4222"),
+        ("REDIS_URL", "redis://:r3dis-pw@127.0.0.1:6379/0"),
+        ("AMQP_URL", "amqp://app:amqp-pw@127.0.0.1:5672/%2f"),
+    ]);
+    for line in [
+        r#"nats = { url_from_env = "NATS_URL", subject = "pg.orders" }"#,
+        r#"redis = { url_from_env = "REDIS_URL", stream = "pg:orders", maxlen = 100000 }"#,
+        r#"amqp = { url_from_env = "AMQP_URL", exchange = "pg", routing_key = "orders" }"#,
+    ] {
+        let config = Config::from_toml_str_with_env(&with_trigger(line), "x.toml", &env)
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        let sink = config.triggers[0]
+            .build_sink("trigger[0]")
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        let _ = sink;
+        let shown = format!("{config:?}");
+        for secret in ["n4ts-t0ken", "r3dis-pw", "amqp-pw"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+    let errors = errors(&with_trigger(
+        r#"redis = { url_from_env = "REDIS_URL", stream = "s" }"#,
+    ));
+    assert_eq!(
+        errors.errors[0].to_string(),
+        "trigger[\"t\"].redis.url_from_env: environment variable REDIS_URL is not set; export it or use url = \"...\""
+    );
+}
+
+#[test]
+fn broker_mistakes_name_their_field() {
+    let cases = [
+        (
+            r#"nats = { url = "nats://127.0.0.1:4222" }"#,
+            "trigger[\"t\"].nats.subject",
+            "missing; name the subject",
+        ),
+        (
+            r#"nats = { url = "nats://127.0.0.1:4222", subject = "pg.*" }"#,
+            "trigger[\"t\"].nats.subject",
+            "wildcard",
+        ),
+        (
+            r#"nats = { url = "http://127.0.0.1:4222", subject = "pg" }"#,
+            "trigger[\"t\"].nats.url",
+            "use nats://",
+        ),
+        (
+            r#"nats = { subject = "pg" }"#,
+            "trigger[\"t\"].nats.url",
+            "missing; set url = \"nats://",
+        ),
+        (
+            r#"redis = { url = "redis://127.0.0.1" }"#,
+            "trigger[\"t\"].redis.stream",
+            "missing; name the stream",
+        ),
+        (
+            r#"redis = { url = "redis://127.0.0.1", stream = "s", maxlen = 0 }"#,
+            "trigger[\"t\"].redis.maxlen",
+            "0 is out of range",
+        ),
+        (
+            r#"redis = { url = "amqp://127.0.0.1", stream = "s" }"#,
+            "trigger[\"t\"].redis.url",
+            "use redis://",
+        ),
+        (
+            r#"amqp = { url = "amqp://127.0.0.1", routing_key = "k" }"#,
+            "trigger[\"t\"].amqp.exchange",
+            "missing; name the exchange",
+        ),
+        (
+            r#"amqp = { url = "amqp://127.0.0.1", exchange = "" }"#,
+            "trigger[\"t\"].amqp.routing_key",
+            "default exchange",
+        ),
+        (
+            r#"amqp = { url = "nats://127.0.0.1", exchange = "pg" }"#,
+            "trigger[\"t\"].amqp.url",
+            "use amqp://",
+        ),
+    ];
+    for (line, path, message) in cases {
+        let found = errors(&with_trigger(line));
+        assert_eq!(found.errors.len(), 1, "{line}: {found}");
+        assert_eq!(found.errors[0].path, path, "{line}: {found}");
+        assert!(found.errors[0].message.contains(message), "{line}: {found}");
+    }
+    let found = errors(&with_trigger(
+        "nats = { url = \"nats://x\", subject = \"s\" }\nredis = { url = \"redis://x\", stream = \"s\" }",
+    ));
+    assert!(
+        found
+            .to_string()
+            .contains("has 2 destinations (nats, redis)"),
+        "{found}"
+    );
+    let found = errors(&with_trigger(
+        "amqp = { url = \"amqp://x\", exchange = \"pg\", durable = true }",
+    ));
+    assert!(found.to_string().contains("amqp.durable"), "{found}");
 }

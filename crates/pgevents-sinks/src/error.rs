@@ -24,6 +24,27 @@ impl SinkConfigError {
     }
 }
 
+/// The first of `problems`, which a failed check never leaves empty: what
+/// [`ResolveSink::resolve`](crate::ResolveSink::resolve) reports when
+/// [`ResolveSink::validate`](crate::ResolveSink::validate) would report `problems`.
+#[cfg(any(
+    feature = "webhook",
+    feature = "nats",
+    feature = "redis",
+    feature = "amqp"
+))]
+pub(crate) fn first_problem(path: &str, problems: Vec<SinkConfigError>) -> SinkConfigError {
+    // The fallback only avoids a panic path.
+    problems.into_iter().next().unwrap_or_else(|| {
+        SinkConfigError::new(
+            path,
+            SinkConfigErrorKind::Missing {
+                advice: "check the destination's settings",
+            },
+        )
+    })
+}
+
 /// The kinds of [`SinkConfigError`]; each message says what is wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -70,13 +91,13 @@ pub enum SinkConfigErrorKind {
         /// How to give it.
         advice: &'static str,
     },
-    /// A URL does not parse.
-    #[error(
-        "not a valid URL ({reason}); give an absolute URL like https://example.com/hooks/orders"
-    )]
+    /// A URL does not parse (or its destination's client refuses it).
+    #[error("not a valid URL ({reason}); give an absolute URL like {example}")]
     InvalidUrl {
         /// Why it does not parse.
         reason: String,
+        /// A valid URL for this destination.
+        example: &'static str,
     },
     /// A URL's scheme is not one this destination speaks.
     #[error("URL scheme {scheme:?} is not supported; use {expected}")]
@@ -85,6 +106,25 @@ pub enum SinkConfigErrorKind {
         scheme: String,
         /// The schemes this destination accepts.
         expected: &'static str,
+    },
+    /// A name the destination addresses (a NATS subject, a Redis stream key, an AMQP
+    /// exchange or routing key) that the broker would refuse.
+    #[error("{reason}; use {what} like {example}")]
+    InvalidName {
+        /// What kind of name, with its article, e.g. `a NATS subject`.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+        /// A valid one.
+        example: &'static str,
+    },
+    /// A number outside the range the setting allows.
+    #[error("{value} is out of range; {advice}")]
+    OutOfRange {
+        /// The value as given.
+        value: String,
+        /// The allowed range, and what to do.
+        advice: &'static str,
     },
     /// A header name is not a valid HTTP header name.
     #[error(

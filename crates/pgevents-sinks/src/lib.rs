@@ -10,7 +10,40 @@
 //! | key | feature | sink |
 //! |---|---|---|
 //! | `webhook` | `webhook` | [`WebhookSink`]: HTTP `POST`, optionally signed (Standard Webhooks) |
+//! | `nats` | `nats` | [`NatsSink`]: JetStream publish, `Nats-Msg-Id` = event id, delivered on the stream's ack |
+//! | `redis` | `redis` | [`RedisSink`]: `XADD` to a stream (fields `id`, `payload`), optionally `MAXLEN ~` |
+//! | `amqp` | `amqp` | [`AmqpSink`]: persistent, mandatory publish to an exchange, delivered on the broker's confirm |
 //! | `stdout` | `stdout` | [`StdoutSink`]: one JSON line per event on standard output |
+//!
+//! Broker sinks keep one connection each, opened on the first delivery (building a sink never
+//! connects) and shared by all deliveries, which pipeline over it; after a failure the next
+//! attempt reconnects. An event counts as delivered only on the broker's acknowledgement;
+//! every failure is an [`Outcome::Retry`](pgevents_sink::Outcome::Retry) under the trigger's
+//! retry policy, so a broker that goes away delays events but loses none. Streams and
+//! exchanges are never created by pgevents: see each sink for why, and for the error that
+//! says how to create them.
+//!
+//! The library routes a table to any of these sinks as it does to a handler:
+//!
+//! ```no_run
+//! # #[cfg(feature = "nats")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use pgevents::{Format, Listener, TableOptions};
+//! use pgevents_sinks::{Env, NatsConfig, ResolveSink};
+//!
+//! let nats = NatsConfig {
+//!     url: Some("nats://127.0.0.1:4222".into()),
+//!     subject: Some("pg.orders".into()),
+//!     ..NatsConfig::default()
+//! }
+//! .resolve("nats", Format::Seed, &Env::default())?; // checks the settings; connects later
+//! let listener = Listener::builder("postgres://app@localhost/shop")
+//!     .sink("orders", nats, TableOptions::default())
+//!     .build()
+//!     .await?;
+//! listener.run(tokio::signal::ctrl_c()).await?;
+//! # Ok(()) }
+//! ```
 //!
 //! ```
 //! # #[cfg(feature = "webhook")] {
@@ -29,16 +62,40 @@
 //! # }
 //! ```
 
+#[cfg(feature = "amqp")]
+mod amqp;
+#[cfg(any(feature = "nats", feature = "redis", feature = "amqp"))]
+mod connection;
+#[cfg(any(
+    feature = "webhook",
+    feature = "nats",
+    feature = "redis",
+    feature = "amqp"
+))]
+mod endpoint;
 mod env;
 mod error;
+#[cfg(all(test, any(feature = "nats", feature = "redis", feature = "amqp")))]
+mod fixtures;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "stdout")]
 mod stdout;
+#[cfg(any(feature = "nats", feature = "redis"))]
+mod tls;
 #[cfg(feature = "webhook")]
 mod webhook;
-// Brokers (`nats`, `redis`, `amqp`) come here: one folder and one feature each, same shape.
 
+#[cfg(feature = "amqp")]
+pub use amqp::{AmqpConfig, AmqpSink};
 pub use env::Env;
 pub use error::{SinkConfigError, SinkConfigErrorKind};
+#[cfg(feature = "nats")]
+pub use nats::{NatsConfig, NatsSink};
+#[cfg(feature = "redis")]
+pub use redis::{RedisConfig, RedisSink};
 #[cfg(feature = "stdout")]
 pub use stdout::{StdoutConfig, StdoutSink};
 #[cfg(feature = "webhook")]

@@ -8,8 +8,18 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::sink::{redact_url, SigningKey, Target, WebhookSink};
+use super::sink::{SigningKey, Target, WebhookSink};
+use crate::endpoint::{redact_url, resolve_url, UrlRules};
+use crate::error::first_problem;
 use crate::{join_path, Env, ResolveSink, SinkConfigError, SinkConfigErrorKind};
+
+/// What a webhook URL may be.
+const URL_RULES: UrlRules = UrlRules {
+    schemes: &["http", "https"],
+    expected: "http:// or https://",
+    example: "https://example.com/hooks/orders",
+    missing: "set url = \"https://...\" or url_from_env = \"VAR\"",
+};
 
 /// Headers that pgevents sets itself and that `headers` may not override.
 const RESERVED_HEADERS: [&str; 7] = [
@@ -81,49 +91,13 @@ impl WebhookConfig {
     }
 
     fn url(&self, path: &str, env: &Env) -> Result<url::Url, SinkConfigError> {
-        let (field, text) = match (&self.url, &self.url_from_env) {
-            (Some(_), Some(_)) => {
-                return Err(SinkConfigError::new(
-                    join_path(path, "url_from_env"),
-                    SinkConfigErrorKind::Conflict {
-                        first: "url",
-                        second: "url_from_env",
-                    },
-                ))
-            }
-            (None, None) => {
-                return Err(SinkConfigError::new(
-                    join_path(path, "url"),
-                    SinkConfigErrorKind::Missing {
-                        advice: "set url = \"https://...\" or url_from_env = \"VAR\"",
-                    },
-                ))
-            }
-            (Some(url), None) => ("url", url.clone()),
-            (None, Some(var)) => (
-                "url_from_env",
-                env.require(var, "use url = \"...\"")
-                    .map_err(|kind| SinkConfigError::new(join_path(path, "url_from_env"), kind))?,
-            ),
-        };
-        let error = |kind| SinkConfigError::new(join_path(path, field), kind);
-        let url = url::Url::parse(text.trim()).map_err(|e| {
-            error(SinkConfigErrorKind::InvalidUrl {
-                reason: e.to_string(),
-            })
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(error(SinkConfigErrorKind::UnsupportedScheme {
-                scheme: url.scheme().to_string(),
-                expected: "http:// or https://",
-            }));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(error(SinkConfigErrorKind::InvalidUrl {
-                reason: "no host".into(),
-            }));
-        }
-        Ok(url)
+        resolve_url(
+            path,
+            self.url.as_deref(),
+            self.url_from_env.as_deref(),
+            env,
+            &URL_RULES,
+        )
     }
 
     fn headers(&self, path: &str, env: &Env, problems: &mut Vec<SinkConfigError>) -> HeaderMap {
@@ -209,17 +183,9 @@ impl ResolveSink for WebhookConfig {
         format: Format,
         env: &Env,
     ) -> Result<WebhookSink, SinkConfigError> {
-        let target = self.target(path, env).map_err(|problems| {
-            // `target` never fails without a problem; the fallback only avoids a panic path.
-            problems.into_iter().next().unwrap_or_else(|| {
-                SinkConfigError::new(
-                    path,
-                    SinkConfigErrorKind::Missing {
-                        advice: "check the webhook settings",
-                    },
-                )
-            })
-        })?;
+        let target = self
+            .target(path, env)
+            .map_err(|problems| first_problem(path, problems))?;
         WebhookSink::new(target, format).map_err(|kind| SinkConfigError::new(path, kind))
     }
 }

@@ -12,6 +12,7 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use sha2::Sha256;
 
+use crate::endpoint::{error_text, redact_url};
 use crate::SinkConfigErrorKind;
 
 /// Idle keep-alive connections kept per host; busy connections are bounded by the dispatcher's
@@ -171,18 +172,6 @@ fn outcome_of_error(error: &reqwest::Error, timeout: Duration) -> Outcome {
     }
 }
 
-/// The error and its causes on one line (reqwest's own text is only "error sending request").
-fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Reads the start of the answer for the attempt log, stopping after
 /// [`RESPONSE_EXCERPT_BYTES`] so a huge error page costs nothing; a body that breaks off
 /// leaves what was read.
@@ -240,19 +229,4 @@ impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("\"***\"")
     }
-}
-
-/// `url` with its password and query replaced by `***` (they often carry tokens).
-pub(super) fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url.trim()) else {
-        return "<not a valid URL>".to_string();
-    };
-    if parsed.password().is_some() {
-        // Only fails for URLs that cannot have a password, which this one has.
-        let _ = parsed.set_password(Some("***"));
-    }
-    if parsed.query().is_some() {
-        parsed.set_query(Some("***"));
-    }
-    parsed.to_string()
 }
