@@ -393,9 +393,33 @@ webhook = {{ url = "http://{addr}/status" }}
         "{raw_manual}"
     );
 
+    let out = output(
+        &[
+            "invoke",
+            "--config",
+            &cfg_s,
+            "hasura_events",
+            "--data",
+            r#"{"by":"hand"}"#,
+        ],
+        &env,
+    );
+    assert!(out.status.success());
+    let hasura_manual_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let hasura = receiver
-        .wait("hasura", "4 hasura events", |h| h.len() == 4)
+        .wait("hasura", "5 hasura events", |h| h.len() == 5)
         .await;
+    let (hasura_manual, hasura): (Vec<&Hit>, Vec<&Hit>) = hasura
+        .iter()
+        .partition(|h| h.json()["event"]["op"] == "MANUAL");
+    let manual_body = hasura_manual[0].json();
+    assert_eq!(manual_body["id"], hasura_manual_id.as_str());
+    assert_eq!(manual_body["trigger"]["name"], "hasura_events");
+    assert_eq!(manual_body["event"]["data"]["old"], Value::Null);
+    assert_eq!(
+        manual_body["event"]["data"]["new"],
+        serde_json::json!({"by": "hand"})
+    );
     for (hit, (action, old, new)) in hasura.iter().zip(expect.iter()) {
         let body = hit.json();
         assert_eq!(body["trigger"]["name"], "hasura_events");
