@@ -8,4 +8,7 @@
 pub mod catalog;
 pub mod trigger;
 
-pub use trigger::{check_trigger, install_trigger, uninstall_trigger, TriggerSpec};
+pub use trigger::{
+    check_trigger, install_trigger, installed_trigger, trigger_problems, uninstall_trigger,
+    validate_trigger, TriggerSpec,
+};

@@ -150,6 +150,53 @@ END
     )
 }
 
+/// Everything that keeps `spec` from being installed by the current role, as typed errors:
+/// [`Error::NoSuchTable`], [`Error::NoSuchColumn`] for each missing `columns` entry, and —
+/// when `need_trigger_privilege` (trigger capture) — [`Error::NotPermitted`] when the role
+/// may not create triggers on the table. Changes nothing.
+pub async fn trigger_problems(
+    client: &impl GenericClient,
+    spec: &TriggerSpec,
+    need_trigger_privilege: bool,
+) -> Result<Vec<Error>, Error> {
+    let info = match table_info(client, &spec.table).await {
+        Ok(info) => info,
+        Err(e @ Error::NoSuchTable(_)) => return Ok(vec![e]),
+        Err(e) => return Err(e),
+    };
+    let mut problems: Vec<Error> = spec
+        .columns
+        .iter()
+        .flatten()
+        .filter(|c| !info.columns.contains(c))
+        .map(|column| Error::NoSuchColumn {
+            table: spec.table.to_string(),
+            column: column.clone(),
+        })
+        .collect();
+    if need_trigger_privilege {
+        let may_trigger: bool = client
+            .query_one(
+                "SELECT has_table_privilege($1, 'TRIGGER')",
+                &[&spec.table.quoted()],
+            )
+            .await
+            .map_err(|e| Error::query(format!("checking privileges on {}", spec.table), e))?
+            .get(0);
+        if !may_trigger {
+            problems.push(Error::NotPermitted(format!(
+                "the current role may not create triggers on {}: run install as the table's owner, or GRANT TRIGGER ON {} TO <role>",
+                spec.table,
+                spec.table.quoted()
+            )));
+        }
+    }
+    if spec.ordered && info.key_columns.is_empty() {
+        tracing::debug!(table = %spec.table, "no primary key: events of this table are unordered");
+    }
+    Ok(problems)
+}
+
 /// Checks, without changing anything, that `spec` can be installed: the table and the
 /// `columns` exist and the current role may create triggers on the table. Returns every
 /// problem found, each saying what to do.
@@ -157,43 +204,131 @@ pub async fn check_trigger(
     client: &impl GenericClient,
     spec: &TriggerSpec,
 ) -> Result<Vec<String>, Error> {
-    let info = match table_info(client, &spec.table).await {
-        Ok(info) => info,
-        Err(e @ Error::NoSuchTable(_)) => return Ok(vec![e.to_string()]),
-        Err(e) => return Err(e),
-    };
-    let mut problems: Vec<String> = spec
-        .columns
+    Ok(trigger_problems(client, spec, true)
+        .await?
         .iter()
-        .flatten()
-        .filter(|c| !info.columns.contains(c))
-        .map(|column| {
-            Error::NoSuchColumn {
-                table: spec.table.to_string(),
-                column: column.clone(),
-            }
-            .to_string()
-        })
-        .collect();
-    let may_trigger: bool = client
-        .query_one(
-            "SELECT has_table_privilege($1, 'TRIGGER')",
-            &[&spec.table.quoted()],
+        .map(Error::to_string)
+        .collect())
+}
+
+/// Fails with the first of [`trigger_problems`], changing nothing: callers installing
+/// several triggers check them all first, so that a mistake in one leaves no other
+/// half-installed.
+pub async fn validate_trigger(
+    client: &impl GenericClient,
+    spec: &TriggerSpec,
+    need_trigger_privilege: bool,
+) -> Result<(), Error> {
+    match trigger_problems(client, spec, need_trigger_privilege)
+        .await?
+        .into_iter()
+        .next()
+    {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+/// The log's record of how `spec` is captured: what install registers for it.
+fn definition(spec: &TriggerSpec, key_columns: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "operations": spec.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+        "columns": spec.columns,
+        "ordered": spec.ordered && !key_columns.is_empty(),
+        "capture": "trigger",
+    })
+}
+
+/// The PostgreSQL triggers install creates for `spec`: (name, whether it is wanted).
+fn wanted_triggers(schema: &LogSchema, spec: &TriggerSpec) -> [(String, bool); 3] {
+    let [row, upd, trunc] = pg_trigger_names(schema, &spec.name);
+    let filtered_update = spec.captures(Action::Update) && spec.columns.is_some();
+    let row_wanted = spec.captures(Action::Insert)
+        || spec.captures(Action::Delete)
+        || (spec.captures(Action::Update) && !filtered_update);
+    [
+        (row, row_wanted),
+        (upd, filtered_update),
+        (trunc, spec.captures(Action::Truncate)),
+    ]
+}
+
+/// The trigger's log id when `spec` is installed exactly as [`install_trigger`] would
+/// install it now — registered with this table and definition, its PostgreSQL triggers in
+/// place on the table and calling its capture function, and that function from this
+/// version of pgevents — else `None`. Needs only read access (the catalogs and the log's
+/// `trigger` table): a role that may not install can tell whether it needs to.
+pub async fn installed_trigger(
+    client: &impl GenericClient,
+    schema: &LogSchema,
+    spec: &TriggerSpec,
+) -> Result<Option<i32>, Error> {
+    let Some(info) = describe_table(client, &spec.table).await? else {
+        return Ok(None);
+    };
+    let key_columns = if spec.ordered {
+        info.key_columns.as_slice()
+    } else {
+        &[]
+    };
+    let Some(row) = client
+        .query_opt(
+            &format!(
+                "SELECT id, schema_name, table_name, definition FROM {} WHERE name = $1",
+                schema.object("trigger")
+            ),
+            &[&spec.name],
         )
         .await
-        .map_err(|e| Error::query(format!("checking privileges on {}", spec.table), e))?
+        .map_err(|e| Error::query(format!("looking up trigger {:?}", spec.name), e))?
+    else {
+        return Ok(None);
+    };
+    let id: i32 = row.get(0);
+    let registered = QualifiedName {
+        schema: row.get(1),
+        name: row.get(2),
+    };
+    let recorded: serde_json::Value = row.get(3);
+    if registered != spec.table || recorded != definition(spec, key_columns) {
+        return Ok(None);
+    }
+    let func = format!("{}()", schema.object(&format!("capture_{id}")));
+    let wanted = wanted_triggers(schema, spec);
+    let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
+    let present: Vec<String> = client
+        .query(
+            "SELECT t.tgname::text FROM pg_trigger t
+              WHERE t.tgrelid = $1 AND t.tgname = ANY($2) AND t.tgenabled <> 'D'
+                AND t.tgfoid = to_regprocedure($3)",
+            &[&info.oid, &names, &func],
+        )
+        .await
+        .map_err(|e| Error::query(format!("looking at the triggers on {}", spec.table), e))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    if wanted
+        .iter()
+        .any(|(name, want)| *want != present.contains(name))
+    {
+        return Ok(None);
+    }
+    let comment: Option<String> = client
+        .query_one(
+            "SELECT obj_description(to_regprocedure($1), 'pg_proc')",
+            &[&func],
+        )
+        .await
+        .map_err(|e| {
+            Error::query(
+                format!("looking at the capture function of {:?}", spec.name),
+                e,
+            )
+        })?
         .get(0);
-    if !may_trigger {
-        problems.push(format!(
-            "the current role may not create triggers on {}: run install as the table's owner, or GRANT TRIGGER ON {} TO <role>",
-            spec.table,
-            spec.table.quoted()
-        ));
-    }
-    if spec.ordered && info.key_columns.is_empty() {
-        tracing::debug!(table = %spec.table, "no primary key: events of this table are unordered");
-    }
-    Ok(problems)
+    let current = format!("log schema version {}", pgevents_log::SCHEMA_VERSION);
+    Ok(comment.is_some_and(|c| c.ends_with(&current)).then_some(id))
 }
 
 /// Installs (or replaces) capture for `spec`, idempotently; returns the trigger's log id.
@@ -228,12 +363,7 @@ pub async fn install_trigger(
     } else {
         &[]
     };
-    let definition = serde_json::json!({
-        "operations": spec.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-        "columns": spec.columns,
-        "ordered": spec.ordered && !key_columns.is_empty(),
-        "capture": "trigger",
-    });
+    let definition = definition(spec, key_columns);
     let id =
         pgevents_log::store::register_trigger(&tx, schema, &spec.name, &spec.table, &definition)
             .await?;

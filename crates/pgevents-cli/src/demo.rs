@@ -61,11 +61,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    // The same connector as the daemon's: `sslmode` in a --database-url is honoured.
+    pgevents_log::connect(url, None)
         .await
-        .with_context(|| "connecting to the demo database")?;
-    tokio::spawn(conn);
-    Ok(client)
+        .with_context(|| "connecting to the demo database")
 }
 
 async fn demo(url: &str, interval: Duration) -> anyhow::Result<()> {

@@ -13,8 +13,11 @@ pub(crate) fn schema(config: &Config) -> Result<LogSchema, DaemonError> {
         .map_err(|e| DaemonError::Usage(format!("{}: database.log_schema: {e}", config.source)))
 }
 
+/// Connects to the configured database; errors name the config file and its `database`.
 pub(crate) async fn connect(config: &Config) -> Result<Client, DaemonError> {
-    Ok(pgevents_log::connect(config.database_url(), None).await?)
+    pgevents_log::connect(config.database_url(), None)
+        .await
+        .map_err(|e| DaemonError::from(e).prefixed(&format!("{}: database", config.source)))
 }
 
 pub(crate) fn spec(trigger: &TriggerConfig) -> TriggerSpec {
@@ -40,27 +43,76 @@ pub struct Installed {
     pub capture: Option<pgevents_logical::LogicalCapture>,
 }
 
-fn logical_error(config: &Config, e: pgevents_logical::Error) -> DaemonError {
+pub(crate) fn logical_error(config: &Config, e: pgevents_logical::Error) -> DaemonError {
     let message = format!("{}: capture: {e}", config.source);
     if e.is_transient() {
-        DaemonError::Runtime(message)
+        DaemonError::Unavailable(message)
     } else {
         DaemonError::Setup(message)
     }
 }
 
+/// The config field a capture problem is about: `trigger["x"].table` or `.columns`.
+fn problem_path(trigger: &TriggerConfig, problem: &pgevents_log::Error) -> String {
+    let field = match problem {
+        pgevents_log::Error::NoSuchColumn { .. } => "columns",
+        _ => "table",
+    };
+    format!("{}.{field}", trigger.path())
+}
+
+/// Checks every trigger before anything is installed, so that a mistake in one leaves no
+/// other half-installed: every table and `columns` entry must exist, and in trigger mode
+/// the role must be allowed to create triggers. Reports all problems at once.
+async fn validate(config: &Config, client: &Client) -> Result<(), DaemonError> {
+    let need_trigger_privilege = config.capture.mode == CaptureMode::Trigger;
+    let mut lines = Vec::new();
+    let mut only_privileges = true;
+    for trigger in &config.triggers {
+        for problem in
+            pgevents_capture::trigger_problems(client, &spec(trigger), need_trigger_privilege)
+                .await?
+        {
+            only_privileges &= matches!(problem, pgevents_log::Error::NotPermitted(_));
+            lines.push(format!(
+                "{}: {}: {problem}",
+                config.source,
+                problem_path(trigger, &problem)
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let message = format!(
+        "{}
+nothing was installed: fix the problems above and run the command again",
+        lines.join("\n")
+    );
+    Err(if only_privileges {
+        DaemonError::Privilege(message)
+    } else {
+        DaemonError::Setup(message)
+    })
+}
+
 /// Installs the event log and every trigger's capture (triggers, or the publication, slot
-/// and replica identities in logical mode), idempotently.
+/// and replica identities in logical mode), idempotently. Every trigger is checked first:
+/// when one names a table or column that does not exist, or the role may not create its
+/// triggers, nothing at all is installed.
 pub async fn install(config: &Config) -> Result<Installed, DaemonError> {
     let schema = schema(config)?;
     let mut client = connect(config).await?;
+    validate(config, &client).await?;
     if config.capture.mode == CaptureMode::Logical {
         // Before anything changes: a server without wal_level = logical keeps its triggers.
         pgevents_logical::check_wal_level(&client)
             .await
             .map_err(|e| logical_error(config, e))?;
     }
-    let salt = pgevents_log::install(&mut client, &schema).await?;
+    let salt = pgevents_log::install(&mut client, &schema)
+        .await
+        .map_err(|e| DaemonError::from(e).prefixed(&format!("{}: database", config.source)))?;
     let mut ids = Vec::with_capacity(config.triggers.len());
     let mut tables = Vec::new();
     for trigger in &config.triggers {
@@ -111,11 +163,47 @@ fn logical(
 }
 
 fn in_trigger(trigger: &TriggerConfig, e: pgevents_log::Error) -> DaemonError {
-    match DaemonError::from(e) {
-        DaemonError::Setup(m) => DaemonError::Setup(format!("{}: {m}", trigger.path())),
-        DaemonError::Runtime(m) => DaemonError::Runtime(format!("{}: {m}", trigger.path())),
-        other => other,
+    DaemonError::from(e).prefixed(&trigger.path())
+}
+
+/// What `install` would set up, when it is all in place already: the log at this version
+/// and every trigger installed exactly as configured (trigger capture only). Reads only —
+/// so that `run` works for a role holding just the grants of the least-privilege mode,
+/// which may not (re)install anything. `None` when anything is missing or out of date.
+pub(crate) async fn installed_already(config: &Config) -> Result<Option<Installed>, DaemonError> {
+    if config.capture.mode != CaptureMode::Trigger {
+        return Ok(None);
     }
+    let schema = schema(config)?;
+    let client = connect(config).await?;
+    let salt = match pgevents_log::salt(&client, &schema).await {
+        Ok(salt) => salt,
+        Err(pgevents_log::Error::NotInstalled(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let version: i32 = client
+        .query_one(
+            &format!("SELECT version FROM {}", schema.object("meta")),
+            &[],
+        )
+        .await
+        .map_err(|e| pgevents_log::Error::query("reading the event log version", e))?
+        .get(0);
+    if version != pgevents_log::SCHEMA_VERSION {
+        return Ok(None);
+    }
+    let mut ids = Vec::with_capacity(config.triggers.len());
+    for trigger in &config.triggers {
+        match pgevents_capture::installed_trigger(&client, &schema, &spec(trigger)).await? {
+            Some(id) => ids.push(id),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(Installed {
+        ids,
+        salt,
+        capture: None,
+    }))
 }
 
 /// Removes every configured trigger's capture; with `drop_log`, the whole event log too.
@@ -154,7 +242,7 @@ pub async fn uninstall(config: &Config, drop_log: bool) -> Result<Vec<String>, D
 /// Checks the database against the config without changing anything; returns every problem.
 pub async fn check(config: &Config) -> Result<Vec<String>, DaemonError> {
     let schema = schema(config)?;
-    let client = match connect(config).await {
+    let client = match pgevents_log::connect(config.database_url(), None).await {
         Ok(c) => c,
         Err(e) => return Ok(vec![format!("database: {e}")]),
     };
@@ -162,9 +250,13 @@ pub async fn check(config: &Config) -> Result<Vec<String>, DaemonError> {
     let q = |e| DaemonError::from(pgevents_log::Error::query("checking the database", e));
     let row = client
         .query_one(
-            "SELECT current_setting('wal_level'), to_regclass($1) IS NOT NULL,
+            // From the catalog, not to_regclass: a role without USAGE on the log schema
+            // must get its problems listed, not a permission error.
+            "SELECT current_setting('wal_level'),
+                    EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = $1 AND c.relname = 'event'),
                     has_database_privilege(current_database(), 'CREATE')",
-            &[&format!("{}.event", schema.quoted())],
+            &[&schema.name()],
         )
         .await
         .map_err(q)?;
@@ -181,12 +273,80 @@ pub async fn check(config: &Config) -> Result<Vec<String>, DaemonError> {
             "capture.mode: logical capture needs wal_level = logical, but the server has wal_level = {wal_level}: run `ALTER SYSTEM SET wal_level = logical` and restart PostgreSQL, or use mode = \"trigger\""
         ));
     }
+    let missing = if installed {
+        missing_grants(&client, &schema).await?
+    } else {
+        Vec::new()
+    };
+    // Without its grants the role cannot read the log to tell whether the triggers are
+    // installed: the missing grants are the problem to fix first.
+    let can_read_log = installed && missing.is_empty();
+    problems.extend(missing);
+    let need_trigger_privilege = config.capture.mode == CaptureMode::Trigger;
     for trigger in &config.triggers {
-        for p in pgevents_capture::check_trigger(&client, &spec(trigger)).await? {
-            problems.push(format!("{}: {p}", trigger.path()));
+        // Installed as configured: running needs no privilege on the table itself.
+        if can_read_log
+            && need_trigger_privilege
+            && pgevents_capture::installed_trigger(&client, &schema, &spec(trigger))
+                .await?
+                .is_some()
+        {
+            continue;
+        }
+        let need_trigger_privilege = need_trigger_privilege && (can_read_log || !installed);
+        for p in pgevents_capture::trigger_problems(&client, &spec(trigger), need_trigger_privilege)
+            .await?
+        {
+            problems.push(format!("{}: {p}", problem_path(trigger, &p)));
         }
     }
     Ok(problems)
+}
+
+/// The grants `pgevents run` needs on an installed log that the current role lacks, as one
+/// problem naming them and the statements that give them.
+async fn missing_grants(client: &Client, schema: &LogSchema) -> Result<Vec<String>, DaemonError> {
+    let rows = client
+        .query(
+            "WITH s AS (SELECT oid FROM pg_namespace WHERE nspname = $1),
+             missing (kind, object, priv, ord) AS (
+               SELECT 'schema', quote_ident($1), 'USAGE', 0
+                 FROM s WHERE NOT has_schema_privilege(s.oid, 'USAGE')
+               UNION ALL
+               SELECT 'tables', c.oid::regclass::text, p.priv, p.ord
+                 FROM pg_class c JOIN s ON c.relnamespace = s.oid
+                CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'])
+                           WITH ORDINALITY AS p(priv, ord)
+                WHERE c.relkind IN ('r', 'p') AND NOT has_table_privilege(c.oid, p.priv)
+               UNION ALL
+               SELECT 'sequences', c.oid::regclass::text, 'USAGE', 0
+                 FROM pg_class c JOIN s ON c.relnamespace = s.oid
+                -- CASE: the planner may look at rows of other schemas before the join.
+                WHERE CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'USAGE')
+                           ELSE false END
+               UNION ALL
+               SELECT 'functions', f.oid::regprocedure::text, 'EXECUTE', 0
+                 FROM pg_proc f JOIN s ON f.pronamespace = s.oid
+                WHERE NOT has_function_privilege(f.oid, 'EXECUTE')),
+             per_object AS (
+               SELECT kind, object, string_agg(priv, ', ' ORDER BY ord) AS privs
+                 FROM missing GROUP BY kind, object)
+             SELECT privs || ' on ' || kind || ' ' || string_agg(object, ', ' ORDER BY object),
+                    quote_ident(current_user)
+               FROM per_object GROUP BY kind, privs ORDER BY kind",
+            &[&schema.name()],
+        )
+        .await
+        .map_err(|e| pgevents_log::Error::query("checking the current role's privileges", e))?;
+    let Some(role) = rows.first().map(|r| r.get::<_, String>(1)) else {
+        return Ok(Vec::new());
+    };
+    let missing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let s = schema.quoted();
+    Ok(vec![format!(
+        "database: role {role} lacks what `pgevents run` needs in the event log: {}; as the log's owner run: GRANT USAGE ON SCHEMA {s} TO {role}; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {role}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {role}; GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} TO {role}",
+        missing.join("; ")
+    )])
 }
 
 /// Per-trigger counts and the capture lag.

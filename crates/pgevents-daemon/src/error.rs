@@ -9,10 +9,17 @@ pub enum DaemonError {
     /// The database is not set up as the configuration needs (exit 2).
     #[error("{0}")]
     Setup(String),
+    /// The current role lacks a privilege the command needs (exit 2).
+    #[error("{0}")]
+    Privilege(String),
     /// Bad input on the command line (exit 2).
     #[error("{0}")]
     Usage(String),
-    /// A failure at run time: the database went away, a statement failed (exit 1).
+    /// The database could not be reached or the connection broke: trying again later may
+    /// succeed (exit 1).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A failure at run time: a statement failed (exit 1).
     #[error("{0}")]
     Runtime(String),
 }
@@ -21,8 +28,26 @@ impl DaemonError {
     /// The process exit code: 2 for bad usage, configuration or database setup, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Runtime(_) => 1,
+            DaemonError::Runtime(_) | DaemonError::Unavailable(_) => 1,
             _ => 2,
+        }
+    }
+
+    /// True when the database was out of reach: a later attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DaemonError::Unavailable(_))
+    }
+
+    /// The same error with `prefix: ` before its message (the config or trigger at fault).
+    pub(crate) fn prefixed(self, prefix: &str) -> DaemonError {
+        let p = |m: String| format!("{prefix}: {m}");
+        match self {
+            DaemonError::Setup(m) => DaemonError::Setup(p(m)),
+            DaemonError::Privilege(m) => DaemonError::Privilege(p(m)),
+            DaemonError::Usage(m) => DaemonError::Usage(p(m)),
+            DaemonError::Unavailable(m) => DaemonError::Unavailable(p(m)),
+            DaemonError::Runtime(m) => DaemonError::Runtime(p(m)),
+            config @ DaemonError::Config(_) => config,
         }
     }
 }
@@ -30,20 +55,28 @@ impl DaemonError {
 impl From<pgevents_log::Error> for DaemonError {
     fn from(e: pgevents_log::Error) -> DaemonError {
         use pgevents_log::Error as E;
+        if matches!(e, E::NotPermitted(_)) || e.code() == Some("42501") {
+            return DaemonError::Privilege(e.to_string());
+        }
         let setup = match &e {
             E::Invalid(_)
             | E::NoSuchTable(_)
             | E::NoSuchColumn { .. }
             | E::TooNew { .. }
-            | E::NotInstalled(_) => true,
-            // insufficient_privilege, undefined objects, invalid authorization, missing database
+            | E::NotInstalled(_)
+            | E::Tls { .. }
+            | E::NotPermitted(_) => true,
+            E::ConnectTimeout { .. } => false,
+            // undefined objects, invalid authorization, missing database
             E::Query { .. } | E::Connect { .. } => matches!(
                 e.code(),
-                Some("42501" | "42P01" | "42703" | "42704" | "28000" | "28P01" | "3D000")
+                Some("42P01" | "42703" | "42704" | "28000" | "28P01" | "3D000")
             ),
         };
         if setup {
             DaemonError::Setup(e.to_string())
+        } else if e.is_connection() {
+            DaemonError::Unavailable(e.to_string())
         } else {
             DaemonError::Runtime(e.to_string())
         }

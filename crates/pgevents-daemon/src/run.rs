@@ -7,11 +7,18 @@ use pgevents_admin::{AdminState, Health};
 use pgevents_config::Config;
 use pgevents_dispatch::{Dispatcher, Options, Route};
 
-use crate::commands::{install, schema, Installed};
+use crate::commands::{install, installed_already, logical_error, schema, Installed};
 use crate::DaemonError;
 
-/// How often retention looks for old events.
+/// How often retention looks for old events at most; shorter retention periods are looked
+/// at more often (every half period), so the log never holds much more than they allow.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest time between two retention passes.
+const RETENTION_MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The first wait before installing again when the database is out of reach at start.
+const INSTALL_RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between two attempts to install at start.
+const INSTALL_RETRY_MAX: Duration = Duration::from_secs(10);
 /// Events removed per retention statement.
 const RETENTION_BATCH: i64 = 1000;
 
@@ -42,7 +49,12 @@ pub async fn run(
                 config.source, config.admin.listen
             ))
         })?;
-    let Installed { ids, salt, capture } = install(&config).await?;
+    let mut shutdown = Box::pin(shutdown);
+    let Some(Installed { ids, salt, capture }) = install_for_run(&config, &mut shutdown).await?
+    else {
+        tracing::info!("stopped before the database could be reached");
+        return Ok(());
+    };
     let mut routes = Vec::with_capacity(ids.len());
     for (trigger, id) in config.triggers.iter().zip(ids) {
         let sink = trigger.build_sink(&trigger.path()).map_err(|e| {
@@ -96,12 +108,7 @@ pub async fn run(
         Some(capture) => {
             let (captured, dispatched) = capture.run_beside(dispatcher, shutdown).await;
             if let Err(e) = captured {
-                let message = format!("{}: capture: {e}", config.source);
-                return Err(if e.is_transient() {
-                    DaemonError::Runtime(message)
-                } else {
-                    DaemonError::Setup(message)
-                });
+                return Err(logical_error(&config, e));
             }
             dispatched
         }
@@ -119,6 +126,60 @@ pub async fn run(
     result.map_err(DaemonError::from)
 }
 
+/// Installs what `run` needs, idempotently, and returns it — or `None` when `shutdown`
+/// came first.
+///
+/// While the database is out of reach it keeps trying, backing off, so a daemon started
+/// before its database (or during a restart) waits instead of exiting. When the role may
+/// not install (the least-privilege mode: it holds only the grants `run` needs) but
+/// everything is installed as configured already, it goes ahead without reinstalling.
+async fn install_for_run(
+    config: &Config,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<Installed>, DaemonError> {
+    let mut wait = INSTALL_RETRY_FIRST;
+    loop {
+        let error = match install(config).await {
+            Ok(installed) => return Ok(Some(installed)),
+            Err(DaemonError::Privilege(message)) => {
+                let already = installed_already(config).await.map_err(|e| match e {
+                    DaemonError::Privilege(m) => DaemonError::Privilege(format!(
+                        "{message}\n{m}\nthe role running pgevents needs USAGE on the log schema, SELECT, INSERT, UPDATE and DELETE on its tables, USAGE on its sequences and EXECUTE on its functions; `pgevents check` lists what is missing"
+                    )),
+                    other => other,
+                })?;
+                return match already {
+                    Some(installed) => {
+                        tracing::info!(
+                            "this role may not install, but the event log and every trigger are installed as configured; running with them"
+                        );
+                        tracing::debug!(reason = %message, "install skipped");
+                        Ok(Some(installed))
+                    }
+                    None => Err(DaemonError::Privilege(format!(
+                        "{message}\nthis role may not install pgevents, and the installation is missing or differs from {}: run `pgevents install` as the database owner first (the role running pgevents then needs only the grants of the least-privilege mode)",
+                        config.source
+                    ))),
+                };
+            }
+            Err(e) if e.is_transient() => e,
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(%error, retry_in = ?wait, "cannot install yet; retrying");
+        tokio::select! {
+            _ = &mut *shutdown => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(INSTALL_RETRY_MAX);
+    }
+}
+
+/// How often retention runs for these retention periods: every half of the shorter one,
+/// at most [`RETENTION_INTERVAL`] and at least [`RETENTION_MIN_INTERVAL`] apart.
+fn retention_interval(delivered: Duration, failed: Duration) -> Duration {
+    (delivered.min(failed) / 2).clamp(RETENTION_MIN_INTERVAL, RETENTION_INTERVAL)
+}
+
 /// Removes old delivered and failed events in small batches, forever.
 async fn retention_loop(
     url: String,
@@ -126,7 +187,8 @@ async fn retention_loop(
     delivered: Duration,
     failed: Duration,
 ) {
-    let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+    let mut tick = tokio::time::interval(retention_interval(delivered, failed));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let client = match pgevents_log::connect(&url, None).await {
@@ -152,5 +214,25 @@ async fn retention_loop(
         if removed > 0 {
             tracing::info!(removed, "retention removed old events");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_runs_every_half_period_within_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            retention_interval(s(7 * 86400), s(30 * 86400)),
+            RETENTION_INTERVAL
+        );
+        assert_eq!(retention_interval(s(30 * 86400), s(10)), s(5));
+        assert_eq!(retention_interval(s(1), s(30)), Duration::from_millis(500));
+        assert_eq!(
+            retention_interval(Duration::ZERO, s(30)),
+            RETENTION_MIN_INTERVAL
+        );
     }
 }

@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database could not be reached or the connection broke.
-    #[error("cannot reach PostgreSQL ({context}): {source}; check the URL, that the server runs and that the network allows the connection")]
+    #[error("{}", connect_message(context, source))]
     Connect {
         /// What was being attempted.
         context: String,
@@ -12,6 +12,24 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// No connection could be made within the connect timeout.
+    #[error("cannot reach PostgreSQL: no connection within {after:?}; check the URL, that the server runs and that the network allows the connection (connect_timeout in the URL sets the limit)")]
+    ConnectTimeout {
+        /// The limit that passed.
+        after: std::time::Duration,
+    },
+    /// TLS could not be set up as the URL's `sslmode` asks: a certificate not trusted, a
+    /// server without TLS, an unreadable certificate file.
+    #[error("TLS to PostgreSQL failed ({context}): {detail}")]
+    Tls {
+        /// What was being attempted, with the `sslmode`.
+        context: String,
+        /// What went wrong and what to do.
+        detail: String,
+    },
+    /// The current role lacks a privilege the operation needs.
+    #[error("{0}")]
+    NotPermitted(String),
     /// A statement failed.
     #[error("{context}: {}", describe(source))]
     Query {
@@ -62,7 +80,7 @@ impl Error {
     /// True when the connection is gone and a new one may succeed (transient).
     pub fn is_connection(&self) -> bool {
         match self {
-            Error::Connect { .. } => true,
+            Error::Connect { .. } | Error::ConnectTimeout { .. } => true,
             Error::Query { source, .. } => {
                 source.is_closed()
                     || source.as_db_error().is_none()
@@ -84,9 +102,32 @@ impl Error {
             Error::Query { source, .. } | Error::Connect { source, .. } => {
                 source.code().map(|c| c.code())
             }
+            Error::NotPermitted(_) => Some("42501"),
             _ => None,
         }
     }
+}
+
+fn connect_message(context: &str, e: &tokio_postgres::Error) -> String {
+    if e.as_db_error().is_some() {
+        return format!(
+            "PostgreSQL refused the connection ({context}): {}; check the user, password and database name in the URL, and that pg_hba.conf lets this user in",
+            describe(e)
+        );
+    }
+    let mut detail = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !detail.contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        cause = c.source();
+    }
+    format!(
+        "cannot reach PostgreSQL ({context}): {detail}; check the URL, that the server runs and that the network allows the connection"
+    )
 }
 
 fn describe(e: &tokio_postgres::Error) -> String {

@@ -13,7 +13,10 @@ mod ident;
 mod schema;
 pub mod store;
 
-pub use connect::{connect, APPLICATION_NAME};
+pub use connect::{
+    cancel_query, connect, tls_connector, ConnectOptions, RootCerts, SslMode, TlsSettings,
+    APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT,
+};
 pub use error::Error;
 pub use ident::{quote_ident, quote_literal, QualifiedName, TableNameError, DEFAULT_SCHEMA};
 pub use schema::{

@@ -132,7 +132,7 @@ pub async fn install(client: &mut Client, schema: &LogSchema) -> Result<u16, Err
     tx.batch_execute(&render(schema)).await.map_err(|e| {
         Error::query(
             format!(
-                "installing the event log in schema {} (needs CREATE on the database)",
+                "installing the event log in schema {} (this needs CREATE on the database: run install as the database owner, or GRANT CREATE ON DATABASE to this role)",
                 schema.name()
             ),
             e,

@@ -13,7 +13,7 @@ use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
 };
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::pgoutput::{self, Message, OldKind, Relation, Value};
 use crate::slots::slot_health;
@@ -119,7 +119,7 @@ impl LogicalCapture {
         };
         match waited {
             None => {
-                let _ = cancel.cancel_query(NoTls).await;
+                pgevents_log::cancel_query(&cancel, &self.url).await;
                 Ok(None)
             }
             Some(r) => {
@@ -352,12 +352,8 @@ fn replication_config(
     ack_lsn: u64,
     options: &crate::Options,
 ) -> Result<ReplicationConfig, Error> {
-    let config: tokio_postgres::Config = url.parse().map_err(|source| {
-        Error::Log(pgevents_log::Error::Connect {
-            context: "parsing the database URL".into(),
-            source,
-        })
-    })?;
+    let connect = pgevents_log::ConnectOptions::parse(url)?;
+    let config = &connect.config;
     let user = config.get_user().ok_or_else(|| {
         Error::Invalid(
             "the database URL names no user: add one, as in postgres://user@host/db".into(),
@@ -371,17 +367,9 @@ fn replication_config(
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let replication = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(host)) => {
-            let mode = match config.get_ssl_mode() {
-                tokio_postgres::config::SslMode::Disable => SslMode::Disable,
-                tokio_postgres::config::SslMode::Require => SslMode::Require,
-                _ => SslMode::Prefer,
-            };
             ReplicationConfig::new(host.as_str(), user, password, database, slot, publication)
                 .with_port(port)
-                .with_tls(TlsConfig {
-                    mode,
-                    ..TlsConfig::default()
-                })
+                .with_tls(replication_tls(&connect.tls))
         }
         Some(tokio_postgres::config::Host::Unix(dir)) => ReplicationConfig::unix(
             dir.display().to_string(),
@@ -410,6 +398,31 @@ fn replication_config(
                 .get_application_name()
                 .unwrap_or(pgevents_log::APPLICATION_NAME),
         ))
+}
+
+/// The replication connection's TLS: the same `sslmode`, roots and client certificate as
+/// the log connections (with libpq's rule that trusted roots, when given, are checked in
+/// every TLS mode). `sslrootcert=system` uses the Mozilla roots the replication client
+/// ships with.
+fn replication_tls(tls: &pgevents_log::TlsSettings) -> TlsConfig {
+    use pgevents_log::SslMode as Mode;
+    let mode = match tls.mode {
+        Mode::Disable => SslMode::Disable,
+        Mode::VerifyFull => SslMode::VerifyFull,
+        _ if tls.verifies_chain() => SslMode::VerifyCa,
+        Mode::Allow | Mode::Prefer => SslMode::Prefer,
+        Mode::Require | Mode::VerifyCa => SslMode::Require,
+    };
+    TlsConfig {
+        mode,
+        ca_pem_path: match &tls.root_certs {
+            Some(pgevents_log::RootCerts::File(path)) => Some(path.clone()),
+            _ => None,
+        },
+        client_cert_pem_path: tls.client_cert.clone(),
+        client_key_pem_path: tls.client_key.clone(),
+        ..TlsConfig::default()
+    }
 }
 
 /// A watched table: who captures it, and what identifies its rows.

@@ -193,8 +193,9 @@ impl ListenerBuilder {
     }
 
     /// Connects, installs the event log and the capture triggers (idempotently), and
-    /// returns the listener. Fails, changing nothing for that table, when a table or
-    /// column does not exist.
+    /// returns the listener. Every table is checked first: when a table or a `columns`
+    /// entry does not exist, a name cannot be parsed or a table is registered twice, it
+    /// fails with an error for which [`Error::is_usage`] is true, having changed nothing.
     pub async fn build(self) -> Result<Listener, Error> {
         let schema = LogSchema::new(&self.log_schema)?;
         let mut specs = Vec::with_capacity(self.entries.len());
@@ -229,6 +230,10 @@ impl ListenerBuilder {
             ));
         }
         let mut client = pgevents_log::connect(&self.url, None).await?;
+        // Every table first: a mistake in one leaves nothing half-installed.
+        for (spec, _) in &specs {
+            pgevents_capture::validate_trigger(&client, spec, self.logical.is_none()).await?;
+        }
         let salt = pgevents_log::install(&mut client, &schema).await?;
         let mut routes = Vec::with_capacity(specs.len());
         let mut logical_tables = Vec::new();

@@ -1,0 +1,869 @@
+//! Test support for driving the real `pgevents` binary: a database per test (on the shared
+//! cluster or a dedicated one the test may stop), a webhook receiver on loopback that records
+//! every request and answers as scripted, a TCP proxy the test can cut and restore, a steady
+//! writer, a raw HTTP client for the admin API, and waits with deadlines.
+//!
+//! Each test binary uses part of it.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// How long a test waits for any one condition.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// Waits until `check` returns true, polling every 20 ms; panics with `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: impl std::fmt::Display, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Databases
+
+/// A database and a superuser connection to it.
+pub struct Db {
+    /// The superuser URL.
+    pub url: String,
+    /// A superuser connection.
+    pub client: tokio_postgres::Client,
+    /// The dedicated cluster, when the test owns one.
+    pub cluster: Option<pgevents_tempdb::TempCluster>,
+}
+
+/// Connects without TLS (the test clusters do not offer it).
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+impl Db {
+    /// A fresh database on the test process's shared cluster.
+    pub async fn fresh(prefix: &str) -> Db {
+        let url = pgevents_tempdb::testing::fresh_database(prefix).expect("test database");
+        let client = connect(&url).await;
+        Db {
+            url,
+            client,
+            cluster: None,
+        }
+    }
+
+    /// A cluster of the test's own (which it may stop and restart), and its `postgres`
+    /// database.
+    pub async fn dedicated() -> Db {
+        let cluster = tokio::task::spawn_blocking(|| {
+            pgevents_tempdb::TempCluster::start(&pgevents_tempdb::Options::default())
+        })
+        .await
+        .expect("spawn")
+        .expect("dedicated cluster");
+        let url = cluster.url("postgres");
+        let client = connect(&url).await;
+        Db {
+            url,
+            client,
+            cluster: Some(cluster),
+        }
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> String {
+        self.url
+            .rsplit('/')
+            .next()
+            .and_then(|s| s.split('?').next())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        let after = self.url.split('@').nth(1).unwrap_or_default();
+        after
+            .split(['/', '?'])
+            .next()
+            .and_then(|hp| hp.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .expect("port in URL")
+    }
+
+    /// This database's URL as `user` (with `password`, if any) through `127.0.0.1:port`.
+    pub fn url_as(&self, user: &str, password: Option<&str>, port: u16) -> String {
+        let auth = match password {
+            Some(p) => format!("{user}:{p}"),
+            None => user.to_string(),
+        };
+        format!(
+            "postgres://{auth}@127.0.0.1:{port}/{}?sslmode=disable",
+            self.name()
+        )
+    }
+
+    /// Reconnects the superuser client (after a server restart).
+    pub async fn reconnect(&mut self) {
+        self.client = connect(&self.url).await;
+    }
+
+    /// The ids of the rows in `table` (an `id` column).
+    pub async fn ids(&self, table: &str) -> HashSet<i64> {
+        self.client
+            .query(&format!("SELECT id::int8 FROM {table}"), &[])
+            .await
+            .expect("read ids")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// One number from `sql`.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client.query_one(sql, &[]).await.expect(sql).get(0)
+    }
+
+    /// Creates a role that holds only the grants `pgevents run` needs on the installed log
+    /// in `schema` (the least-privilege mode), with `password`.
+    pub async fn runner_role(&self, role: &str, password: &str, schema: &str) {
+        self.client
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {role};
+                 CREATE ROLE {role} LOGIN PASSWORD '{password}';
+                 GRANT CONNECT ON DATABASE \"{db}\" TO {role};
+                 GRANT USAGE ON SCHEMA \"{schema}\" TO {role};
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO {role};
+                 GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO {role};
+                 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA \"{schema}\" TO {role};",
+                db = self.name()
+            ))
+            .await
+            .expect("runner role");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The binary
+
+/// Writes `body` as `pgevents.toml` in `dir`.
+pub fn write_config(dir: &tempfile::TempDir, body: &str) -> PathBuf {
+    let path = dir.path().join("pgevents.toml");
+    let mut f = std::fs::File::create(&path).expect("config file");
+    f.write_all(body.as_bytes()).expect("write config");
+    path
+}
+
+/// A `pgevents` command with `args` and `env`.
+pub fn pgevents(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pgevents"));
+    c.args(args)
+        .env_remove("PGEVENTS_CONFIG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Runs `pgevents` to completion.
+pub fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
+    pgevents(args, env).output().expect("run pgevents")
+}
+
+/// Runs `pgevents` to completion, off the async runtime's threads.
+pub async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        output(&args, &env)
+    })
+    .await
+    .expect("spawn")
+}
+
+/// `stdout` and `stderr` of `out` as text.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running `pgevents run`; its stderr goes to a file the test can read.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+static DAEMONS: AtomicU64 = AtomicU64::new(0);
+
+impl Daemon {
+    /// Starts `pgevents run --config config` with `env` (logging at `PGEVENTS_LOG`, or
+    /// `info` unless `env` sets it).
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("log dir");
+        let log = dir.path().join(format!(
+            "daemon-{}.log",
+            DAEMONS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&log).expect("log file");
+        let config = config.display().to_string();
+        let mut command = pgevents(&["run", "--config", &config], env);
+        if !env.iter().any(|(k, _)| *k == "PGEVENTS_LOG") {
+            command.env("PGEVENTS_LOG", "info");
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start pgevents run");
+        Daemon {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Panics (with the log's tail) unless the daemon still runs.
+    pub fn assert_running(&mut self, when: &str) {
+        if !self.is_running() {
+            panic!(
+                "the daemon exited {when}: {:?}\n{}",
+                self.child.try_wait(),
+                self.tail(40)
+            );
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "pgevents exits");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, and waits until the process is gone.
+    pub async fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit().await;
+    }
+
+    /// SIGTERM; asserts a clean exit (0) after the drain.
+    pub async fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit().await;
+        assert!(
+            status.success(),
+            "pgevents run exits 0 on SIGTERM: {status}\n{}",
+            self.tail(40)
+        );
+    }
+
+    /// Everything the daemon logged so far, without terminal colour codes.
+    pub fn log(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// The last `n` lines of the log.
+    pub fn tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?} in the daemon's log:\n{}",
+                self.tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The admin server's address, read from the log once it listens.
+    pub async fn admin_addr(&self) -> SocketAddr {
+        self.wait_log("admin server listening").await;
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("admin server listening"))
+            .unwrap_or_default();
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() || std::env::var_os("PGEVENTS_TEST_DAEMON_LOG").is_some() {
+            eprintln!(
+                "--- daemon log ({}) ---\n{}",
+                self.log.display(),
+                self.tail(60)
+            );
+        }
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A config with `[database] url`, an admin server on a free port, and `rest`.
+pub fn config(url: &str, rest: &str) -> String {
+    format!("[database]\nurl = \"{url}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{rest}")
+}
+
+// ---------------------------------------------------------------------------------------
+// The webhook receiver
+
+/// How the receiver answers one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// This status, at once.
+    Status(u16),
+    /// This status after a delay.
+    Slow(u16, Duration),
+    /// Never: the request hangs until the client gives up.
+    Hang,
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    /// When it arrived.
+    pub at: Instant,
+    /// The event id from the body.
+    pub id: String,
+    /// `data.new.id` (or `data.old.id`) from the body.
+    pub row: Option<i64>,
+    /// The body.
+    pub body: Value,
+    /// The request headers, as text.
+    pub headers: Vec<(String, String)>,
+    /// The status answered, once answered (`None`: hung, or still in progress).
+    pub answered: Option<u16>,
+}
+
+impl Hit {
+    /// True when the request was answered with 2xx: a delivery.
+    pub fn delivered(&self) -> bool {
+        self.answered.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+type Policy = dyn Fn(&str, &Value, usize) -> Reply + Send + Sync;
+
+/// A webhook receiver on loopback: `POST /{name}` is recorded and answered by the policy,
+/// given the name, the body and how many times this event id was seen before.
+#[derive(Clone)]
+pub struct Receiver {
+    hits: Arc<Mutex<HashMap<String, Vec<Hit>>>>,
+    policy: Arc<Mutex<Arc<Policy>>>,
+    /// The receiver's own address.
+    pub addr: SocketAddr,
+}
+
+impl Receiver {
+    /// Starts a receiver answering 200 to everything.
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let receiver = Receiver {
+            hits: Arc::default(),
+            policy: Arc::new(Mutex::new(Arc::new(|_: &str, _: &Value, _: usize| {
+                Reply::Status(200)
+            }))),
+            addr,
+        };
+        let app = axum::Router::new()
+            .route("/{name}", axum::routing::post(hook))
+            .with_state(receiver.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        receiver
+    }
+
+    /// Answers from now on as `policy` says.
+    pub fn answer(&self, policy: impl Fn(&str, &Value, usize) -> Reply + Send + Sync + 'static) {
+        *self.policy.lock().expect("lock") = Arc::new(policy);
+    }
+
+    /// Every request to `/{name}` so far.
+    pub fn hits(&self, name: &str) -> Vec<Hit> {
+        self.hits
+            .lock()
+            .expect("lock")
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The rows whose events were delivered (answered 2xx) to `/{name}`.
+    pub fn delivered_rows(&self, name: &str) -> HashSet<i64> {
+        self.hits(name)
+            .iter()
+            .filter(|h| h.delivered())
+            .filter_map(|h| h.row)
+            .collect()
+    }
+
+    /// Waits until every row in `rows` was delivered to `/{name}`.
+    pub async fn wait_rows(&self, name: &str, rows: &HashSet<i64>, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let delivered = self.delivered_rows(name);
+            let missing = rows.difference(&delivered).count();
+            if missing == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {missing} of {} committed rows not delivered to /{name}",
+                rows.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn hook(
+    State(r): State<Receiver>,
+    UrlPath(name): UrlPath<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let id = body["id"].as_str().unwrap_or_default().to_string();
+    let row = body["data"]["new"]["id"]
+        .as_i64()
+        .or_else(|| body["data"]["old"]["id"].as_i64());
+    let policy = r.policy.lock().expect("lock").clone();
+    let (index, reply) = {
+        let mut hits = r.hits.lock().expect("lock");
+        let list = hits.entry(name.clone()).or_default();
+        let seen = list.iter().filter(|h| h.id == id).count();
+        let reply = policy(&name, &body, seen);
+        list.push(Hit {
+            at: Instant::now(),
+            id,
+            row,
+            body,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect(),
+            answered: None,
+        });
+        (list.len() - 1, reply)
+    };
+    let status = match reply {
+        Reply::Status(s) => s,
+        Reply::Slow(s, delay) => {
+            tokio::time::sleep(delay).await;
+            s
+        }
+        Reply::Hang => {
+            std::future::pending::<()>().await;
+            500
+        }
+    };
+    if let Some(hit) = r
+        .hits
+        .lock()
+        .expect("lock")
+        .get_mut(&name)
+        .and_then(|l| l.get_mut(index))
+    {
+        hit.answered = Some(status);
+    }
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        "answer",
+    )
+        .into_response()
+}
+
+/// Asserts that every event delivered more than once to `/{name}` was in flight at a
+/// fault: between any two of its deliveries lies one of the fault `windows` (its first
+/// delivery before the window ended, its next one after the window began). Returns how
+/// many events were delivered more than once.
+pub fn assert_duplicates_only_across(
+    receiver: &Receiver,
+    name: &str,
+    windows: &[(Instant, Instant)],
+) -> usize {
+    let mut by_id: HashMap<String, Vec<Instant>> = HashMap::new();
+    for h in receiver.hits(name).iter().filter(|h| h.delivered()) {
+        by_id.entry(h.id.clone()).or_default().push(h.at);
+    }
+    let mut duplicated = 0;
+    for (id, mut times) in by_id {
+        if times.len() < 2 {
+            continue;
+        }
+        duplicated += 1;
+        times.sort();
+        for pair in times.windows(2) {
+            assert!(
+                windows
+                    .iter()
+                    .any(|(start, end)| pair[0] <= *end && pair[1] >= *start),
+                "event {id} was delivered twice with no fault in between ({:?} apart)",
+                pair[1] - pair[0]
+            );
+        }
+    }
+    duplicated
+}
+
+// ---------------------------------------------------------------------------------------
+// A TCP proxy the test controls
+
+/// What the proxy does with connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Forwards.
+    Up,
+    /// Accepts connections and holds them without forwarding a byte (a network that
+    /// swallows packets).
+    Blackhole,
+    /// Refuses connections (nothing listens: a host or service that is down).
+    Refuse,
+}
+
+/// A TCP proxy on `127.0.0.1` to `target`. [`Proxy::cut`] and [`Proxy::refuse`] drop every
+/// connection through it; [`Proxy::restore`] forwards again.
+#[derive(Clone)]
+pub struct Proxy {
+    /// The proxy's own address.
+    pub addr: SocketAddr,
+    /// (mode, generation): every change of generation drops the connections of the last.
+    state: watch::Sender<(Mode, u64)>,
+}
+
+impl Proxy {
+    /// Starts forwarding `127.0.0.1:<free port>` to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (state, _) = watch::channel((Mode::Up, 0));
+        let proxy = Proxy { addr, state };
+        tokio::spawn(accept_loop(listener, target, proxy.state.clone()));
+        proxy
+    }
+
+    /// Drops every connection and swallows new ones (they connect, then hear nothing).
+    pub fn cut(&self) {
+        self.state.send_modify(|(m, g)| {
+            *m = Mode::Blackhole;
+            *g += 1;
+        });
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn refuse(&self) {
+        self.state.send_modify(|(m, g)| {
+            *m = Mode::Refuse;
+            *g += 1;
+        });
+    }
+
+    /// Forwards again (connections swallowed meanwhile are dropped).
+    pub fn restore(&self) {
+        self.state.send_modify(|(m, g)| {
+            *m = Mode::Up;
+            *g += 1;
+        });
+    }
+}
+
+async fn accept_loop(listener: TcpListener, target: SocketAddr, state: watch::Sender<(Mode, u64)>) {
+    let addr = listener.local_addr().expect("addr");
+    let mut listener = Some(listener);
+    let mut changes = state.subscribe();
+    loop {
+        let (mode, generation) = *changes.borrow_and_update();
+        match (mode, listener.as_ref()) {
+            (Mode::Refuse, Some(_)) => {
+                listener = None;
+                continue;
+            }
+            (Mode::Refuse, None) => {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            (_, None) => {
+                // Back up: listen on the same port again.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match TcpListener::bind(addr).await {
+                        Ok(l) => {
+                            listener = Some(l);
+                            break;
+                        }
+                        Err(e) => {
+                            assert!(Instant::now() < deadline, "rebind {addr}: {e}");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                continue;
+            }
+            (_, Some(l)) => {
+                tokio::select! {
+                    accepted = l.accept() => {
+                        let Ok((client, _)) = accepted else { continue };
+                        tokio::spawn(serve(client, target, mode, generation, state.subscribe()));
+                    }
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn serve(
+    mut client: TcpStream,
+    target: SocketAddr,
+    mode: Mode,
+    generation: u64,
+    mut changes: watch::Receiver<(Mode, u64)>,
+) {
+    let ended = async move {
+        let _ = changes.wait_for(|(_, g)| *g != generation).await;
+    };
+    if mode != Mode::Up {
+        // Swallowed: held open, silent, until the next change drops it.
+        ended.await;
+        return;
+    }
+    let Ok(mut server) = TcpStream::connect(target).await else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = ended => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A steady writer
+
+/// Inserts rows with increasing ids into a table (`id` column), a few per transaction, on a
+/// timer, reconnecting after errors. Which rows committed is read back from the table.
+pub struct Writer {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    next: Arc<AtomicI64>,
+}
+
+impl Writer {
+    /// Starts writing `per_txn` rows every `every` into `table` of the database at `url`,
+    /// from id `first` on.
+    pub fn start(url: &str, table: &str, first: i64, per_txn: i64, every: Duration) -> Writer {
+        let (stop, mut stopped) = watch::channel(false);
+        let next = Arc::new(AtomicI64::new(first));
+        let url = url.to_string();
+        let sql = format!("INSERT INTO {table} (id) SELECT generate_series($1::int8, $2::int8)");
+        let ids = next.clone();
+        let task = tokio::spawn(async move {
+            let mut client: Option<tokio_postgres::Client> = None;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            Some(c)
+                        }
+                        Err(_) => None,
+                    };
+                }
+                let Some(c) = client.as_ref() else { continue };
+                let from = ids.fetch_add(per_txn, Ordering::Relaxed);
+                // A failed (or unknown) commit is fine: the table says what committed.
+                let _ = c.execute(&sql, &[&from, &(from + per_txn - 1)]).await;
+            }
+        });
+        Writer { stop, task, next }
+    }
+
+    /// The next id it will write.
+    pub fn next_id(&self) -> i64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Stops writing.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw HTTP client for the admin API
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The headers, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+/// Sends one HTTP/1.1 request to `addr` and reads the whole answer.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> HttpAnswer {
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    HttpAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
