@@ -2,9 +2,7 @@
 //! the field or object at fault and says what to do — from `check`, `install` and `run`
 //! alike — and nothing is left half-installed.
 
-mod support;
-
-use support::{config, output, text, write_config, Db};
+use crate::support::{config, output, text, write_config, Db};
 
 /// Runs `command` with `cfg` and asserts exit 2 and that stderr holds every needle.
 fn refused(command: &str, cfg: &std::path::Path, env: &[(&str, &str)], needles: &[&str]) -> String {

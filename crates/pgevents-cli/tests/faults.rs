@@ -5,13 +5,11 @@
 //!
 //! Each test has its own time limit; the suite fits in about three minutes on two cores.
 
-mod support;
-
 use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use support::{
+use crate::support::{
     assert_duplicates_only_across, config, http, run, text, wait_until, write_config, Daemon, Db,
     Proxy, Receiver, Reply, Writer, WAIT,
 };
@@ -402,7 +400,7 @@ async fn log_table_unwritable_for_a_while() {
             async move { rows.iter().any(|r| *r > resumed) }
         })
         .await;
-        let mut locker = support::connect(&db.url).await;
+        let mut locker = crate::support::connect(&db.url).await;
         let locked = Instant::now();
         let tx = locker.transaction().await.expect("begin");
         tx.batch_execute("LOCK TABLE pgevents.event IN ACCESS EXCLUSIVE MODE")

@@ -2,11 +2,9 @@
 //! removed once older than `[retention]` allows — in small batches, while traffic flows —
 //! so the log stays bounded; pending events are never removed, however old.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::{config, wait_until, write_config, Daemon, Receiver, Reply, Writer, WAIT};
+use crate::support::{config, wait_until, write_config, Daemon, Receiver, Reply, Writer, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_stays_bounded_under_steady_traffic() {
@@ -22,7 +20,7 @@ async fn the_log_stays_bounded_under_steady_traffic() {
             .expect("spawn")
             .expect("cluster");
     let url = cluster.url("postgres");
-    let client = support::connect(&url).await;
+    let client = crate::support::connect(&url).await;
     client
         .batch_execute(
             "CREATE TABLE steady (id int8 PRIMARY KEY);

@@ -4,11 +4,9 @@
 //! column and schema names are always quoted; and the least-privilege mode works — installed
 //! by the owner, run by a role holding only the documented grants.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{config, http, run, text, write_config, Daemon, Db, Receiver, Reply, WAIT};
+use crate::support::{config, http, run, text, write_config, Daemon, Db, Receiver, Reply, WAIT};
 
 const DB_PASSWORD: &str = "db-Pw-7c1e9a5b3f";
 const HOOK_KEY: &str = "hook-key-5e8d2c41a9";
@@ -58,7 +56,7 @@ async fn the_admin_token_guards_every_path_and_no_secret_ever_shows() {
     let url = db.url_as("app", Some(DB_PASSWORD), db.port());
     let wrong = db.url_as("app", Some("not-the-password"), db.port());
     // The password is required.
-    support::wait_until(WAIT, "password authentication in force", || async {
+    crate::support::wait_until(WAIT, "password authentication in force", || async {
         tokio_postgres::connect(&db.url_as("app", None, db.port()), tokio_postgres::NoTls)
             .await
             .is_err()
@@ -113,7 +111,7 @@ webhook = {{ url = "http://{addr}/orders", headers = {{ "X-Api-Key" = {{ from_en
         .expect("writes");
     let rows = (1..=2).collect();
     receiver.wait_rows("orders", &rows, WAIT).await;
-    support::wait_until(WAIT, "four deliveries", || {
+    crate::support::wait_until(WAIT, "four deliveries", || {
         let n = receiver
             .hits("orders")
             .iter()
@@ -324,7 +322,7 @@ webhook = {{ url = "http://{addr}/weird" }}
         )
         .await
         .expect("writes");
-    support::wait_until(
+    crate::support::wait_until(
         WAIT,
         "three events (the Note update is filtered out)",
         || {
@@ -419,7 +417,7 @@ async fn least_privilege_install_as_owner_run_as_a_role_with_only_the_grants() {
     );
     let cfg_s = cfg.display().to_string();
     // The role holds nothing on the watched table, and needs nothing.
-    let as_runner = support::connect(&db.url_as(&runner, None, db.port())).await;
+    let as_runner = crate::support::connect(&db.url_as(&runner, None, db.port())).await;
     assert!(
         as_runner.query("SELECT * FROM orders", &[]).await.is_err(),
         "the runner cannot read the watched table"
@@ -438,11 +436,11 @@ async fn least_privilege_install_as_owner_run_as_a_role_with_only_the_grants() {
         daemon.tail(10)
     );
     // An application role that may only write the table: its changes are captured.
-    let app = support::connect(&db.url_as(&writer, None, db.port())).await;
+    let app = crate::support::connect(&db.url_as(&writer, None, db.port())).await;
     app.batch_execute("INSERT INTO orders VALUES (1, 'new'); UPDATE orders SET status = 'paid'")
         .await
         .expect("the writer writes");
-    support::wait_until(WAIT, "both events delivered", || {
+    crate::support::wait_until(WAIT, "both events delivered", || {
         let n = receiver.hits("orders").len();
         async move { n == 2 }
     })
@@ -468,7 +466,7 @@ async fn least_privilege_install_as_owner_run_as_a_role_with_only_the_grants() {
     .await;
     let (id, err) = text(&out);
     assert!(out.status.success(), "invoke as the runner: {err}");
-    support::wait_until(WAIT, "the manual event", || {
+    crate::support::wait_until(WAIT, "the manual event", || {
         let n = receiver.hits("orders").len();
         async move { n == 3 }
     })
@@ -479,7 +477,7 @@ async fn least_privilege_install_as_owner_run_as_a_role_with_only_the_grants() {
         "redeliver as the runner: {}",
         text(&out).1
     );
-    support::wait_until(WAIT, "the redelivery", || {
+    crate::support::wait_until(WAIT, "the redelivery", || {
         let n = receiver.hits("orders").len();
         async move { n == 4 }
     })

@@ -2,9 +2,6 @@
 //! cluster or a dedicated one the test may stop), a webhook receiver on loopback that records
 //! every request and answers as scripted, a TCP proxy the test can cut and restore, a steady
 //! writer, a raw HTTP client for the admin API, and waits with deadlines.
-//!
-//! Each test binary uses part of it.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -251,11 +248,6 @@ impl Daemon {
             log,
             _dir: dir,
         }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Sends `sig` to the daemon.

@@ -1,0 +1,10 @@
+//! Integration tests of the `pgevents` binary, in one test binary: the real daemon against a
+//! real PostgreSQL, real HTTP receivers, and injected faults.
+
+mod bad_input;
+mod daemon;
+mod demo;
+mod faults;
+mod retention;
+mod security;
+mod support;
