@@ -54,8 +54,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_POLL: Duration = Duration::from_secs(1);
 /// Default time shutdown waits for in-flight deliveries before releasing them.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How many captured rows one ingest moves.
-const INGEST_BATCH: i32 = 5000;
+/// How many captured rows one ingest moves. Each ingest reads the whole capture table (it
+/// has no index, to keep writers fast), so big batches keep a large backlog's cost linear;
+/// ingests run beside claims, on their own connection, so a long one stalls nothing.
+const INGEST_BATCH: i32 = 50_000;
 /// How many outcomes one settle statement writes.
 const SETTLE_BATCH: usize = 1000;
 
@@ -179,6 +181,8 @@ impl Dispatcher {
             permits: permits.clone(),
             done_tx,
             store: None,
+            ingest_store: None,
+            ingesting: None,
             waker: None,
             backoff: Backoff::default(),
             last_renew: Instant::now(),
@@ -276,6 +280,10 @@ struct ClaimLoop<'a> {
     permits: Arc<Semaphore>,
     done_tx: mpsc::Sender<Done>,
     store: Option<Store>,
+    /// The connection ingests run on, beside claims.
+    ingest_store: Option<Arc<Store>>,
+    /// The ingest under way, if any.
+    ingesting: Option<tokio::task::JoinHandle<Result<i32, Error>>>,
     waker: Option<Waker>,
     backoff: Backoff,
     last_renew: Instant,
@@ -306,7 +314,11 @@ impl ClaimLoop<'_> {
                     tracing::warn!(%error, retry_in = ?wait, "event log unavailable; retrying");
                     if error.is_connection() {
                         self.store = None;
+                        self.ingest_store = None;
                         self.waker = None;
+                    }
+                    if let Some(ingest) = self.ingesting.take() {
+                        ingest.abort();
                     }
                     wait
                 }
@@ -343,6 +355,9 @@ impl ClaimLoop<'_> {
                 }
             }
             if matches!(idle, Idle::Shutdown) {
+                if let Some(ingest) = self.ingesting.take() {
+                    ingest.abort();
+                }
                 return;
             }
         }
@@ -363,6 +378,10 @@ impl ClaimLoop<'_> {
             self.store = Some(Store::open(client, &d.schema).await?);
             tracing::debug!("connected to the event log");
         }
+        if self.ingest_store.as_ref().is_none_or(|s| s.is_closed()) {
+            let client = pgevents_log::connect(&d.url, None).await?;
+            self.ingest_store = Some(Arc::new(Store::open(client, &d.schema).await?));
+        }
         let renewals = self.due_renewals();
         let (Some(store), Some(waker)) = (self.store.as_ref(), self.waker.as_mut()) else {
             return Ok(Step::Idle { sleeping: false });
@@ -375,8 +394,15 @@ impl ClaimLoop<'_> {
                 retries.pop();
             }
         }
-        let moved = store.ingest(INGEST_BATCH).await?;
-        crate::telemetry::captured(moved);
+        if self.ingesting.is_none() {
+            if let Some(ingest_store) = self.ingest_store.clone() {
+                self.ingesting = Some(tokio::spawn(async move {
+                    let moved = ingest_store.ingest(INGEST_BATCH).await?;
+                    crate::telemetry::captured(moved);
+                    Ok(moved)
+                }));
+            }
+        }
         if !renewals.is_empty() {
             store.renew(&renewals, d.options.lease, d.owner).await?;
         }
@@ -434,6 +460,17 @@ impl ClaimLoop<'_> {
             };
             let _ = self.done_tx.send(settlement).await;
         }
+        // While claims find work, the ingest runs on unawaited; once they find none, this
+        // step's ingest decides whether more is coming.
+        let ingest = if got > 0 {
+            self.ingesting.take_if(|ingest| ingest.is_finished())
+        } else {
+            self.ingesting.take()
+        };
+        let moved = match ingest {
+            Some(ingest) => joined(ingest).await?,
+            None => 0,
+        };
         self.backoff.reset();
         if moved > 0 || got > 0 {
             // Work turned up: stay awake (writers stop notifying) and look again at once.
@@ -467,6 +504,15 @@ impl ClaimLoop<'_> {
             })
             .collect()
     }
+}
+
+/// The result of a finished (or awaited) ingest task. A task that did not complete moved
+/// nothing (its transaction rolled back): the next step ingests again.
+async fn joined(ingest: tokio::task::JoinHandle<Result<i32, Error>>) -> Result<i32, Error> {
+    ingest.await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "an ingest did not complete; it will be retried");
+        Ok(0)
+    })
 }
 
 enum Step {

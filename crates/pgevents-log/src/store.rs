@@ -93,28 +93,7 @@ impl Store {
             }
         };
         let ingest = prepare(format!("SELECT {s}.ingest($1)"), "ingest").await?;
-        let claim = prepare(
-            format!(
-                "WITH due AS (
-                   SELECT e.seq FROM {s}.event e
-                   WHERE e.status = 'p' AND e.next_attempt_at <= now()
-                     AND e.trigger_id = ANY($1::int4[])
-                     AND NOT EXISTS (
-                       SELECT 1 FROM {s}.event p
-                       WHERE p.status = 'p' AND p.row_key = e.row_key AND p.seq < e.seq)
-                   ORDER BY e.next_attempt_at
-                   LIMIT $2
-                   FOR UPDATE SKIP LOCKED)
-                 UPDATE {s}.event e
-                    SET next_attempt_at = now() + $3::int8 * interval '1 millisecond',
-                        owner = $4, attempts = e.attempts + 1
-                   FROM due WHERE e.seq = due.seq
-                 RETURNING e.seq, e.trigger_id, e.op, e.old_row::text, e.new_row::text,
-                           e.created_at, e.attempts, e.attempts - e.budget_from - 1"
-            ),
-            "claim",
-        )
-        .await?;
+        let claim = prepare(format!("SELECT * FROM {s}.claim($1, $2, $3, $4)"), "claim").await?;
         let settle = prepare(
             format!(
                 "WITH o AS (
