@@ -58,6 +58,19 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// has no index, to keep writers fast), so big batches keep a large backlog's cost linear;
 /// ingests run beside claims, on their own connection, so a long one stalls nothing.
 const INGEST_BATCH: i32 = 50_000;
+/// How long the log must stay empty before a dispatcher sleeps. While it sleeps, every
+/// writing transaction sends a NOTIFY, which serialises writers at commit; a dispatcher that
+/// kept up with a steady stream of writes and slept between two of them made the writers
+/// pay that tax (measured: −64% INSERT TPS at 8 clients, like a NOTIFY-per-row trigger).
+/// So it sleeps only after a lull, and polls with a short backoff until then.
+const SLEEP_AFTER: Duration = Duration::from_millis(250);
+/// The pause after a look that found less than a batch. Each look costs the database a
+/// claim and an ingest whatever they find; looking again at once while events trickle in
+/// spent most of a core on claims of a few events each while writers ran (see
+/// BENCHMARKS.md). The pause adds at most this much latency.
+const TRICKLE_WAIT: Duration = Duration::from_millis(2);
+/// The longest wait between looks at the log while awake.
+const AWAKE_POLL_MAX: Duration = Duration::from_millis(25);
 /// How many outcomes one settle statement writes.
 const SETTLE_BATCH: usize = 1000;
 
@@ -186,6 +199,7 @@ impl Dispatcher {
             waker: None,
             backoff: Backoff::default(),
             last_renew: Instant::now(),
+            idle_since: None,
         };
         tokio::pin!(shutdown);
         claim.run(&mut deliveries, &mut shutdown).await;
@@ -287,6 +301,8 @@ struct ClaimLoop<'a> {
     waker: Option<Waker>,
     backoff: Backoff,
     last_renew: Instant,
+    /// Since when every look at the log found nothing (None: the last one found work).
+    idle_since: Option<Instant>,
 }
 
 enum Idle {
@@ -327,8 +343,22 @@ impl ClaimLoop<'_> {
                     short_wait = Duration::from_millis(2);
                     continue;
                 }
+                Ok(Step::Trickle) => {
+                    // Let a few more events gather, so one claim takes many.
+                    short_wait = Duration::from_millis(2);
+                    tokio::select! {
+                        _ = &mut *shutdown => return,
+                        _ = tokio::time::sleep(TRICKLE_WAIT) => {}
+                    }
+                    continue;
+                }
                 Ok(Step::Full) => options.idle_poll,
                 Ok(Step::Idle { sleeping: true }) => options.idle_poll,
+                Ok(Step::Lull) => {
+                    // Not yet long enough to sleep: look again soon, backing off a little.
+                    short_wait = (short_wait * 2).min(AWAKE_POLL_MAX);
+                    short_wait
+                }
                 Ok(Step::Idle { sleeping: false }) => {
                     // A writer is mid-transaction or another dispatcher sleeps on the lock:
                     // look again soon, backing off while nothing turns up.
@@ -473,12 +503,18 @@ impl ClaimLoop<'_> {
         };
         self.backoff.reset();
         if moved > 0 || got > 0 {
-            // Work turned up: stay awake (writers stop notifying) and look again at once.
+            // Work turned up: stay awake (writers stop notifying) and look again: at once
+            // while there is a backlog, after a moment while events trickle in.
+            self.idle_since = None;
             waker.awake().await?;
-            return Ok(Step::Busy);
+            let backlog = got >= free || moved >= INGEST_BATCH;
+            return Ok(if backlog { Step::Busy } else { Step::Trickle });
         }
         if waker.holding() {
             return Ok(Step::Idle { sleeping: true });
+        }
+        if self.idle_since.get_or_insert_with(Instant::now).elapsed() < SLEEP_AFTER {
+            return Ok(Step::Lull);
         }
         if waker.try_sleep().await? {
             // Took the lock: look once more, so nothing committed before it is missed.
@@ -518,8 +554,12 @@ async fn joined(ingest: tokio::task::JoinHandle<Result<i32, Error>>) -> Result<i
 enum Step {
     /// More work is likely waiting: loop at once.
     Busy,
+    /// Some work turned up, less than a batch: look again after [`TRICKLE_WAIT`].
+    Trickle,
     /// Every in-flight slot is taken: wait for a settlement.
     Full,
+    /// Nothing to do for less than [`SLEEP_AFTER`]: stay awake and look again soon.
+    Lull,
     /// Nothing to do; `sleeping` when this dispatcher holds the wake-up lock.
     Idle { sleeping: bool },
 }

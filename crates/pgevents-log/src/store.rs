@@ -81,7 +81,17 @@ fn millis(d: Duration) -> i64 {
 
 impl Store {
     /// Prepares the log's statements on `client`.
+    ///
+    /// The session plans every execution afresh (`plan_cache_mode = force_custom_plan`):
+    /// the log grows from empty to millions of rows between two ANALYZEs, and a generic
+    /// plan fixed while it was small stays in use (measured: the settle statement kept a
+    /// sequential scan of the whole log and took more than half a core while writers ran;
+    /// see BENCHMARKS.md). Planning costs well under a millisecond per batch.
     pub async fn open(client: Client, schema: &LogSchema) -> Result<Store, Error> {
+        client
+            .batch_execute("SET plan_cache_mode = force_custom_plan")
+            .await
+            .map_err(|e| Error::query("configuring the event log session", e))?;
         let s = schema.quoted();
         let prepare = |sql: String, what: &'static str| {
             let client = &client;
