@@ -68,7 +68,7 @@ const SLEEP_AFTER: Duration = Duration::from_millis(250);
 /// claim and an ingest whatever they find; looking again at once while events trickle in
 /// spent most of a core on claims of a few events each while writers ran (see
 /// BENCHMARKS.md). The pause adds at most this much latency.
-const TRICKLE_WAIT: Duration = Duration::from_millis(2);
+const TRICKLE_WAIT: Duration = Duration::from_millis(1);
 /// The longest wait between looks at the log while awake.
 const AWAKE_POLL_MAX: Duration = Duration::from_millis(25);
 /// How many outcomes one settle statement writes.
@@ -490,9 +490,9 @@ impl ClaimLoop<'_> {
             };
             let _ = self.done_tx.send(settlement).await;
         }
-        // While claims find work, the ingest runs on unawaited; once they find none, this
+        // While claims fill whole batches, the ingest runs on unawaited; otherwise this
         // step's ingest decides whether more is coming.
-        let ingest = if got > 0 {
+        let ingest = if got >= free {
             self.ingesting.take_if(|ingest| ingest.is_finished())
         } else {
             self.ingesting.take()
@@ -504,10 +504,11 @@ impl ClaimLoop<'_> {
         self.backoff.reset();
         if moved > 0 || got > 0 {
             // Work turned up: stay awake (writers stop notifying) and look again: at once
-            // while there is a backlog, after a moment while events trickle in.
+            // when rows were just moved (they are due now) or a whole batch was claimed,
+            // after a moment otherwise.
             self.idle_since = None;
             waker.awake().await?;
-            let backlog = got >= free || moved >= INGEST_BATCH;
+            let backlog = got >= free || moved > 0;
             return Ok(if backlog { Step::Busy } else { Step::Trickle });
         }
         if waker.holding() {
@@ -554,7 +555,7 @@ async fn joined(ingest: tokio::task::JoinHandle<Result<i32, Error>>) -> Result<i
 enum Step {
     /// More work is likely waiting: loop at once.
     Busy,
-    /// Some work turned up, less than a batch: look again after [`TRICKLE_WAIT`].
+    /// Less than a batch claimed and nothing moved: look again after [`TRICKLE_WAIT`].
     Trickle,
     /// Every in-flight slot is taken: wait for a settlement.
     Full,
