@@ -120,6 +120,18 @@ struct Steady {
     catch_up: Duration,
 }
 
+impl Steady {
+    /// The progress line of one steady-state run.
+    fn print(&self) {
+        eprintln!(
+            "    written {:.0}/s, delivered {:.0}/s, caught up {:.2} s after",
+            self.written_per_sec,
+            self.delivered_per_sec,
+            self.catch_up.as_secs_f64()
+        );
+    }
+}
+
 /// Inserts `total` rows at `rate` rows/s in `STEADY_BATCH`-row transactions over
 /// `STEADY_WRITERS` connections; returns when the last one committed.
 async fn paced_writer(bench: &Bench, rate: f64, total: u64) -> anyhow::Result<Instant> {
@@ -272,12 +284,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<Vec<Drain
         let s = bench
             .measured(|| steady(bench, Destination::Handler, rate))
             .await?;
-        eprintln!(
-            "    written {:.0}/s, delivered {:.0}/s, caught up {:.2} s after",
-            s.written_per_sec,
-            s.delivered_per_sec,
-            s.catch_up.as_secs_f64()
-        );
+        s.print();
         steady_handler.push(s);
         if receiver::UNAVAILABLE.is_none() {
             let rate = WEBHOOK_TARGET * STEADY_OFFER;
@@ -285,12 +292,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<Vec<Drain
             let s = bench
                 .measured(|| steady(bench, Destination::Webhook, rate))
                 .await?;
-            eprintln!(
-                "    written {:.0}/s, delivered {:.0}/s, caught up {:.2} s after",
-                s.written_per_sec,
-                s.delivered_per_sec,
-                s.catch_up.as_secs_f64()
-            );
+            s.print();
             steady_webhook.push(s);
         }
     }

@@ -69,8 +69,13 @@ const SLEEP_AFTER: Duration = Duration::from_millis(250);
 /// dispatcher's claim, settle and ingest sessions took about 30%, 20% and 20% of a core
 /// (sampled with top). The pause adds at most this much latency.
 const TRICKLE_WAIT: Duration = Duration::from_millis(1);
+/// The first wait between looks at the log once they stop finding work; it doubles.
+const AWAKE_POLL_MIN: Duration = Duration::from_millis(2);
 /// The longest wait between looks at the log while awake.
 const AWAKE_POLL_MAX: Duration = Duration::from_millis(25);
+/// The longest wait between looks while another dispatcher sleeps on the wake-up lock (it
+/// is woken by writers and this one is only its backup) or a writer is mid-transaction.
+const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
 /// How many outcomes one settle statement writes.
 const SETTLE_BATCH: usize = 1000;
 
@@ -319,7 +324,7 @@ impl ClaimLoop<'_> {
         let (note_tx, mut note_rx) = mpsc::channel(16);
         let trigger_ids: Vec<i32> = self.dispatcher.routes.keys().copied().collect();
         let options = &self.dispatcher.options;
-        let mut short_wait = Duration::from_millis(2);
+        let mut short_wait = AWAKE_POLL_MIN;
         loop {
             while deliveries.try_join_next().is_some() {}
             let step = self.step(&trigger_ids, deliveries, &note_tx).await;
@@ -333,21 +338,22 @@ impl ClaimLoop<'_> {
                         self.ingest_store = None;
                         self.waker = None;
                     }
-                    if let Some(ingest) = self.ingesting.take() {
-                        ingest.abort();
-                    }
+                    self.stop_ingest();
                     wait
                 }
                 Ok(Step::Busy) => {
                     self.backoff.reset();
-                    short_wait = Duration::from_millis(2);
+                    short_wait = AWAKE_POLL_MIN;
                     continue;
                 }
                 Ok(Step::Trickle) => {
                     // Let a few more events gather, so one claim takes many.
-                    short_wait = Duration::from_millis(2);
+                    short_wait = AWAKE_POLL_MIN;
                     tokio::select! {
-                        _ = &mut *shutdown => return,
+                        _ = &mut *shutdown => {
+                            self.stop_ingest();
+                            return;
+                        }
                         _ = tokio::time::sleep(TRICKLE_WAIT) => {}
                     }
                     continue;
@@ -362,7 +368,7 @@ impl ClaimLoop<'_> {
                 Ok(Step::Idle { sleeping: false }) => {
                     // A writer is mid-transaction or another dispatcher sleeps on the lock:
                     // look again soon, backing off while nothing turns up.
-                    short_wait = (short_wait * 2).min(Duration::from_millis(100));
+                    short_wait = (short_wait * 2).min(IDLE_POLL_MAX);
                     short_wait
                 }
             };
@@ -385,11 +391,16 @@ impl ClaimLoop<'_> {
                 }
             }
             if matches!(idle, Idle::Shutdown) {
-                if let Some(ingest) = self.ingesting.take() {
-                    ingest.abort();
-                }
+                self.stop_ingest();
                 return;
             }
+        }
+    }
+
+    /// Cancels the ingest under way, if any (its transaction rolls back: nothing is lost).
+    fn stop_ingest(&mut self) {
+        if let Some(ingest) = self.ingesting.take() {
+            ingest.abort();
         }
     }
 
