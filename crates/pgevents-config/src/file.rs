@@ -45,6 +45,7 @@ pub(crate) struct Capture {
     pub(crate) mode: Option<CaptureMode>,
     pub(crate) slot: Option<String>,
     pub(crate) publication: Option<String>,
+    pub(crate) notify: Option<bool>,
 }
 
 /// `[admin]`.

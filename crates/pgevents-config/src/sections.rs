@@ -88,6 +88,12 @@ pub struct CaptureConfig {
     pub slot: String,
     /// The publication of logical capture (default [`DEFAULT_PUBLICATION`]).
     pub publication: String,
+    /// `notify` (default true): whether writers wake an idle daemon with a `NOTIFY` (sent
+    /// only while a daemon sleeps, so a busy system pays nothing). With `false`, writing
+    /// transactions never `NOTIFY` (for applications that use `PREPARE TRANSACTION`, which
+    /// refuses a transaction that notified) and the daemon looks at the log every second
+    /// while idle instead: up to a second more latency after a lull.
+    pub notify: bool,
 }
 
 /// `[admin]`: the admin HTTP API.
@@ -198,6 +204,7 @@ pub(crate) fn capture(
         mode,
         slot,
         publication,
+        notify: file.notify.unwrap_or(true),
     }
 }
 

@@ -7,8 +7,8 @@ mod error;
 mod run;
 
 pub use commands::{
-    check, install, invoke, list_events, redeliver, redeliver_failed, show_event, status,
-    uninstall, Installed, Status,
+    check, install, invoke, list_events, redeliver, redeliver_failed, remove_unconfigured,
+    show_event, status, uninstall, Installed, Status,
 };
 pub use error::DaemonError;
 pub use run::run;

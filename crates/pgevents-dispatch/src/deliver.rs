@@ -6,16 +6,17 @@ use std::time::Instant;
 
 use futures::FutureExt;
 use pgevents_event::{Attempt, Event};
-use pgevents_log::store::{Settlement, Verdict};
+use pgevents_log::store::{ClaimToken, Settlement, Verdict};
 use pgevents_sink::{Delivery, DynSink, Outcome, RetryPolicy};
 use tracing::Instrument;
 
-/// Runs one attempt of `event` and returns what to record.
+/// Runs one attempt of `event`, claimed as `claim`, and returns what to record.
 pub(crate) async fn attempt(
     sink: Arc<dyn DynSink>,
     policy: RetryPolicy,
     event: Event,
     current_retry: u32,
+    claim: ClaimToken,
 ) -> Settlement {
     let span = tracing::info_span!(
         "pgevents.deliver",
@@ -27,7 +28,6 @@ pub(crate) async fn attempt(
         attempt = current_retry + 1,
     );
     async move {
-        let seq = event.seq();
         let (trigger, created_at) = (event.trigger().to_owned(), event.created_at());
         let started_at = chrono::Utc::now();
         let started = Instant::now();
@@ -66,7 +66,7 @@ pub(crate) async fn attempt(
             ),
         }
         Settlement {
-            seq,
+            claim,
             verdict,
             started_at,
             duration,
@@ -158,10 +158,12 @@ mod tests {
             timeout: Duration::from_millis(50),
             ..RetryPolicy::default()
         };
-        let s = attempt(Arc::new(Panics), policy, event.clone(), 0).await;
+        let claim = ClaimToken { seq: 1, attempt: 1 };
+        let s = attempt(Arc::new(Panics), policy, event.clone(), 0, claim).await;
+        assert_eq!(s.claim, claim);
         assert!(matches!(s.verdict, Verdict::Retry(_)));
         assert_eq!(s.error.as_deref(), Some("panicked: boom"));
-        let s = attempt(Arc::new(Hangs), policy, event, 0).await;
+        let s = attempt(Arc::new(Hangs), policy, event, 0, claim).await;
         assert!(s.error.unwrap_or_default().starts_with("timed out"));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use pgevents_capture::TriggerSpec;
 use pgevents_dispatch::{Dispatcher, Options, Route};
 use pgevents_event::Action;
-use pgevents_log::{LogSchema, QualifiedName};
+use pgevents_log::{LogSchema, Ordering, QualifiedName};
 use pgevents_sink::{DynSink, RetryPolicy, Sink};
 
 use crate::handler::HandlerSink;
@@ -20,8 +20,9 @@ pub struct TableOptions {
     pub operations: Vec<Action>,
     /// When set, an UPDATE is delivered only if one of these columns changed.
     pub columns: Option<Vec<String>>,
-    /// Deliver the events of one row in commit order (default true).
-    pub ordered: bool,
+    /// Which events are delivered in commit order (default [`Ordering::Row`]: the events of
+    /// one row; `Table`: all of the table's; `None`: no order).
+    pub ordering: Ordering,
     /// Retries and timeout (default: the builder's policy).
     pub retry: Option<RetryPolicy>,
 }
@@ -31,7 +32,7 @@ impl Default for TableOptions {
         TableOptions {
             operations: vec![Action::Insert, Action::Update, Action::Delete],
             columns: None,
-            ordered: true,
+            ordering: Ordering::Row,
             retry: None,
         }
     }
@@ -177,6 +178,15 @@ impl ListenerBuilder {
         self
     }
 
+    /// Whether writers wake an idle listener with a `NOTIFY` (default true; sent only while a
+    /// listener sleeps, so busy writers pay nothing). With `false` no writing transaction
+    /// ever notifies — for applications that use `PREPARE TRANSACTION`, which refuses a
+    /// transaction that did — and an idle listener looks at the log every second instead.
+    pub fn notify(mut self, notify: bool) -> ListenerBuilder {
+        self.options.notify = notify;
+        self
+    }
+
     /// Captures changes from the WAL through replication slot `slot` and publication
     /// `publication` instead of triggers (`capture.mode = "logical"`; needs
     /// `wal_level = logical`). [`build`](Self::build) then installs the publication, the
@@ -224,7 +234,8 @@ impl ListenerBuilder {
                     table,
                     operations: entry.options.operations.clone(),
                     columns: entry.options.columns.clone(),
-                    ordered: entry.options.ordered,
+                    ordering: entry.options.ordering,
+                    notify: self.options.notify,
                 },
                 entry,
             ));
