@@ -503,10 +503,11 @@ pub struct Hit {
     pub row: Option<i64>,
     /// `data.new.v` (or `data.old.v`) from the body: the row's version.
     pub version: Option<i64>,
-    /// The body.
-    pub body: Value,
+    /// The body (shared: the waits copy the list of hits often, and must not hold up the
+    /// receiver while they do).
+    pub body: Arc<Value>,
     /// The request headers, as text.
-    pub headers: Vec<(String, String)>,
+    pub headers: Arc<Vec<(String, String)>>,
     /// The status answered, once answered (`None`: hung, or still in progress).
     pub answered: Option<u16>,
 }
@@ -525,6 +526,8 @@ type Policy = dyn Fn(&str, &Value, usize) -> Reply + Send + Sync;
 #[derive(Clone)]
 pub struct Receiver {
     hits: Arc<Mutex<HashMap<String, Vec<Hit>>>>,
+    /// How many requests each (name, event id) had so far.
+    seen: Arc<Mutex<HashMap<(String, String), usize>>>,
     policy: Arc<Mutex<Arc<Policy>>>,
     /// The receiver's own address.
     pub addr: SocketAddr,
@@ -537,6 +540,7 @@ impl Receiver {
         let addr = listener.local_addr().expect("addr");
         let receiver = Receiver {
             hits: Arc::default(),
+            seen: Arc::default(),
             policy: Arc::new(Mutex::new(Arc::new(|_: &str, _: &Value, _: usize| {
                 Reply::Status(200)
             }))),
@@ -644,18 +648,25 @@ async fn receive(
     let (index, reply) = {
         let mut hits = r.hits.lock().expect("lock");
         let list = hits.entry(name.clone()).or_default();
-        let seen = list.iter().filter(|h| h.id == id).count();
+        let seen = {
+            let mut seen = r.seen.lock().expect("lock");
+            let count = seen.entry((name.clone(), id.clone())).or_default();
+            *count += 1;
+            *count - 1
+        };
         let reply = policy(&name, &body, seen);
         list.push(Hit {
             at: Instant::now(),
             id,
             row,
             version,
-            body,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-                .collect(),
+            body: Arc::new(body),
+            headers: Arc::new(
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                    .collect(),
+            ),
             answered: None,
         });
         (list.len() - 1, reply)
@@ -938,9 +949,9 @@ impl Writer {
     }
 
     /// Like [`Writer::start`] on a table of [`Db::versioned_tables`], and in the same
-    /// transaction raises the version of the rows of the three transactions before, the
-    /// even ones twice: each row goes through several UPDATEs, in one transaction and across
-    /// transactions, while newer rows arrive.
+    /// transaction raises the version of the rows the transaction before inserted, the even
+    /// ones twice: each row's INSERT and UPDATEs come in two transactions, and two UPDATEs of
+    /// a row in one, while newer rows arrive.
     pub fn versioned(url: &str, table: &str, first: i64, per_txn: i64, every: Duration) -> Writer {
         let sql = format!(
             "INSERT INTO {table} (id) SELECT generate_series({{from}}, {{to}});
@@ -951,7 +962,7 @@ impl Writer {
     }
 
     /// Runs `sql` (one transaction; `{from}`, `{to}`: the new ids, `{recent}`: the first id
-    /// of the three transactions before) every `every`.
+    /// of the transaction before) every `every`.
     fn spawn(url: &str, sql: String, first: i64, per_txn: i64, every: Duration) -> Writer {
         let (stop, mut stopped) = watch::channel(false);
         let next = Arc::new(AtomicI64::new(first));
@@ -979,7 +990,7 @@ impl Writer {
                 let sql = sql
                     .replace("{from}", &from.to_string())
                     .replace("{to}", &(from + per_txn - 1).to_string())
-                    .replace("{recent}", &(from - 3 * per_txn).max(first).to_string());
+                    .replace("{recent}", &(from - per_txn).max(first).to_string());
                 // A failed (or unknown) commit is fine: the table says what committed.
                 let _ = c.batch_execute(&sql).await;
             }
