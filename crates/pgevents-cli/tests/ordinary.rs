@@ -183,16 +183,28 @@ async fn rolling_restart_with_a_receiver_slower_than_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_a_stream_of_updates() {
     within(LIMIT, async {
-        let (db, receiver, cfg, _dir) =
-            setup("ordinary_shared", &["shared"], one_hook("shared", QUICK)).await;
+        // Each instance names itself in a header, from its environment.
+        let (db, receiver, cfg, _dir) = setup("ordinary_shared", &["shared"], |url, addr| {
+            let instance = "headers = { \"X-Instance\" = { from_env = \"INSTANCE\" } }";
+            config(
+                url,
+                &format!(
+                    "[[trigger]]\nname = \"shared\"\ntable = \"shared\"\nretry = {{ {QUICK} }}\nwebhook = {{ url = \"http://{addr}/shared\", {instance} }}\n"
+                ),
+            )
+        })
+        .await;
         // A few milliseconds per request, varying by row, so the instances interleave.
         receiver.answer(|_, body, _| {
             let row = body["data"]["new"]["id"].as_u64().unwrap_or(0);
-            Reply::Slow(200, Duration::from_millis(row % 5))
+            Reply::Slow(200, Duration::from_millis(2 + row % 5))
         });
+        let instances = ["a", "b", "c"];
         let mut daemons = Vec::new();
-        for _ in 0..3 {
-            daemons.push(running(&cfg).await);
+        for instance in instances {
+            let daemon = Daemon::start(&cfg, &[("INSTANCE", instance)]);
+            daemon.wait_log("pgevents running").await;
+            daemons.push(daemon);
         }
         db.client
             .batch_execute("INSERT INTO shared SELECT generate_series(1, 50)")
@@ -209,6 +221,20 @@ async fn three_instances_share_a_stream_of_updates() {
                 .expect("updates");
         }
         assert_delivered_once_in_order(&db, &receiver, "shared").await;
+        // The instances shared the work.
+        let deliveries = receiver.deliveries("shared");
+        for instance in instances {
+            let by = deliveries
+                .iter()
+                .filter(|h| {
+                    h.headers
+                        .iter()
+                        .any(|(k, v)| k == "x-instance" && v == instance)
+                })
+                .count();
+            eprintln!("instance {instance}: {by} of {} deliveries", deliveries.len());
+            assert!(by > 0, "instance {instance} delivered nothing");
+        }
         for mut daemon in daemons {
             daemon.assert_running("after the stream");
             daemon.stop().await;
