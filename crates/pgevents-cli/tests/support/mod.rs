@@ -416,13 +416,15 @@ fn strip_ansi(text: &str) -> String {
 
 /// A config with `[database] url`, an admin server on a free port, and `rest`.
 pub fn config(url: &str, rest: &str) -> String {
-    config_in_schema(url, "pgevents", rest)
+    format!("[database]\nurl = \"{url}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{rest}")
 }
 
 /// Like [`config`], with the event log in `log_schema`.
 pub fn config_in_schema(url: &str, log_schema: &str, rest: &str) -> String {
-    format!(
-        "[database]\nurl = \"{url}\"\nlog_schema = \"{log_schema}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{rest}"
+    config(url, rest).replacen(
+        "\n\n[admin]",
+        &format!("\nlog_schema = \"{log_schema}\"\n\n[admin]"),
+        1,
     )
 }
 
