@@ -3,6 +3,7 @@
 
 mod daemon;
 mod demo;
+mod init;
 mod signals;
 
 use std::process::ExitCode;
@@ -22,6 +23,9 @@ enum Command {
     /// Watch events flow: starts a throwaway PostgreSQL (unless --database-url is given),
     /// writes rows to a demo table on a timer and prints every event as it arrives.
     Demo(demo::Args),
+    /// Write a commented starter config for a database: its tables as commented-out
+    /// [[trigger]] blocks, every section with its defaults.
+    Init(init::Args),
     #[command(flatten)]
     Daemon(daemon::Command),
 }
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             },
+            Command::Init(args) => init::run(args).await,
             Command::Daemon(command) => daemon::run(command).await,
         }
     })
