@@ -21,7 +21,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Watch events flow: starts a throwaway PostgreSQL (unless --database-url is given),
-    /// writes rows to a demo table on a timer and prints every event as it arrives.
+    /// writes rows to demo tables on a timer, prints every event as it arrives and serves
+    /// the console (unless --no-console) to watch retries, attempts and redelivery.
     Demo(demo::Args),
     /// Write a commented starter config for a database: its tables as commented-out
     /// [[trigger]] blocks, every section with its defaults.

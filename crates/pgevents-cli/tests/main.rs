@@ -2,6 +2,7 @@
 //! real PostgreSQL, real HTTP receivers, and injected faults.
 
 mod bad_input;
+mod console;
 mod daemon;
 mod demo;
 mod faults;
@@ -9,3 +10,5 @@ mod init;
 mod retention;
 mod security;
 mod support;
+#[path = "../../pgevents-admin/tests/browser/webdriver.rs"]
+mod webdriver;
