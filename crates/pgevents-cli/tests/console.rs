@@ -3,7 +3,6 @@
 //! redelivery from the page runs again; an event invoked from the page reaches the demo's
 //! handler. The screenshot is saved as `<target>/demo-console.png`.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::demo::{DemoRun, DEMO_WAIT};
@@ -11,6 +10,9 @@ use crate::webdriver::Browser;
 
 const ORDERS: &str = "#triggers tr[data-trigger='public.pgevents_demo_orders']";
 const PAYMENTS: &str = "#triggers tr[data-trigger='public.pgevents_demo_payments']";
+/// The attempt log: the first attempt's error, the last attempt's number.
+const FIRST_ATTEMPT_FAILED: &str = "#d-attempts tbody tr:first-child .error";
+const LAST_ATTEMPT: &str = "#d-attempts tbody tr:last-child td:first-child";
 /// The order the test invokes from the console.
 const INVOKED: &str = r#"{"customer": "invoked from the console"}"#;
 /// WebDriver keys: Control down, then all keys up.
@@ -38,14 +40,11 @@ async fn the_demo_console_shows_retries_redelivers_and_invokes_in_chromium() {
             .click("#events tbody tr[data-status='delivered']")
             .await?;
         browser.wait_for_text("#d-status", "delivered").await?;
-        browser
-            .wait_for_text("#d-attempts tbody tr:nth-child(3) td:first-child", "3")
-            .await?;
+        browser.wait_for(FIRST_ATTEMPT_FAILED).await?;
+        browser.wait_for_text(LAST_ATTEMPT, "3").await?;
         browser.click("#redeliver").await?;
-        // Redelivered: two more failed attempts, then delivered again.
-        browser
-            .wait_for_text("#d-attempts tbody tr:nth-child(6) td:first-child", "6")
-            .await?;
+        // Redelivered with a fresh retry budget: two more failed attempts, then delivered.
+        browser.wait_for_text(LAST_ATTEMPT, "6").await?;
         browser.wait_for_text("#d-status", "delivered").await?;
         // A manual event from the console reaches the orders' handler.
         browser.click(&format!("{ORDERS} .invoke")).await?;
@@ -55,16 +54,8 @@ async fn the_demo_console_shows_retries_redelivers_and_invokes_in_chromium() {
         browser.click("#invoke-submit").await?;
         browser.screenshot("demo-console.png").await
     };
-    let result: Result<PathBuf, String> = steps.await;
-    match result {
-        Ok(path) => println!("console screenshot: {}", path.display()),
-        Err(error) => {
-            let shot = browser.screenshot("demo-console-failure.png").await;
-            browser.close().await;
-            panic!("the demo console test failed: {error} (screenshot: {shot:?})");
-        }
-    }
-    browser.close().await;
+    let steps = steps.await;
+    browser.finish(steps, "demo-console").await;
     let manual = demo.events_until(|events| events.iter().any(|(action, _)| action == "MANUAL"));
     let (_, payload) = manual.last().cloned().unwrap_or_default();
     assert!(payload.contains("invoked from the console"), "{payload}");

@@ -3,8 +3,6 @@
 //! failed event, redelivers it and sees it delivered; the screenshot is saved as
 //! `<target>/console-redeliver.png`.
 
-use std::path::PathBuf;
-
 use crate::support::{daemon, Mode, Table};
 
 mod webdriver;
@@ -82,16 +80,8 @@ async fn the_console_redelivers_a_failed_event_in_chromium() {
             .await?;
         browser.screenshot("console-redeliver.png").await
     };
-    let result: Result<PathBuf, String> = steps.await;
-    match result {
-        Ok(path) => println!("console screenshot: {}", path.display()),
-        Err(error) => {
-            let shot = browser.screenshot("console-failure.png").await;
-            browser.close().await;
-            panic!("the console test failed: {error} (screenshot: {shot:?})");
-        }
-    }
-    browser.close().await;
+    let steps = steps.await;
+    browser.finish(steps, "console").await;
     let event = d.wait_for_status(&failed_id, "delivered").await;
     assert_eq!(event["event"]["action"], "DELETE");
     d.stop().await;

@@ -246,7 +246,24 @@ impl Browser {
         Ok(path)
     }
 
-    pub(crate) async fn close(self) {
+    async fn close(self) {
         let _ = self.http.delete(&self.session).send().await;
+    }
+
+    /// Ends the session after a console test's browser `steps`: prints where their
+    /// screenshot is, or saves `<test>-failure.png` and fails the test with the step that
+    /// went wrong.
+    pub(crate) async fn finish(self, steps: Result<PathBuf, String>, test: &str) {
+        match steps {
+            Ok(path) => {
+                println!("{test} screenshot: {}", path.display());
+                self.close().await;
+            }
+            Err(error) => {
+                let shot = self.screenshot(&format!("{test}-failure.png")).await;
+                self.close().await;
+                panic!("the {test} test failed: {error} (screenshot: {shot:?})");
+            }
+        }
     }
 }
