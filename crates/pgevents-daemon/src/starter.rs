@@ -105,8 +105,8 @@ listen = "{DEFAULT_ADMIN_LISTEN}"              # the admin API, /metrics, /healt
 # token_from_env = "PGEVENTS_ADMIN_TOKEN"   # when set, every path but /healthz needs Authorization: Bearer <token>
 
 [retention]
-delivered = "{delivered}"                     # how long delivered events are kept
-failed = "{failed}"                       # how long failed events are kept
+delivered = "{delivered}"                       # how long delivered events are kept
+failed = "{failed}"                         # how long failed events are kept
 
 # The keys of a [[trigger]]:
 #   name = "order_events"                  unique: letters, digits, _, - and .
@@ -115,17 +115,18 @@ failed = "{failed}"                       # how long failed events are kept
 #   columns = ["status"]                   optional: an UPDATE fires only if one of these changed
 #   format = "seed"                        or "hasura": Hasura's event-trigger body
 #   ordering = "row"                       events of one row in commit order; "none": any order
-#                                          ("table", or {{ columns = ["account_id"] }}, where supported)
-#   where = "status <> 'draft'"            optional SQL condition on the row, where supported
-#   payload_columns = ["id", "status"]     optional: only these columns in data, where supported
+#                                          (*) or "table", or {{ columns = ["account_id"] }}
+#   where = "status <> 'draft'"            (*) optional: an SQL condition on the row
+#   payload_columns = ["id", "status"]     (*) optional: only these columns in data.old / data.new
 #   retry = {{ max_retries = {max_retries}, initial_interval = "{initial}", max_interval = "{max}", timeout = "{timeout}" }}
 # and exactly one destination:
 #   webhook = {{ url_from_env = "ORDERS_HOOK", headers = {{ "X-Api-Key" = {{ from_env = "HOOK_KEY" }} }}, signing_secret_from_env = "HOOK_SECRET" }}
 #   nats = {{ url = "nats://127.0.0.1:4222", subject = "pg.orders" }}        JetStream
 #   redis = {{ url = "redis://127.0.0.1:6379", stream = "pg:orders" }}       XADD
 #   amqp = {{ url = "amqp://guest:guest@127.0.0.1:5672", exchange = "pg", routing_key = "orders" }}
-#   kafka = {{ brokers = "127.0.0.1:9092", topic = "pg.orders" }}            where supported
+#   kafka = {{ brokers = "127.0.0.1:9092", topic = "pg.orders" }}            (*)
 #   stdout = {{}}                                                            JSON lines on standard output
+# (*) not known to every version: `pgevents check` names any key this one does not accept.
 "#,
         delivered = duration_text(DEFAULT_RETENTION_DELIVERED),
         failed = duration_text(DEFAULT_RETENTION_FAILED),
