@@ -5,15 +5,20 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a demo may take to show what a test waits for.
 pub const DEMO_WAIT: Duration = Duration::from_secs(90);
 
+/// Held by each running demo: one at a time, so that demos (each with its own PostgreSQL,
+/// one with a browser) do not add up to starve the other tests of this binary.
+static ONE_DEMO: Mutex<()> = Mutex::new(());
+
 /// A running `pgevents demo` and the lines it prints (`out:` stdout, `err:` stderr).
 pub struct DemoRun {
     child: Child,
+    _turn: MutexGuard<'static, ()>,
     lines: mpsc::Receiver<String>,
     /// The throwaway cluster's directory, once the demo has named it.
     pub data_dir: Option<PathBuf>,
@@ -24,6 +29,8 @@ pub struct DemoRun {
 impl DemoRun {
     /// Starts `pgevents demo` with `args`.
     pub fn start(args: &[&str]) -> DemoRun {
+        // A demo test that failed does not stop the others.
+        let turn = ONE_DEMO.lock().unwrap_or_else(PoisonError::into_inner);
         let mut child = Command::new(env!("CARGO_BIN_EXE_pgevents"))
             .arg("demo")
             .args(args)
@@ -48,6 +55,7 @@ impl DemoRun {
         }
         DemoRun {
             child,
+            _turn: turn,
             lines,
             data_dir: None,
             console: None,
