@@ -1,4 +1,5 @@
-//! One delivery attempt: run the sink under the timeout, catch panics, decide the verdict.
+//! One delivery attempt: wait for room at the sink, run the sink under the timeout, catch
+//! panics, decide the verdict.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -29,6 +30,13 @@ pub(crate) async fn attempt(
     async move {
         let seq = event.seq();
         let (trigger, created_at) = (event.trigger().to_owned(), event.created_at());
+        // Waiting for the sink's capacity is not part of the attempt: the timeout and the
+        // recorded duration start once there is room, held until the attempt ends. (A sink
+        // whose `ready` panics gets the attempt anyway, and its panic-proof `deliver` call.)
+        let _slot = AssertUnwindSafe(sink.clone().ready_boxed())
+            .catch_unwind()
+            .await
+            .ok();
         let started_at = chrono::Utc::now();
         let started = Instant::now();
         let delivery = Delivery {

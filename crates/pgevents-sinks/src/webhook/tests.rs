@@ -15,7 +15,7 @@ use pgevents_sink::{Delivery, Outcome, Report, Sink};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use super::sink::{is_retriable_status, parse_retry_after, SigningKey};
+use super::sink::{is_retriable_status, parse_retry_after, SigningKey, MAX_CONNECTIONS};
 use super::{WebhookConfig, WebhookSink};
 use crate::{Env, ResolveSink, SinkConfigErrorKind};
 
@@ -589,6 +589,29 @@ async fn a_burst_beyond_the_connection_limit_is_delivered_at_the_first_attempt()
         BURST as usize,
         "the receiver got each event once"
     );
+}
+
+/// The slots of [`Sink::ready`] bound the requests in flight: with all of them taken, the
+/// next waits until one is given back.
+#[tokio::test(start_paused = true)]
+async fn ready_waits_while_every_connection_is_taken() {
+    let sink = sink("http://127.0.0.1:9/hook", Format::Seed);
+    let mut taken = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        taken.push(sink.ready().await);
+    }
+    let next = sink.ready();
+    tokio::pin!(next);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), &mut next)
+            .await
+            .is_err(),
+        "a request beyond the limit got a slot"
+    );
+    drop(taken.pop());
+    let _slot = tokio::time::timeout(WAIT, next)
+        .await
+        .expect("a slot given back is taken by the next request");
 }
 
 #[test]
