@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::support::{daemon, Daemon, Table};
+use crate::support::{daemon, daemon_listening, Daemon, Table};
 
 const TOKEN: &str = "s3cret-token";
 const FOREIGN: &str = "http://evil.example";
@@ -202,5 +202,43 @@ async fn foreign_hosts_are_refused_on_a_loopback_listener() {
         "the health check answers any Host: {code} {body}"
     );
     assert!(body["status"].is_string(), "{body}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_every_address_accepts_its_addresses_and_allowed_hosts() {
+    let d = daemon_listening(
+        vec![Table::new("order_events", "orders")],
+        None,
+        false,
+        "0.0.0.0:0",
+        &["pgevents.internal"],
+    )
+    .await;
+    let port = d.base.rsplit(':').next().expect("a port").to_owned();
+    let name = format!("pgevents.internal:{port}");
+    for host in [
+        name.clone(),
+        "PGEVENTS.INTERNAL".to_string(),
+        format!("127.0.0.1:{port}"),
+        format!("192.0.2.10:{port}"),
+        "localhost".to_string(),
+    ] {
+        let (code, body) = get_as(&d, &host, "/api/v1/triggers").await;
+        assert_eq!(code, 200, "Host {host}: {body}");
+    }
+    for host in ["evil.example", "pgevents.internal.evil.example"] {
+        let (code, body) = get_as(&d, host, "/api/v1/triggers").await;
+        assert_eq!(code, 421, "Host {host}: {body}");
+    }
+    // The console reached by the allowed name posts from that origin.
+    let origin = format!("http://{name}");
+    let headers = [
+        ("host", name.as_str()),
+        ("origin", origin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let (code, body) = post(&d, "/api/v1/triggers/order_events/invoke", &headers, None).await;
+    assert_eq!(code, 201, "{body}");
     d.stop().await;
 }
