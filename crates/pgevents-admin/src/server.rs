@@ -48,6 +48,7 @@ impl std::fmt::Debug for AdminState {
         f.debug_struct("AdminState")
             .field("schema", &self.inner.schema)
             .field("token", &self.inner.token.as_ref().map(|_| "<set>"))
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish_non_exhaustive()
     }
 }

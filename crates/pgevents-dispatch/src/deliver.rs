@@ -137,6 +137,20 @@ mod tests {
         );
     }
 
+    fn event() -> Event {
+        Event::from_parts(pgevents_event::EventParts {
+            seq: 1,
+            salt: 0,
+            created_at: chrono::Utc::now(),
+            trigger: "t".into(),
+            schema: "public".into(),
+            table: "x".into(),
+            action: pgevents_event::Action::Insert,
+            old: None,
+            new: None,
+        })
+    }
+
     #[tokio::test]
     async fn panics_and_timeouts_are_failed_attempts() {
         struct Panics;
@@ -151,17 +165,7 @@ mod tests {
                 std::future::pending().await
             }
         }
-        let event = Event::from_parts(pgevents_event::EventParts {
-            seq: 1,
-            salt: 0,
-            created_at: chrono::Utc::now(),
-            trigger: "t".into(),
-            schema: "public".into(),
-            table: "x".into(),
-            action: pgevents_event::Action::Insert,
-            old: None,
-            new: None,
-        });
+        let event = event();
         let policy = RetryPolicy {
             timeout: Duration::from_millis(50),
             ..RetryPolicy::default()
@@ -171,5 +175,33 @@ mod tests {
         assert_eq!(s.error.as_deref(), Some("panicked: boom"));
         let s = attempt(Arc::new(Hangs), policy, event, 0).await;
         assert!(s.error.unwrap_or_default().starts_with("timed out"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_room_at_the_sink_is_not_part_of_the_attempt() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        /// Has room only after a minute; delivers only once it was asked for room.
+        #[derive(Default)]
+        struct Busy(AtomicBool);
+        impl pgevents_sink::Sink for Busy {
+            async fn ready(&self) -> pgevents_sink::Slot {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                self.0.store(true, Ordering::SeqCst);
+                pgevents_sink::Slot::unlimited()
+            }
+            async fn deliver(&self, _: Delivery) -> Outcome {
+                if self.0.load(Ordering::SeqCst) {
+                    Outcome::Delivered(Report::default())
+                } else {
+                    Outcome::Reject(Report::error("delivered before the sink had room"))
+                }
+            }
+        }
+        let policy = RetryPolicy {
+            timeout: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        let s = attempt(Arc::new(Busy::default()), policy, event(), 0).await;
+        assert_eq!(s.verdict, Verdict::Delivered, "{:?}", s.error);
     }
 }
