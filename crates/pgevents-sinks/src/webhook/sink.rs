@@ -110,8 +110,8 @@ impl WebhookSink {
 }
 
 impl Sink for WebhookSink {
-    /// Waits for one of the webhook's [`MAX_CONNECTIONS`] request slots, so that a burst
-    /// queues here, before the attempt's timeout starts, rather than inside it.
+    /// Waits for one of the webhook's 128 request slots, so that a burst queues here,
+    /// before the attempt's timeout starts, rather than inside it.
     async fn ready(&self) -> Slot {
         match self.connections.clone().acquire_owned().await {
             Ok(permit) => Slot::holding(permit),
