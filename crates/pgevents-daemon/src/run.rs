@@ -90,7 +90,8 @@ pub async fn run(
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(pgevents_admin::serve(
         admin_listener,
-        AdminState::new(url.clone(), schema.clone(), salt, token, health),
+        AdminState::new(url.clone(), schema.clone(), salt, token, health)
+            .with_allowed_hosts(config.admin.allowed_hosts.clone()),
         async move {
             let _ = admin_stopped.await;
         },
