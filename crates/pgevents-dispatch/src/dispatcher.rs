@@ -48,6 +48,11 @@ impl std::fmt::Debug for Route {
 pub const DEFAULT_BATCH_SIZE: usize = 500;
 /// Default bound on events in flight (claimed, not yet settled).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1000;
+/// Default bound on the row text of events in flight. A claim stops once it reaches what
+/// is left of it (taking at least one event): memory stays bounded by bytes as well as by
+/// count, and a backlog of big rows is delivered a few at a time. Typical rows (a few kB)
+/// never reach it before [`DEFAULT_MAX_IN_FLIGHT`].
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 4 << 20;
 /// Default lease: how soon another dispatcher takes over the events of one that died.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// Default time between looks at the log when no notification arrives.
@@ -86,6 +91,8 @@ pub struct Options {
     pub batch_size: usize,
     /// Events in flight at most; memory is bounded by this, whatever the backlog.
     pub max_in_flight: usize,
+    /// Row text in flight at most, in bytes (one event bigger than this goes alone).
+    pub max_in_flight_bytes: usize,
     /// How long a claim lasts without renewal.
     pub lease: Duration,
     /// Longest wait between looks at the log when idle.
@@ -103,6 +110,7 @@ impl Default for Options {
         Options {
             batch_size: DEFAULT_BATCH_SIZE,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             lease: DEFAULT_LEASE,
             idle_poll: DEFAULT_IDLE_POLL,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -151,25 +159,45 @@ struct Done {
 /// The claims a dispatcher holds and has not settled yet.
 #[derive(Default)]
 struct InFlight {
-    /// Each claim, with its trigger and when its lease was last taken or renewed.
-    leases: HashMap<ClaimToken, (i32, Instant)>,
+    /// Each claim, with its trigger, its size and when its lease was last taken or renewed.
+    leases: HashMap<ClaimToken, Lease>,
     /// How many claims each trigger holds.
     per_trigger: HashMap<i32, usize>,
+    /// The row text the claims hold, in bytes.
+    bytes: usize,
+}
+
+struct Lease {
+    trigger_id: i32,
+    size: usize,
+    renewed: Instant,
 }
 
 impl InFlight {
-    fn insert(&mut self, claim: ClaimToken, trigger_id: i32, at: Instant) {
-        if self.leases.insert(claim, (trigger_id, at)).is_none() {
-            *self.per_trigger.entry(trigger_id).or_default() += 1;
+    fn insert(&mut self, claim: ClaimToken, trigger_id: i32, size: usize, at: Instant) {
+        let lease = Lease {
+            trigger_id,
+            size,
+            renewed: at,
+        };
+        if let Some(old) = self.leases.insert(claim, lease) {
+            self.release(&old);
         }
+        *self.per_trigger.entry(trigger_id).or_default() += 1;
+        self.bytes += size;
     }
 
     fn remove(&mut self, claim: &ClaimToken) {
-        if let Some((trigger_id, _)) = self.leases.remove(claim) {
-            if let Some(n) = self.per_trigger.get_mut(&trigger_id) {
-                *n = n.saturating_sub(1);
-            }
+        if let Some(lease) = self.leases.remove(claim) {
+            self.release(&lease);
         }
+    }
+
+    fn release(&mut self, lease: &Lease) {
+        if let Some(n) = self.per_trigger.get_mut(&lease.trigger_id) {
+            *n = n.saturating_sub(1);
+        }
+        self.bytes = self.bytes.saturating_sub(lease.size);
     }
 
     fn held(&self, trigger_id: i32) -> usize {
@@ -180,15 +208,15 @@ impl InFlight {
     fn older_than(&self, now: Instant, age: Duration) -> Vec<ClaimToken> {
         self.leases
             .iter()
-            .filter(|(_, (_, at))| now.duration_since(*at) >= age)
+            .filter(|(_, lease)| now.duration_since(lease.renewed) >= age)
             .map(|(claim, _)| *claim)
             .collect()
     }
 
     fn renewed(&mut self, claims: &[ClaimToken], at: Instant) {
         for claim in claims {
-            if let Some((_, renewed)) = self.leases.get_mut(claim) {
-                *renewed = at;
+            if let Some(lease) = self.leases.get_mut(claim) {
+                lease.renewed = at;
             }
         }
     }
@@ -517,10 +545,15 @@ impl ClaimLoop<'_> {
             .permits
             .available_permits()
             .min(self.dispatcher.options.batch_size);
-        if free == 0 {
+        let free_bytes = self
+            .dispatcher
+            .options
+            .max_in_flight_bytes
+            .saturating_sub(lock(&self.shared.in_flight).bytes);
+        if free == 0 || free_bytes == 0 {
             return Ok(Step::Full);
         }
-        let claimed = self.claim(trigger_ids, free).await?;
+        let claimed = self.claim(trigger_ids, free, free_bytes).await?;
         let got = claimed.len();
         self.spawn(claimed, deliveries).await;
         // While claims fill whole batches, the ingest runs on unawaited; otherwise this
@@ -575,9 +608,14 @@ impl ClaimLoop<'_> {
         }
     }
 
-    /// Claims up to `free` due events, each trigger limited by [`claim_limits`], the
-    /// triggers offered the slots in turn.
-    async fn claim(&mut self, trigger_ids: &[i32], free: usize) -> Result<Vec<Claimed>, Error> {
+    /// Claims up to `free` due events and about `free_bytes` of row text, each trigger
+    /// limited by [`claim_limits`], the triggers offered the slots in turn.
+    async fn claim(
+        &mut self,
+        trigger_ids: &[i32],
+        free: usize,
+        free_bytes: usize,
+    ) -> Result<Vec<Claimed>, Error> {
         let d = self.dispatcher;
         let Some(store) = self.store.as_ref() else {
             return Ok(Vec::new());
@@ -596,7 +634,14 @@ impl ClaimLoop<'_> {
             d.options.max_in_flight,
         );
         store
-            .claim(&order, &limits, free as i64, d.options.lease, d.owner)
+            .claim(
+                &order,
+                &limits,
+                free as i64,
+                i64::try_from(free_bytes).unwrap_or(i64::MAX),
+                d.options.lease,
+                d.owner,
+            )
             .await
     }
 
@@ -613,7 +658,7 @@ impl ClaimLoop<'_> {
                 continue;
             };
             let claim = c.token();
-            lock(&self.shared.in_flight).insert(claim, c.trigger_id, now);
+            lock(&self.shared.in_flight).insert(claim, c.trigger_id, c.size(), now);
             let current_retry = u32::try_from(c.current_retry).unwrap_or(0);
             let done_tx = self.done_tx.clone();
             let settlement = match d.event(c, route) {
@@ -891,7 +936,7 @@ mod tests {
         for (trigger, n) in counts {
             for _ in 0..*n {
                 seq += 1;
-                in_flight.insert(ClaimToken { seq, attempt: 1 }, *trigger, Instant::now());
+                in_flight.insert(ClaimToken { seq, attempt: 1 }, *trigger, 10, Instant::now());
             }
         }
         in_flight
@@ -933,6 +978,7 @@ mod tests {
         // A claim of the same event under another attempt is another claim.
         in_flight.remove(&ClaimToken { seq: 3, attempt: 2 });
         assert_eq!((in_flight.held(1), in_flight.held(2)), (1, 1));
+        assert_eq!(in_flight.bytes, 20);
         let now = Instant::now();
         assert!(in_flight
             .older_than(now, Duration::from_secs(60))

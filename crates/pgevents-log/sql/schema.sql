@@ -132,8 +132,10 @@ END
 $ingest$;
 
 -- Claims due events for `claimant`, leased for `lease_ms`: up to `limits[i]` events of trigger
--- `triggers[i]`, and `max_events` in all (earlier triggers in the array first: callers
--- rotate it), each trigger on its own walk of its own due events, so a trigger's backlog
+-- `triggers[i]`, `max_events` in all (earlier triggers in the array first: callers rotate
+-- it), and no more rows once `max_bytes` of row text are claimed (the first always is: a row
+-- bigger than the budget goes alone) — so memory is bounded by bytes, not only by count,
+-- whatever the rows' size. Sizes come from the values' headers (no detoasting); each trigger on its own walk of its own due events, so a trigger's backlog
 -- costs the others nothing and a slow trigger cannot take every slot.
 -- Due: pending, its time has come, and not held back by an earlier pending event:
 --   * one with the same key, or whose key is e's old key (a key-changing UPDATE waits for
@@ -153,8 +155,10 @@ $ingest$;
 --
 -- The version 1 signature (one limit for all triggers) is dropped by install.
 DROP FUNCTION IF EXISTS @schema@.claim(integer[], bigint, bigint, bigint);
+DROP FUNCTION IF EXISTS @schema@.claim(integer[], integer[], bigint, bigint, bigint);
 CREATE OR REPLACE FUNCTION @schema@.claim(
-    triggers integer[], limits integer[], max_events bigint, lease_ms bigint, claimant bigint)
+    triggers integer[], limits integer[], max_events bigint, max_bytes bigint, lease_ms bigint,
+    claimant bigint)
 RETURNS TABLE (seq bigint, trigger_id integer, op "char", old_row text, new_row text,
                created_at timestamptz, attempts integer, current_retry integer, row_key bigint)
 LANGUAGE sql
@@ -163,10 +167,12 @@ SET enable_sort = off
 SET enable_bitmapscan = off
 AS $claim$
     WITH due AS (
-        SELECT d.seq
+        SELECT d.seq, d.size
           FROM unnest(triggers, limits) AS t(id, n)
           CROSS JOIN LATERAL (
-              SELECT e.seq FROM @schema@.event e
+              SELECT e.seq, coalesce(octet_length(e.old_row::text), 0)
+                            + coalesce(octet_length(e.new_row::text), 0) AS size
+                FROM @schema@.event e
                WHERE e.status = 'p' AND e.trigger_id = t.id AND e.next_attempt_at <= now()
                  AND NOT (
                      EXISTS (SELECT 1 FROM @schema@.event p
@@ -190,11 +196,17 @@ AS $claim$
                LIMIT t.n
                FOR UPDATE SKIP LOCKED) d
          WHERE t.n > 0
-         LIMIT max_events)
+         LIMIT max_events),
+    fits AS (
+        SELECT x.seq FROM (
+            SELECT due.seq, sum(due.size) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                            - due.size AS before
+              FROM due) x
+         WHERE x.before < max_bytes)
     UPDATE @schema@.event e
        SET next_attempt_at = now() + lease_ms * interval '1 millisecond',
            owner = claimant, attempts = e.attempts + 1
-      FROM due WHERE e.seq = due.seq
+      FROM fits WHERE e.seq = fits.seq
     RETURNING e.seq, e.trigger_id, e.op, e.old_row::text, e.new_row::text,
               e.created_at, e.attempts, e.attempts - e.budget_from - 1, e.row_key
 $claim$;

@@ -43,6 +43,11 @@ pub struct ClaimToken {
 }
 
 impl Claimed {
+    /// Bytes of row text this event holds (what the claim's byte budget counts).
+    pub fn size(&self) -> usize {
+        self.old.as_ref().map_or(0, String::len) + self.new.as_ref().map_or(0, String::len)
+    }
+
     /// The token of this claim.
     pub fn token(&self) -> ClaimToken {
         ClaimToken {
@@ -128,7 +133,7 @@ impl Store {
         };
         let ingest = prepare(format!("SELECT {s}.ingest($1)"), "ingest").await?;
         let claim = prepare(
-            format!("SELECT * FROM {s}.claim($1, $2, $3, $4, $5)"),
+            format!("SELECT * FROM {s}.claim($1, $2, $3, $4, $5, $6)"),
             "claim",
         )
         .await?;
@@ -213,8 +218,9 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// Claims up to `limits[i]` due events of trigger `triggers[i]`, and `max_events` in all
-    /// (earlier triggers first), for `owner`, leased for `lease`; each trigger's due events
+    /// Claims up to `limits[i]` due events of trigger `triggers[i]`, `max_events` in all
+    /// (earlier triggers first), and no more once `max_bytes` of row text are claimed (the
+    /// first event always is), for `owner`, leased for `lease`; each trigger's due events
     /// are walked apart from the others'.
     ///
     /// An event is due when pending, its time has come, and no earlier pending event holds
@@ -225,6 +231,7 @@ impl Store {
         triggers: &[i32],
         limits: &[i32],
         max_events: i64,
+        max_bytes: i64,
         lease: Duration,
         owner: i64,
     ) -> Result<Vec<Claimed>, Error> {
@@ -232,7 +239,14 @@ impl Store {
             .client
             .query(
                 &self.claim,
-                &[&triggers, &limits, &max_events, &millis(lease), &owner],
+                &[
+                    &triggers,
+                    &limits,
+                    &max_events,
+                    &max_bytes,
+                    &millis(lease),
+                    &owner,
+                ],
             )
             .await
             .map_err(|e| Error::query("claiming due events", e))?;

@@ -165,6 +165,15 @@ impl ListenerBuilder {
         self
     }
 
+    /// At most this many bytes of row text in flight at once (default 4 MiB): a claim stops
+    /// once it reaches what is left, so a backlog of big rows is delivered a few at a time
+    /// and memory stays bounded by bytes as well as by count. An event bigger than this is
+    /// delivered alone.
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> ListenerBuilder {
+        self.options.max_in_flight_bytes = bytes.max(1);
+        self
+    }
+
     /// How long a claim on an event lasts without renewal (default 10 s): if this process
     /// dies, other listeners take its events over after this long.
     pub fn lease(mut self, lease: Duration) -> ListenerBuilder {

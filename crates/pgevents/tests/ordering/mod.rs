@@ -423,7 +423,7 @@ async fn a_late_outcome_of_an_expired_claim_changes_nothing() {
     let owner = 42;
     let lease = Duration::from_millis(100);
     let first = store
-        .claim(&[trigger], &[10], 10, lease, owner)
+        .claim(&[trigger], &[10], 10, 1 << 20, lease, owner)
         .await
         .expect("claim");
     assert_eq!(first.len(), 1);
@@ -431,7 +431,7 @@ async fn a_late_outcome_of_an_expired_claim_changes_nothing() {
     let deadline = Instant::now() + WAIT;
     let second = loop {
         let again = store
-            .claim(&[trigger], &[10], 10, lease * 100, owner)
+            .claim(&[trigger], &[10], 10, 1 << 20, lease * 100, owner)
             .await
             .expect("claim");
         if !again.is_empty() {
@@ -499,7 +499,7 @@ async fn failed_attempts_with_binary_responses_are_logged() {
         .expect("invoke");
     }
     let claimed = store
-        .claim(&[trigger], &[10], 10, Duration::from_secs(10), 7)
+        .claim(&[trigger], &[10], 10, 1 << 20, Duration::from_secs(10), 7)
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 3);
@@ -654,4 +654,49 @@ async fn a_log_of_the_previous_release_upgrades_in_place_and_drains_in_order() {
     assert_eq!(row.get::<_, i32>(0), pgevents_log::SCHEMA_VERSION);
     assert_eq!(row.get::<_, i64>(1), 1, "the failed event is kept");
     assert_eq!(row.get::<_, i32>(2), 7, "ids stay stable: the salt is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_stop_at_their_byte_budget() {
+    let db = db().await;
+    let (store, schema) = store(&db.url).await;
+    let table = pgevents_log::QualifiedName::parse("manual").expect("name");
+    let trigger = pgevents_log::store::register_trigger(
+        store.client(),
+        &schema,
+        "manual",
+        &table,
+        &serde_json::json!({}),
+    )
+    .await
+    .expect("trigger");
+    let big = "x".repeat(10_000);
+    for _ in 0..5 {
+        pgevents_log::store::invoke(
+            store.client(),
+            &schema,
+            trigger,
+            &serde_json::json!({ "big": big }),
+        )
+        .await
+        .expect("invoke");
+    }
+    let lease = Duration::from_secs(60);
+    // A budget smaller than one row still claims one; each claim stops once it is reached.
+    let one = store
+        .claim(&[trigger], &[10], 10, 100, lease, 1)
+        .await
+        .expect("claim");
+    assert_eq!(one.len(), 1);
+    assert!(one[0].size() > 10_000);
+    let two = store
+        .claim(&[trigger], &[10], 10, 15_000, lease, 1)
+        .await
+        .expect("claim");
+    assert_eq!(two.len(), 2, "the second row starts below the budget");
+    let rest = store
+        .claim(&[trigger], &[10], 10, 1 << 30, lease, 1)
+        .await
+        .expect("claim");
+    assert_eq!(rest.len(), 2);
 }
