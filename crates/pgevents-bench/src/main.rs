@@ -14,6 +14,7 @@
 //! processes) is stopped and removed when it ends, also on error or Ctrl-C.
 
 mod cluster;
+mod isolation;
 mod latency;
 mod listening;
 mod load;
@@ -68,8 +69,12 @@ enum Scenario {
     Throughput(Common),
     /// Commit → handler latency percentiles at 1,000 and 10,000 events/s.
     Latency(Common),
-    /// Peak RSS of a listener process draining a backlog, and delivering one 50 MB row.
+    /// Peak RSS of a listener process draining a backlog, delivering one 50 MB row, and
+    /// draining 2,000 rows of 10 MB.
     Memory(Common),
+    /// Drain rate and latency of a trigger alone and beside another trigger's backlog, dead
+    /// webhook, or millions of delivered events, in the same log.
+    Isolation(Common),
     /// Every scenario, one after the other, in one table.
     All(Common),
     /// (internal) The listener process whose memory the `memory` scenario measures.
@@ -103,11 +108,12 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (common, which) = match cli.scenario {
         Scenario::DrainChild(args) => return memory::child(args).await,
-        Scenario::Writer(c) => (c, [true, false, false, false]),
-        Scenario::Throughput(c) => (c, [false, true, false, false]),
-        Scenario::Latency(c) => (c, [false, false, true, false]),
-        Scenario::Memory(c) => (c, [false, false, false, true]),
-        Scenario::All(c) => (c, [true, true, true, true]),
+        Scenario::Writer(c) => (c, [true, false, false, false, false]),
+        Scenario::Throughput(c) => (c, [false, true, false, false, false]),
+        Scenario::Latency(c) => (c, [false, false, true, false, false]),
+        Scenario::Memory(c) => (c, [false, false, false, true, false]),
+        Scenario::Isolation(c) => (c, [false, false, false, false, true]),
+        Scenario::All(c) => (c, [true, true, true, true, true]),
     };
     let sizes = Sizes::new(common.quick, common.runs, common.events);
     let options = common.listener_pg_options;
@@ -122,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn scenarios(
     sizes: Sizes,
     listener_options: Option<&str>,
-    [writer, throughput, latency, memory]: [bool; 4],
+    [writer, throughput, latency, memory, isolation]: [bool; 5],
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let bench = Bench::start(sizes.clone(), listener_options).await?;
@@ -147,6 +153,9 @@ async fn scenarios(
         }
         if memory {
             memory::run(&bench, &mut report, drains).await?;
+        }
+        if isolation {
+            isolation::run(&bench, &mut report).await?;
         }
         anyhow::Ok(())
     }

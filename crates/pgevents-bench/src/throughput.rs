@@ -19,7 +19,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 
 use crate::cluster::{Bench, NOTE, TABLE};
-use crate::listening::{Counter, RunningListener};
+use crate::listening::{drain_rate, Counter, RunningListener};
 use crate::memory::{self, Drain};
 use crate::process;
 use crate::receiver::{self, Receiver};
@@ -88,13 +88,7 @@ async fn logical_backlog(bench: &Bench, n: u64) -> anyhow::Result<f64> {
     let counter = Counter::new();
     let listener = bench.logical_listener(&counter).await?;
     bench.insert_rows(n, BACKLOG_CHUNK).await?;
-    let started = Instant::now();
-    let running = RunningListener::start(listener);
-    let last = counter
-        .wait_for(n, Duration::from_secs(120.max(n / 500)))
-        .await?;
-    running.stop().await?;
-    Ok(n as f64 / last.saturating_duration_since(started).as_secs_f64())
+    drain_rate(listener, &counter, n).await
 }
 
 /// One webhook backlog drain, in process: returns events/s.
@@ -102,15 +96,9 @@ async fn webhook_backlog(bench: &Bench, n: u64) -> anyhow::Result<f64> {
     bench.reset(0).await?;
     let d = delivering(bench, Destination::Webhook).await?;
     bench.insert_rows(n, BACKLOG_CHUNK).await?;
-    let started = Instant::now();
-    let running = RunningListener::start(d.listener);
-    let last = d
-        .counter
-        .wait_for(n, Duration::from_secs(120.max(n / 500)))
-        .await?;
-    running.stop().await?;
+    let rate = drain_rate(d.listener, &d.counter, n).await?;
     drop(d.receiver);
-    Ok(n as f64 / last.saturating_duration_since(started).as_secs_f64())
+    Ok(rate)
 }
 
 /// What one steady-state window measured.

@@ -203,7 +203,14 @@ mod tests {
             timeout: Duration::from_secs(1),
             ..RetryPolicy::default()
         };
-        let s = attempt(Arc::new(Busy::default()), policy, event(), 0).await;
+        let s = attempt(
+            Arc::new(Busy::default()),
+            policy,
+            event(),
+            0,
+            ClaimToken { seq: 1, attempt: 1 },
+        )
+        .await;
         assert_eq!(s.verdict, Verdict::Delivered, "{:?}", s.error);
     }
 }

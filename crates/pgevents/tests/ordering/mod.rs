@@ -376,14 +376,28 @@ async fn a_slow_table_cannot_take_every_slot() {
     releaser.abort();
 }
 
-/// A Store on the log of `db`, installed.
-async fn store(url: &str) -> (Store, LogSchema) {
+/// A Store on the log of `db`, installed, and the id of a trigger for manual events.
+async fn store(url: &str) -> (Store, LogSchema, i32) {
     let schema = LogSchema::default();
     let mut client = pgevents_log::connect(url, None).await.expect("connect");
     pgevents_log::install(&mut client, &schema)
         .await
         .expect("install");
-    (Store::open(client, &schema).await.expect("store"), schema)
+    let table = pgevents_log::QualifiedName::parse("manual").expect("name");
+    let trigger = pgevents_log::store::register_trigger(
+        &client,
+        &schema,
+        "manual",
+        &table,
+        &serde_json::json!({}),
+    )
+    .await
+    .expect("trigger");
+    (
+        Store::open(client, &schema).await.expect("store"),
+        schema,
+        trigger,
+    )
 }
 
 fn outcome(claim: ClaimToken, verdict: Verdict, response: Option<&str>) -> Settlement {
@@ -401,17 +415,7 @@ fn outcome(claim: ClaimToken, verdict: Verdict, response: Option<&str>) -> Settl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_outcome_of_an_expired_claim_changes_nothing() {
     let db = db().await;
-    let (store, schema) = store(&db.url).await;
-    let table = pgevents_log::QualifiedName::parse("manual").expect("name");
-    let trigger = pgevents_log::store::register_trigger(
-        store.client(),
-        &schema,
-        "manual",
-        &table,
-        &serde_json::json!({}),
-    )
-    .await
-    .expect("trigger");
+    let (store, schema, trigger) = store(&db.url).await;
     pgevents_log::store::invoke(
         store.client(),
         &schema,
@@ -477,17 +481,7 @@ async fn a_late_outcome_of_an_expired_claim_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_with_binary_responses_are_logged() {
     let db = db().await;
-    let (store, schema) = store(&db.url).await;
-    let table = pgevents_log::QualifiedName::parse("manual").expect("name");
-    let trigger = pgevents_log::store::register_trigger(
-        store.client(),
-        &schema,
-        "manual",
-        &table,
-        &serde_json::json!({}),
-    )
-    .await
-    .expect("trigger");
+    let (store, schema, trigger) = store(&db.url).await;
     for n in 0..3 {
         pgevents_log::store::invoke(
             store.client(),
@@ -659,17 +653,7 @@ async fn a_log_of_the_previous_release_upgrades_in_place_and_drains_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_stop_at_their_byte_budget() {
     let db = db().await;
-    let (store, schema) = store(&db.url).await;
-    let table = pgevents_log::QualifiedName::parse("manual").expect("name");
-    let trigger = pgevents_log::store::register_trigger(
-        store.client(),
-        &schema,
-        "manual",
-        &table,
-        &serde_json::json!({}),
-    )
-    .await
-    .expect("trigger");
+    let (store, schema, trigger) = store(&db.url).await;
     let big = "x".repeat(10_000);
     for _ in 0..5 {
         pgevents_log::store::invoke(
