@@ -61,13 +61,14 @@ pub struct Run {
 }
 
 async fn measure(bench: &Bench, rate: u64) -> anyhow::Result<Run> {
-    measure_under(bench, rate, Condition::Alone).await
+    bench.reset(0).await?;
+    Condition::Alone.prepare(bench).await?;
+    measure_with(bench, rate, Condition::Alone).await
 }
 
-/// One latency run at `rate` with the log in `condition` (see `isolation`).
-pub async fn measure_under(bench: &Bench, rate: u64, condition: Condition) -> anyhow::Result<Run> {
-    bench.reset(0).await?;
-    condition.prepare(bench).await?;
+/// One latency run at `rate` on a log already prepared for `condition` (see `isolation`),
+/// the benchmark table empty.
+pub async fn measure_with(bench: &Bench, rate: u64, condition: Condition) -> anyhow::Result<Run> {
     let total = (rate * bench.sizes.latency_secs) as usize;
     let timeline = Arc::new(Timeline::new(total));
     let counter = Counter::new();
