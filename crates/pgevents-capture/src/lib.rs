@@ -9,6 +9,6 @@ pub mod catalog;
 pub mod trigger;
 
 pub use trigger::{
-    check_trigger, install_trigger, installed_trigger, trigger_problems, uninstall_trigger,
-    validate_trigger, TriggerSpec,
+    check_trigger, install_trigger, installed_trigger, missing_columns, trigger_problems,
+    uninstall_trigger, validate_trigger, TriggerSpec,
 };

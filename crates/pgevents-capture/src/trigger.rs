@@ -6,6 +6,7 @@
 //! advisory-lock probe that decides whether a sleeping dispatcher needs a `NOTIFY`.
 
 use pgevents_event::Action;
+use pgevents_log::image::{image_sql, in_table_order};
 use pgevents_log::ordering::{key_sql, old_key_sql};
 use pgevents_log::{
     quote_ident, quote_literal, wake_channel, wake_key, Error, LogSchema, Ordering, QualifiedName,
@@ -28,6 +29,9 @@ pub struct TriggerSpec {
     /// Which events are delivered in commit order (`Row` needs a primary key or a replica
     /// identity index: without one, install refuses and `check` says what to do).
     pub ordering: Ordering,
+    /// When set, `data.old` / `data.new` hold only these columns (in table order); the
+    /// others never reach the log.
+    pub payload_columns: Option<Vec<String>>,
     /// Whether writers wake a sleeping dispatcher with a `NOTIFY` (see
     /// `pgevents_log::wake_key`); without, dispatchers poll.
     pub notify: bool,
@@ -42,12 +46,26 @@ impl TriggerSpec {
             operations: vec![Action::Insert, Action::Update, Action::Delete],
             columns: None,
             ordering: Ordering::Row,
+            payload_columns: None,
             notify: true,
         }
     }
 
     fn captures(&self, action: Action) -> bool {
         self.operations.contains(&action)
+    }
+
+    /// The log's record of how this trigger is captured (its `trigger.definition`), for a
+    /// table whose rows are identified by `key_columns`, in capture mode `capture`.
+    pub fn definition(&self, key_columns: &[String], capture: &str) -> serde_json::Value {
+        serde_json::json!({
+            "operations": self.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+            "columns": self.columns,
+            "ordering": self.ordering.as_str(),
+            "payload_columns": self.payload_columns,
+            "key": key_columns,
+            "capture": capture,
+        })
     }
 }
 
@@ -98,9 +116,13 @@ fn dollar_quote(body: &str) -> String {
 }
 
 /// The body of trigger `id`'s capture function: the statements a writer runs.
-fn capture_body(schema: &LogSchema, id: i32, spec: &TriggerSpec, key_columns: &[String]) -> String {
+fn capture_body(schema: &LogSchema, id: i32, spec: &TriggerSpec, info: &TableInfo) -> String {
     let capture = schema.object("capture");
     let seed = id.to_string();
+    let key_columns = info.key_columns.as_slice();
+    let payload = in_table_order(spec.payload_columns.as_deref(), &info.columns);
+    let new_image = image_sql("NEW", payload.as_deref());
+    let old_image = image_sql("OLD", payload.as_deref());
     let new_key = key_sql(spec.ordering, "NEW", key_columns, &seed);
     let old_key = key_sql(spec.ordering, "OLD", key_columns, &seed);
     let changed_key = old_key_sql(spec.ordering, "OLD", "NEW", key_columns, &seed);
@@ -120,13 +142,13 @@ fn capture_body(schema: &LogSchema, id: i32, spec: &TriggerSpec, key_columns: &[
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO {capture} (trigger_id, op, row_key, new_row)
-        VALUES ({id}, 'I', {new_key}, to_json(NEW));
+        VALUES ({id}, 'I', {new_key}, {new_image});
     ELSIF TG_OP = 'UPDATE' THEN
         INSERT INTO {capture} (trigger_id, op, row_key, old_key, old_row, new_row)
-        VALUES ({id}, 'U', {new_key}, {changed_key}, to_json(OLD), to_json(NEW));
+        VALUES ({id}, 'U', {new_key}, {changed_key}, {old_image}, {new_image});
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO {capture} (trigger_id, op, row_key, old_row)
-        VALUES ({id}, 'D', {old_key}, to_json(OLD));
+        VALUES ({id}, 'D', {old_key}, {old_image});
     ELSE
         INSERT INTO {capture} (trigger_id, op) VALUES ({id}, 'T');
     END IF;
@@ -153,7 +175,8 @@ fn capture_function(schema: &LogSchema, id: i32, body: &str) -> String {
 }
 
 /// Everything that keeps `spec` from being installed by the current role, as typed errors:
-/// [`Error::NoSuchTable`], [`Error::NoSuchColumn`] for each missing `columns` entry, and —
+/// [`Error::NoSuchTable`], [`Error::NoSuchColumn`] for each missing `columns` or
+/// `payload_columns` entry, and —
 /// when `need_trigger_privilege` (trigger capture) — [`Error::NotPermitted`] when the role
 /// may not create triggers on the table. Changes nothing.
 pub async fn trigger_problems(
@@ -166,16 +189,7 @@ pub async fn trigger_problems(
         Err(e @ Error::NoSuchTable(_)) => return Ok(vec![e]),
         Err(e) => return Err(e),
     };
-    let mut problems: Vec<Error> = spec
-        .columns
-        .iter()
-        .flatten()
-        .filter(|c| !info.columns.contains(c))
-        .map(|column| Error::NoSuchColumn {
-            table: spec.table.to_string(),
-            column: column.clone(),
-        })
-        .collect();
+    let mut problems = missing_columns(spec, &info.columns);
     if need_trigger_privilege {
         let may_trigger: bool = client
             .query_one(
@@ -197,6 +211,28 @@ pub async fn trigger_problems(
         problems.push(Error::Unorderable(spec.table.to_string()));
     }
     Ok(problems)
+}
+
+/// A [`Error::NoSuchColumn`] for every column `spec` names (in `columns` or
+/// `payload_columns`) that is not among `table_columns`.
+pub fn missing_columns(spec: &TriggerSpec, table_columns: &[String]) -> Vec<Error> {
+    [
+        ("columns", &spec.columns),
+        ("payload_columns", &spec.payload_columns),
+    ]
+    .into_iter()
+    .flat_map(|(field, names)| {
+        names
+            .iter()
+            .flatten()
+            .filter(|c| !table_columns.contains(c))
+            .map(move |column| Error::NoSuchColumn {
+                table: spec.table.to_string(),
+                column: column.clone(),
+                field,
+            })
+    })
+    .collect()
 }
 
 /// Checks, without changing anything, that `spec` can be installed: the table and the
@@ -233,14 +269,9 @@ pub async fn validate_trigger(
 
 /// The log's record of how `spec` is captured: what install registers for it.
 fn definition(spec: &TriggerSpec, key_columns: &[String]) -> serde_json::Value {
-    serde_json::json!({
-        "operations": spec.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-        "columns": spec.columns,
-        "ordering": spec.ordering.as_str(),
-        "key": key_columns,
-        "notify": spec.notify,
-        "capture": "trigger",
-    })
+    let mut definition = spec.definition(key_columns, "trigger");
+    definition["notify"] = spec.notify.into();
+    definition
 }
 
 /// The PostgreSQL triggers install creates for `spec`: (name, whether it is wanted).
@@ -319,7 +350,7 @@ pub async fn installed_trigger(
     let current: bool = client
         .query_one(
             "SELECT coalesce((SELECT prosrc = $2 FROM pg_proc WHERE oid = to_regprocedure($1)), false)",
-            &[&func, &capture_body(schema, id, spec, key_columns)],
+            &[&func, &capture_body(schema, id, spec, &info)],
         )
         .await
         .map_err(|e| {
@@ -376,7 +407,7 @@ pub async fn install_trigger(
     let func = schema.object(&format!("capture_{id}"));
     let table = spec.table.quoted();
     let [row, upd, trunc] = pg_trigger_names(schema, &spec.name);
-    let mut ddl = capture_function(schema, id, &capture_body(schema, id, spec, key_columns));
+    let mut ddl = capture_function(schema, id, &capture_body(schema, id, spec, &info));
     for name in [&row, &upd, &trunc] {
         ddl.push_str(&format!(
             ";\nDROP TRIGGER IF EXISTS {} ON {table}",

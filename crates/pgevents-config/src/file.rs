@@ -76,6 +76,7 @@ pub(crate) struct Trigger {
     pub(crate) columns: Option<Vec<String>>,
     pub(crate) format: Option<Format>,
     pub(crate) ordering: Option<DeliveryOrdering>,
+    pub(crate) payload_columns: Option<Vec<String>>,
     pub(crate) retry: Option<Retry>,
     // Destinations: exactly one must be set. A new sink adds its key here and one line in
     // `SinkConfig::take_all`.

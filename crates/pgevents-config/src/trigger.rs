@@ -166,6 +166,8 @@ pub struct TriggerConfig {
     pub format: Format,
     /// The delivery order (default per row).
     pub ordering: DeliveryOrdering,
+    /// When set, `data.old` / `data.new` hold only these columns (in table order).
+    pub payload_columns: Option<Vec<String>>,
     /// Retries and the attempt timeout (defaults from `pgevents_sink`).
     pub retry: RetryPolicy,
     /// Where events are delivered.
@@ -288,7 +290,18 @@ fn trigger(
     };
 
     let operations = operations(file.operations.take(), &at("operations"), problems);
-    let columns = columns(file.columns.take(), &at("columns"), problems);
+    let columns = column_list(
+        file.columns.take(),
+        &at("columns"),
+        "list the columns whose change makes an UPDATE fire, or remove columns to fire on every UPDATE",
+        problems,
+    );
+    let payload_columns = column_list(
+        file.payload_columns.take(),
+        &at("payload_columns"),
+        "list the columns events should carry, or remove payload_columns to carry every column",
+        problems,
+    );
     if columns.is_some() && !operations.contains(&Action::Update) {
         notes.push(
             at("columns"),
@@ -331,6 +344,7 @@ fn trigger(
         columns,
         format: file.format.unwrap_or_default(),
         ordering: file.ordering.unwrap_or_default(),
+        payload_columns,
         retry,
         sink,
         env: env.clone(),
@@ -373,14 +387,17 @@ fn operations(texts: Option<Vec<String>>, path: &str, problems: &mut Problems) -
     .collect()
 }
 
-/// Checks `columns`: not empty, no empty names; duplicates are dropped.
-fn columns(texts: Option<Vec<String>>, path: &str, problems: &mut Problems) -> Option<Vec<String>> {
+/// Checks a list of column names (`columns`, `payload_columns`): not empty (else the
+/// problem says `when_empty`), no empty names; duplicates are dropped.
+fn column_list(
+    texts: Option<Vec<String>>,
+    path: &str,
+    when_empty: &str,
+    problems: &mut Problems,
+) -> Option<Vec<String>> {
     let texts = texts?;
     if texts.is_empty() {
-        problems.push(
-            path,
-            "is empty; list the columns whose change makes an UPDATE fire, or remove columns to fire on every UPDATE",
-        );
+        problems.push(path, format!("is empty; {when_empty}"));
     }
     let mut columns: Vec<String> = Vec::with_capacity(texts.len());
     for (i, column) in texts.into_iter().enumerate() {

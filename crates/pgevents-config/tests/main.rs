@@ -182,6 +182,7 @@ fn other_choices_parse() {
         operations = ["truncate", "INSERT", "insert"]
         format = "hasura"
         ordering = "none"
+        payload_columns = ["id", "Status", "id"]
         retry = { timeout = "2s" }
         stdout = {}
     "#;
@@ -200,6 +201,10 @@ fn other_choices_parse() {
     assert_eq!(trigger.operations, [Action::Insert, Action::Truncate]);
     assert_eq!(trigger.format, Format::Hasura);
     assert_eq!(trigger.ordering, DeliveryOrdering::Unordered);
+    assert_eq!(
+        trigger.payload_columns.as_deref(),
+        Some(&["id".to_string(), "Status".to_string()][..])
+    );
     assert_eq!(trigger.retry.timeout, Duration::from_secs(2));
     assert_eq!(
         trigger.retry.max_retries,
@@ -236,6 +241,8 @@ fn each_mistake_names_its_field_and_says_what_to_do() {
         (with_trigger("stdout = {}\noperations = []"), "trigger[\"t\"].operations", "is empty"),
         (with_trigger("stdout = {}\ncolumns = []"), "trigger[\"t\"].columns", "is empty"),
         (with_trigger("stdout = {}\ncolumns = [\"\"]"), "trigger[\"t\"].columns[0]", "empty column name"),
+        (with_trigger("stdout = {}\npayload_columns = []"), "trigger[\"t\"].payload_columns", "is empty; list the columns events should carry"),
+        (with_trigger("stdout = {}\npayload_columns = [\"id\", \"\"]"), "trigger[\"t\"].payload_columns[1]", "empty column name"),
         (with_trigger("stdout = {}\nretry = { timeout = \"0s\" }"), "trigger[\"t\"].retry.timeout", "is zero"),
         (with_trigger("stdout = {}\nretry = { timeout = \"1x\" }"), "trigger[\"t\"].retry.timeout", "unknown unit \"x\"; use ms, s, m, h or d"),
         (with_trigger("stdout = {}\nretry = { initial_interval = \"0ms\" }"), "trigger[\"t\"].retry.initial_interval", "is zero"),

@@ -46,12 +46,14 @@ pub enum Error {
     #[error("table {0} does not exist: create it, or fix the trigger's `table`")]
     NoSuchTable(String),
     /// A column the configuration names does not exist.
-    #[error("column {column:?} does not exist in table {table}: fix the trigger's `columns`")]
+    #[error("column {column:?} does not exist in table {table}: fix the trigger's `{field}`")]
     NoSuchColumn {
         /// The table.
         table: String,
         /// The missing column.
         column: String,
+        /// The trigger setting that names it (`columns`, `payload_columns`, ...).
+        field: &'static str,
     },
     /// Per-row ordering was asked of a table that cannot tell its rows apart.
     #[error("table {0} has neither a primary key nor a replica identity index, so its events cannot be ordered per row: add a primary key, or set the trigger's ordering = \"table\" (all its events in commit order) or ordering = \"none\" (no order)")]

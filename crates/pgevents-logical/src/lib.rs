@@ -150,6 +150,8 @@ pub struct LogicalTable {
     /// Which events are delivered in commit order (`Row` needs a primary key or a replica
     /// identity index).
     pub ordering: pgevents_log::Ordering,
+    /// When set, `data.old` / `data.new` hold only these columns (in table order).
+    pub payload_columns: Option<Vec<String>>,
 }
 
 /// Tuning of a [`LogicalCapture`].

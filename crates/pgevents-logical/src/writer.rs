@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use pgevents_log::image::{image_sql, in_table_order};
 use pgevents_log::ordering::{key_sql, old_key_sql};
 use pgevents_log::{quote_ident, wake_channel, LogSchema, Ordering};
 use tokio_postgres::types::{PgLsn, ToSql};
@@ -56,6 +57,30 @@ pub(crate) struct Shape {
     pub key: Vec<usize>,
 }
 
+/// What one trigger's events take from a row, when that is not everything the shared
+/// statement of a row shape writes: such triggers get a statement of their own.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Projection {
+    /// Only these columns in the row images.
+    pub payload_columns: Option<Vec<String>>,
+}
+
+impl Projection {
+    /// What `table`'s events take from a row; `None` when they take it whole.
+    pub fn of(table: &crate::LogicalTable) -> Option<Arc<Projection>> {
+        let projection = Projection {
+            payload_columns: table.payload_columns.clone(),
+        };
+        (projection != Projection::whole()).then(|| Arc::new(projection))
+    }
+
+    fn whole() -> Projection {
+        Projection {
+            payload_columns: None,
+        }
+    }
+}
+
 /// One event to write.
 #[derive(Debug)]
 pub(crate) struct Row {
@@ -69,6 +94,8 @@ pub(crate) struct Row {
     pub ordering: Ordering,
     /// The row shape; `None` for TRUNCATE.
     pub shape: Option<Arc<Shape>>,
+    /// What the trigger takes from the row; `None` for all of it.
+    pub projection: Option<Arc<Projection>>,
     /// The old image's values as text.
     pub old: Option<Vec<Option<String>>>,
     /// The new image's values as text.
@@ -147,7 +174,7 @@ pub(crate) struct Writer {
     schema: LogSchema,
     slot: String,
     channel: String,
-    statements: HashMap<Arc<Shape>, Statement>,
+    statements: HashMap<(Arc<Shape>, Option<Arc<Projection>>), Statement>,
     truncate: Statement,
     lock_progress: Statement,
     save_progress: Statement,
@@ -250,12 +277,13 @@ impl Writer {
     pub async fn write(&mut self, batch: &Batch) -> Result<Progress, Error> {
         for row in &batch.rows {
             if let Some(shape) = &row.shape {
-                if !self.statements.contains_key(shape) {
+                let key = (shape.clone(), row.projection.clone());
+                if !self.statements.contains_key(&key) {
                     if self.statements.len() >= MAX_STATEMENTS {
                         self.statements.clear();
                     }
-                    let statement = self.prepare_shape(shape).await?;
-                    self.statements.insert(shape.clone(), statement);
+                    let statement = self.prepare_shape(shape, row.projection.as_deref()).await?;
+                    self.statements.insert(key, statement);
                 }
             }
         }
@@ -282,10 +310,10 @@ impl Writer {
             .collect();
         let mut start = 0;
         while start < fresh.len() {
-            let shape = &fresh[start].shape;
+            let (shape, projection) = (&fresh[start].shape, &fresh[start].projection);
             let end = fresh[start..]
                 .iter()
-                .position(|r| r.shape != *shape)
+                .position(|r| r.shape != *shape || r.projection != *projection)
                 .map_or(fresh.len(), |n| start + n);
             let run = &fresh[start..end];
             match shape {
@@ -299,7 +327,7 @@ impl Writer {
                 Some(shape) => {
                     let statement = self
                         .statements
-                        .get(shape)
+                        .get(&(shape.clone(), projection.clone()))
                         .ok_or_else(|| Error::Decode("a row shape lost its statement".into()))?;
                     insert_rows(&tx, statement, shape, run).await?;
                 }
@@ -336,7 +364,11 @@ impl Writer {
         Ok(Progress { cursor, end_lsn })
     }
 
-    async fn prepare_shape(&self, shape: &Shape) -> Result<Statement, Error> {
+    async fn prepare_shape(
+        &self,
+        shape: &Shape,
+        projection: Option<&Projection>,
+    ) -> Result<Statement, Error> {
         let oids: Vec<u32> = shape.columns.iter().map(|c| c.type_oid).collect();
         let mods: Vec<i32> = shape.columns.iter().map(|c| c.type_modifier).collect();
         let types: Vec<Option<String>> = self
@@ -364,7 +396,12 @@ impl Writer {
                 }
             }
         }
-        let sql = insert_sql(&self.schema, shape, &names);
+        let sql = insert_sql(
+            &self.schema,
+            shape,
+            &names,
+            projection.unwrap_or(&Projection::whole()),
+        );
         self.client
             .prepare(&sql)
             .await
@@ -384,12 +421,20 @@ fn progress_of(row: &tokio_postgres::Row) -> Progress {
     }
 }
 
-/// The INSERT for rows of `shape`, whose column types are named `types`.
+/// The INSERT for rows of `shape`, whose column types are named `types`, taking from each
+/// row what `projection` says.
 ///
 /// Parameters: trigger ids, ops, orderings (`r`ow, `t`able, `n`one), commit times, has-old and has-new flags, then
 /// one text array per column for the old images and one per column for the new.
-fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
+fn insert_sql(
+    schema: &LogSchema,
+    shape: &Shape,
+    types: &[String],
+    projection: &Projection,
+) -> String {
     let n = shape.columns.len();
+    let names: Vec<String> = shape.columns.iter().map(|c| c.name.clone()).collect();
+    let payload = in_table_order(projection.payload_columns.as_deref(), &names);
     let image = |prefix: &str, flag: &str| {
         let columns = shape
             .columns
@@ -439,8 +484,8 @@ fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
                   WHEN 'r' THEN CASE WHEN u.op = 'D' THEN {old_key} ELSE {new_key} END
                   WHEN 't' THEN {table_key} END,
                 CASE WHEN u.ordering = 'r' AND u.op = 'U' THEN {changed_key} END,
-                CASE WHEN u.has_old THEN to_json(o) END,
-                CASE WHEN u.has_new THEN to_json(n) END,
+                CASE WHEN u.has_old THEN {old_row} END,
+                CASE WHEN u.has_new THEN {new_row} END,
                 u.created_at, now()
            FROM unnest({params}) WITH ORDINALITY AS u({aliases}, ord)
            {old_image}
@@ -451,6 +496,8 @@ fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
         new_key = row_key("n"),
         table_key = key_sql(Ordering::Table, "n", &key_columns, seed),
         changed_key = old_key_sql(Ordering::Row, "o", "n", &key_columns, seed),
+        old_row = image_sql("o", payload.as_deref()),
+        new_row = image_sql("n", payload.as_deref()),
         params = params.join(", "),
         aliases = aliases.join(", "),
         old_image = image("o", "has_old"),
@@ -551,6 +598,7 @@ mod tests {
             &LogSchema::default(),
             &shape,
             &["bigint".into(), "text".into()],
+            &Projection::whole(),
         );
         assert!(sql.contains("u.o0::bigint AS \"Id \"\"x\"\"\""));
         assert!(

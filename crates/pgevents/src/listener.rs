@@ -23,6 +23,9 @@ pub struct TableOptions {
     /// Which events are delivered in commit order (default [`Ordering::Row`]: the events of
     /// one row; `Table`: all of the table's; `None`: no order).
     pub ordering: Ordering,
+    /// When set, `data.old` / `data.new` hold only these columns (in table order); the
+    /// others never reach the event log.
+    pub payload_columns: Option<Vec<String>>,
     /// Retries and timeout (default: the builder's policy).
     pub retry: Option<RetryPolicy>,
 }
@@ -33,6 +36,7 @@ impl Default for TableOptions {
             operations: vec![Action::Insert, Action::Update, Action::Delete],
             columns: None,
             ordering: Ordering::Row,
+            payload_columns: None,
             retry: None,
         }
     }
@@ -244,6 +248,7 @@ impl ListenerBuilder {
                     operations: entry.options.operations.clone(),
                     columns: entry.options.columns.clone(),
                     ordering: entry.options.ordering,
+                    payload_columns: entry.options.payload_columns.clone(),
                     notify: self.options.notify,
                 },
                 entry,

@@ -1,0 +1,112 @@
+//! Choosing what fires and what it carries, in trigger capture: `payload_columns`.
+
+use pgevents::{Action, Listener, TableOptions};
+
+use crate::support::{db, start, Collector};
+use crate::WAIT;
+
+fn options(payload_columns: &[&str]) -> TableOptions {
+    TableOptions {
+        payload_columns: Some(payload_columns.iter().map(|c| c.to_string()).collect()),
+        ..TableOptions::default()
+    }
+}
+
+/// The payload holds only the chosen columns, in table order, exactly as PostgreSQL renders
+/// a row of them; the left-out column reaches neither the handler nor the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_columns_keep_only_the_chosen_columns_byte_for_byte() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, secret text, balance numeric(20,4),
+                                    tags text[], \"Odd \"\"Name\"\"\" jsonb)",
+        )
+        .await
+        .expect("schema");
+    let events = Collector::default();
+    // Listed out of table order, with the oddly named column: the payload follows the table.
+    let running = start(Listener::builder(&db.url).on_with(
+        "accounts",
+        events.handler(),
+        options(&["Odd \"Name\"", "balance", "id", "tags"]),
+    ))
+    .await;
+    db.client
+        .batch_execute(
+            r#"INSERT INTO accounts VALUES
+                 (9007199254740993, 'hunter2', 12.5000, ARRAY['a', NULL], '{"b": 1, "a": [2.50]}');
+               UPDATE accounts SET secret = 'swordfish', balance = 0 WHERE id = 9007199254740993;
+               DELETE FROM accounts;"#,
+        )
+        .await
+        .expect("writes");
+    events.wait_until(WAIT, "3 events", |e| e.len() == 3).await;
+    running.stop().await;
+    let rendered = |sql: &str| {
+        let c = &db.client;
+        let sql = sql.to_string();
+        async move {
+            c.query_one(&sql, &[])
+                .await
+                .expect("to_json")
+                .get::<_, String>(0)
+        }
+    };
+    let expected = rendered(
+        r#"SELECT to_json(r)::text FROM (SELECT 9007199254740993::bigint AS id,
+                  12.5000::numeric(20,4) AS balance, ARRAY['a', NULL]::text[] AS tags,
+                  '{"b": 1, "a": [2.50]}'::jsonb AS "Odd ""Name""") r"#,
+    )
+    .await;
+    let events = events.events();
+    assert_eq!(events[0].action(), Action::Insert);
+    let insert = events[0].payload_str();
+    assert!(
+        insert.contains(&format!(r#""new":{expected}"#)),
+        "{insert} carries {expected}"
+    );
+    let update = events[1].payload_str();
+    assert!(update.contains(&format!(r#""old":{expected}"#)), "{update}");
+    assert!(update.contains(r#""balance":0.0000"#), "{update}");
+    for event in &events {
+        assert!(
+            !event.payload_str().contains("secret"),
+            "{}",
+            event.payload_str()
+        );
+    }
+    let leaked: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pgevents.event
+              WHERE old_row::text LIKE '%secret%' OR new_row::text LIKE '%secret%'
+                 OR old_row::text LIKE '%hunter2%' OR new_row::text LIKE '%swordfish%'",
+            &[],
+        )
+        .await
+        .expect("log rows")
+        .get(0);
+    assert_eq!(leaked, 0, "a left-out column never reaches the log");
+}
+
+/// A column that the table does not have is refused before anything is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_payload_column_is_refused_naming_it() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE small (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let events = Collector::default();
+    let error = Listener::builder(&db.url)
+        .on_with("small", events.handler(), options(&["id", "nope"]))
+        .build()
+        .await
+        .expect_err("an unknown column is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("\"nope\"") && message.contains("payload_columns"),
+        "{message}"
+    );
+}
