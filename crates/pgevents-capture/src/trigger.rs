@@ -61,7 +61,7 @@ impl TriggerSpec {
         serde_json::json!({
             "operations": self.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
             "columns": self.columns,
-            "ordering": self.ordering.as_str(),
+            "ordering": self.ordering.to_json(),
             "payload_columns": self.payload_columns,
             "key": key_columns,
             "capture": capture,
@@ -123,9 +123,9 @@ fn capture_body(schema: &LogSchema, id: i32, spec: &TriggerSpec, info: &TableInf
     let payload = in_table_order(spec.payload_columns.as_deref(), &info.columns);
     let new_image = image_sql("NEW", payload.as_deref());
     let old_image = image_sql("OLD", payload.as_deref());
-    let new_key = key_sql(spec.ordering, "NEW", key_columns, &seed);
-    let old_key = key_sql(spec.ordering, "OLD", key_columns, &seed);
-    let changed_key = old_key_sql(spec.ordering, "OLD", "NEW", key_columns, &seed);
+    let new_key = key_sql(&spec.ordering, "NEW", key_columns, &seed);
+    let old_key = key_sql(&spec.ordering, "OLD", key_columns, &seed);
+    let changed_key = old_key_sql(&spec.ordering, "OLD", "NEW", key_columns, &seed);
     let wake = if spec.notify {
         format!(
             "IF NOT pg_try_advisory_xact_lock_shared({}) THEN
@@ -213,17 +213,18 @@ pub async fn trigger_problems(
     Ok(problems)
 }
 
-/// A [`Error::NoSuchColumn`] for every column `spec` names (in `columns` or
-/// `payload_columns`) that is not among `table_columns`.
+/// A [`Error::NoSuchColumn`] for every column `spec` names (in `columns`,
+/// `payload_columns` or `ordering.columns`) that is not among `table_columns`.
 pub fn missing_columns(spec: &TriggerSpec, table_columns: &[String]) -> Vec<Error> {
     [
-        ("columns", &spec.columns),
-        ("payload_columns", &spec.payload_columns),
+        ("columns", spec.columns.as_deref()),
+        ("payload_columns", spec.payload_columns.as_deref()),
+        ("ordering.columns", spec.ordering.group_columns()),
     ]
     .into_iter()
     .flat_map(|(field, names)| {
         names
-            .iter()
+            .into_iter()
             .flatten()
             .filter(|c| !table_columns.contains(c))
             .map(move |column| Error::NoSuchColumn {

@@ -20,21 +20,21 @@ pub const DEFAULT_OPERATIONS: [Action; 3] = [Action::Insert, Action::Update, Act
 const MAX_NAME_BYTES: usize = 63;
 
 /// In which order a trigger's events are delivered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum DeliveryOrdering {
     /// `"row"` (default): the events of one row are delivered in commit order; a failing event
     /// holds back only later events of the same row.
     #[default]
-    #[serde(rename = "row")]
     PerRow,
     /// `"table"`: all the trigger's events in commit order; a failing event holds back every
     /// later one. For tables without a primary key, and for consumers that need the order
     /// across rows.
-    #[serde(rename = "table")]
     Table,
     /// `"none"`: events are delivered as soon as possible, in any order.
-    #[serde(rename = "none")]
     Unordered,
+    /// `{ columns = ["account_id"] }`: the events that share these columns' values are
+    /// delivered in commit order; a failing event holds back only later events of its group.
+    Columns(Vec<String>),
 }
 
 /// A trigger's destination: one arm per sink, holding that sink's settings.
@@ -61,13 +61,59 @@ pub enum SinkConfig {
     Stdout(pgevents_sinks::StdoutConfig),
 }
 
+/// The spellings of `ordering` that are names.
+const ORDERING_NAMES: [&str; 3] = ["row", "table", "none"];
+
+impl<'de> Deserialize<'de> for DeliveryOrdering {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(OrderingVisitor)
+    }
+}
+
+/// Reads `ordering`: one of [`ORDERING_NAMES`], or a table `{ columns = [...] }`.
+struct OrderingVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OrderingVisitor {
+    type Value = DeliveryOrdering;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"row\", \"table\", \"none\" or { columns = [...] }")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<DeliveryOrdering, E> {
+        match value {
+            "row" => Ok(DeliveryOrdering::PerRow),
+            "table" => Ok(DeliveryOrdering::Table),
+            "none" => Ok(DeliveryOrdering::Unordered),
+            other => Err(E::unknown_variant(other, &ORDERING_NAMES)),
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<DeliveryOrdering, A::Error> {
+        let mut columns = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "columns" => columns = Some(map.next_value::<Vec<String>>()?),
+                other => return Err(serde::de::Error::unknown_field(other, &["columns"])),
+            }
+        }
+        columns
+            .map(DeliveryOrdering::Columns)
+            .ok_or_else(|| serde::de::Error::missing_field("columns"))
+    }
+}
+
 impl DeliveryOrdering {
     /// The log's ordering of this setting.
-    pub fn ordering(self) -> pgevents_log::Ordering {
+    pub fn ordering(&self) -> pgevents_log::Ordering {
         match self {
             DeliveryOrdering::PerRow => pgevents_log::Ordering::Row,
             DeliveryOrdering::Table => pgevents_log::Ordering::Table,
             DeliveryOrdering::Unordered => pgevents_log::Ordering::None,
+            DeliveryOrdering::Columns(columns) => pgevents_log::Ordering::Columns(columns.clone()),
         }
     }
 }
@@ -308,6 +354,18 @@ fn trigger(
             "only filters UPDATE events, and operations has no UPDATE; remove columns or add UPDATE",
         );
     }
+    let ordering = match file.ordering.take().unwrap_or_default() {
+        DeliveryOrdering::Columns(names) => DeliveryOrdering::Columns(
+            column_list(
+                Some(names),
+                &at("ordering.columns"),
+                "list the columns whose values make a group, e.g. columns = [\"account_id\"], or use ordering = \"row\"",
+                problems,
+            )
+            .unwrap_or_default(),
+        ),
+        other => other,
+    };
     let retry = retry(file.retry.take(), &at("retry"), problems);
 
     let mut sinks = SinkConfig::take_all(&mut file);
@@ -343,7 +401,7 @@ fn trigger(
         operations,
         columns,
         format: file.format.unwrap_or_default(),
-        ordering: file.ordering.unwrap_or_default(),
+        ordering,
         payload_columns,
         retry,
         sink,

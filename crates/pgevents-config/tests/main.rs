@@ -201,6 +201,16 @@ fn other_choices_parse() {
     assert_eq!(trigger.operations, [Action::Insert, Action::Truncate]);
     assert_eq!(trigger.format, Format::Hasura);
     assert_eq!(trigger.ordering, DeliveryOrdering::Unordered);
+    let grouped = Config::from_toml_str_with_env(
+        &with_trigger("stdout = {}\nordering = { columns = [\"account_id\", \"region\"] }"),
+        "x.toml",
+        &no_env(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        grouped.triggers[0].ordering,
+        DeliveryOrdering::Columns(vec!["account_id".into(), "region".into()])
+    );
     assert_eq!(
         trigger.payload_columns.as_deref(),
         Some(&["id".to_string(), "Status".to_string()][..])
@@ -241,6 +251,8 @@ fn each_mistake_names_its_field_and_says_what_to_do() {
         (with_trigger("stdout = {}\noperations = []"), "trigger[\"t\"].operations", "is empty"),
         (with_trigger("stdout = {}\ncolumns = []"), "trigger[\"t\"].columns", "is empty"),
         (with_trigger("stdout = {}\ncolumns = [\"\"]"), "trigger[\"t\"].columns[0]", "empty column name"),
+        (with_trigger("stdout = {}\nordering = { columns = [] }"), "trigger[\"t\"].ordering.columns", "is empty; list the columns whose values make a group"),
+        (with_trigger("stdout = {}\nordering = { columns = [\"\"] }"), "trigger[\"t\"].ordering.columns[0]", "empty column name"),
         (with_trigger("stdout = {}\npayload_columns = []"), "trigger[\"t\"].payload_columns", "is empty; list the columns events should carry"),
         (with_trigger("stdout = {}\npayload_columns = [\"id\", \"\"]"), "trigger[\"t\"].payload_columns[1]", "empty column name"),
         (with_trigger("stdout = {}\nretry = { timeout = \"0s\" }"), "trigger[\"t\"].retry.timeout", "is zero"),

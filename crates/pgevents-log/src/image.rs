@@ -6,7 +6,7 @@
 //! PostgreSQL renders that row with the same `composite_to_json` as the whole row, so the
 //! kept columns look exactly as they would in the full image.
 
-use crate::quote_ident;
+use crate::ordering::qualified;
 
 /// The SQL of the JSON image of `record` (`NEW`, `OLD`, or a row alias), keeping only
 /// `payload_columns` (already in table order) when set.
@@ -15,11 +15,7 @@ pub fn image_sql(record: &str, payload_columns: Option<&[String]>) -> String {
         None => format!("to_json({record})"),
         Some(columns) => format!(
             "to_json((SELECT pgevents_image FROM (SELECT {}) pgevents_image))",
-            columns
-                .iter()
-                .map(|c| format!("{record}.{}", quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            qualified(record, columns)
         ),
     }
 }

@@ -83,7 +83,7 @@ pub async fn register_table(
         table: spec.table.clone(),
         operations: spec.operations.clone(),
         columns: spec.columns.clone(),
-        ordering: spec.ordering,
+        ordering: spec.ordering.clone(),
         payload_columns: spec.payload_columns.clone(),
     })
 }

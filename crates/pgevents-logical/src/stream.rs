@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 use crate::pgoutput::{self, Message, OldKind, Relation, Value};
 use crate::slots::slot_health;
-use crate::writer::{Batch, Cursor, Projection, Row, Shape, Writer, WHOLE};
+use crate::writer::{ordering_code, Batch, Cursor, Projection, Row, Shape, Writer, WHOLE};
 use crate::{catalog, Error, LogicalCapture, LogicalTable};
 
 /// Shortest and longest wait before retrying after a transient failure.
@@ -556,7 +556,7 @@ impl Decoder {
                             at,
                             trigger_id: spec.trigger_id,
                             op: Action::Truncate.code(),
-                            ordering: pgevents_log::Ordering::None,
+                            ordering: ordering_code(&pgevents_log::Ordering::None),
                             shape: None,
                             projection: None,
                             old: None,
@@ -649,7 +649,7 @@ impl Decoder {
                 at,
                 trigger_id: spec.trigger_id,
                 op: action.code(),
-                ordering: spec.ordering,
+                ordering: ordering_code(&spec.ordering),
                 shape: Some(shape.clone()),
                 projection: projection.clone(),
                 old: old.clone(),

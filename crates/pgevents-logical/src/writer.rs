@@ -63,6 +63,8 @@ pub(crate) struct Shape {
 pub(crate) struct Projection {
     /// Only these columns in the row images.
     pub payload_columns: Option<Vec<String>>,
+    /// The columns of `Columns` ordering (the statement computes their group keys).
+    pub group_columns: Option<Vec<String>>,
 }
 
 impl Projection {
@@ -70,6 +72,7 @@ impl Projection {
     pub fn of(table: &crate::LogicalTable) -> Option<Arc<Projection>> {
         let projection = Projection {
             payload_columns: table.payload_columns.clone(),
+            group_columns: table.ordering.group_columns().map(<[String]>::to_vec),
         };
         (projection != Projection::whole()).then(|| Arc::new(projection))
     }
@@ -77,6 +80,7 @@ impl Projection {
     fn whole() -> Projection {
         Projection {
             payload_columns: None,
+            group_columns: None,
         }
     }
 }
@@ -90,8 +94,8 @@ pub(crate) struct Row {
     pub trigger_id: i32,
     /// `I`, `U`, `D` or `T`.
     pub op: i8,
-    /// How the trigger orders its events (which keys to compute).
-    pub ordering: Ordering,
+    /// How the trigger orders its events (which keys to compute): [`ordering_code`].
+    pub ordering: i8,
     /// The row shape; `None` for TRUNCATE.
     pub shape: Option<Arc<Shape>>,
     /// What the trigger takes from the row; `None` for all of it.
@@ -424,7 +428,7 @@ fn progress_of(row: &tokio_postgres::Row) -> Progress {
 /// The INSERT for rows of `shape`, whose column types are named `types`, taking from each
 /// row what `projection` says.
 ///
-/// Parameters: trigger ids, ops, orderings (`r`ow, `t`able, `n`one), commit times, has-old and has-new flags, then
+/// Parameters: trigger ids, ops, orderings (`r`ow, `t`able, `n`one, `c`olumns), commit times, has-old and has-new flags, then
 /// one text array per column for the old images and one per column for the new.
 fn insert_sql(
     schema: &LogSchema,
@@ -454,7 +458,18 @@ fn insert_sql(
         .map(|i| shape.columns[*i].name.clone())
         .collect();
     let seed = "u.trigger_id";
-    let row_key = |alias: &str| key_sql(Ordering::Row, alias, &key_columns, seed);
+    let row_key = |alias: &str| key_sql(&Ordering::Row, alias, &key_columns, seed);
+    // Group columns the row no longer has (dropped since) are left out of the key.
+    let group = Ordering::Columns(
+        projection
+            .group_columns
+            .iter()
+            .flatten()
+            .filter(|c| names.contains(c))
+            .cloned()
+            .collect(),
+    );
+    let group_key = |alias: &str| key_sql(&group, alias, &[], seed);
     let mut params = vec![
         "$1::int4[]".to_string(),
         "$2::\"char\"[]".into(),
@@ -482,8 +497,10 @@ fn insert_sql(
          SELECT u.trigger_id, u.op,
                 CASE u.ordering
                   WHEN 'r' THEN CASE WHEN u.op = 'D' THEN {old_key} ELSE {new_key} END
-                  WHEN 't' THEN {table_key} END,
-                CASE WHEN u.ordering = 'r' AND u.op = 'U' THEN {changed_key} END,
+                  WHEN 't' THEN {table_key}
+                  WHEN 'c' THEN CASE WHEN u.op = 'D' THEN {old_group} ELSE {new_group} END END,
+                CASE WHEN u.op = 'U' THEN CASE u.ordering
+                  WHEN 'r' THEN {changed_key} WHEN 'c' THEN {changed_group} END END,
                 CASE WHEN u.has_old THEN {old_row} END,
                 CASE WHEN u.has_new THEN {new_row} END,
                 u.created_at, now()
@@ -494,8 +511,11 @@ fn insert_sql(
         event = schema.object("event"),
         old_key = row_key("o"),
         new_key = row_key("n"),
-        table_key = key_sql(Ordering::Table, "n", &key_columns, seed),
-        changed_key = old_key_sql(Ordering::Row, "o", "n", &key_columns, seed),
+        table_key = key_sql(&Ordering::Table, "n", &key_columns, seed),
+        changed_key = old_key_sql(&Ordering::Row, "o", "n", &key_columns, seed),
+        old_group = group_key("o"),
+        new_group = group_key("n"),
+        changed_group = old_key_sql(&group, "o", "n", &[], seed),
         old_row = image_sql("o", payload.as_deref()),
         new_row = image_sql("n", payload.as_deref()),
         params = params.join(", "),
@@ -514,7 +534,7 @@ async fn insert_rows(
     let n = shape.columns.len();
     let triggers: Vec<i32> = rows.iter().map(|r| r.trigger_id).collect();
     let ops: Vec<i8> = rows.iter().map(|r| r.op).collect();
-    let orderings: Vec<i8> = rows.iter().map(|r| ordering_code(r.ordering)).collect();
+    let orderings: Vec<i8> = rows.iter().map(|r| r.ordering).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
     let has_old: Vec<bool> = rows.iter().map(|r| r.old.is_some()).collect();
     let has_new: Vec<bool> = rows.iter().map(|r| r.new.is_some()).collect();
@@ -547,11 +567,12 @@ async fn insert_rows(
 }
 
 /// The `"char"` code of `ordering` in the event insert's parameters.
-fn ordering_code(ordering: Ordering) -> i8 {
+pub(crate) fn ordering_code(ordering: &Ordering) -> i8 {
     match ordering {
         Ordering::Row => b'r' as i8,
         Ordering::Table => b't' as i8,
         Ordering::None => b'n' as i8,
+        Ordering::Columns(_) => b'c' as i8,
     }
 }
 

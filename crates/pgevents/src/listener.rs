@@ -247,7 +247,7 @@ impl ListenerBuilder {
                     table,
                     operations: entry.options.operations.clone(),
                     columns: entry.options.columns.clone(),
-                    ordering: entry.options.ordering,
+                    ordering: entry.options.ordering.clone(),
                     payload_columns: entry.options.payload_columns.clone(),
                     notify: self.options.notify,
                 },

@@ -1,16 +1,18 @@
-//! Choosing what fires and what it carries, in logical capture, against trigger capture of
-//! the same rows: `payload_columns`.
+//! Choosing what fires, what it carries and how it is ordered, in logical capture, against
+//! trigger capture of the same rows: `payload_columns` and `ordering = { columns = [...] }`.
 
 use pgevents_capture::TriggerSpec;
-use pgevents_log::QualifiedName;
+use pgevents_log::{Ordering, QualifiedName};
 
 use crate::support::{db, eventually, Db, Running, ALL_OPS};
 use crate::{logged, Logged, WAIT};
 
 /// Captures `workload` (statements separated by `;\n`) on table `t` at once by a trigger
-/// and through a slot, both set up by `configure`; returns (trigger's events, slot's events).
+/// and through slot `slot`, both set up by `configure`; returns (trigger's events, slot's
+/// events).
 async fn both_modes(
     db: &mut Db,
+    slot: &str,
     configure: impl Fn(&mut TriggerSpec),
     workload: &str,
 ) -> (Vec<Logged>, Vec<Logged>) {
@@ -28,7 +30,7 @@ async fn both_modes(
         .await
         .expect("register");
     let logical_id = logical.trigger_id;
-    let capture = db.capture("filters", vec![logical]);
+    let capture = db.capture(slot, vec![logical]);
     capture.install().await.expect("install");
     let running = Running::start(capture);
     for statement in workload.split(";\n") {
@@ -43,9 +45,23 @@ async fn both_modes(
         db.count(logical_id).await >= expected
     })
     .await;
-    db.wait_caught_up("filters").await;
+    db.wait_caught_up(slot).await;
     running.stop().await;
     (logged(db, trigger_id).await, logged(db, logical_id).await)
+}
+
+/// The ids of the triggers registered on table `t`.
+async fn trigger_ids(db: &Db) -> Vec<i32> {
+    db.client
+        .query(
+            "SELECT id FROM pgevents.trigger WHERE table_name = 't'",
+            &[],
+        )
+        .await
+        .expect("triggers")
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 fn assert_same(by_trigger: &[Logged], by_slot: &[Logged]) {
@@ -80,6 +96,7 @@ async fn payload_columns_are_the_same_bytes_in_both_modes() {
                TRUNCATE t"#;
     let (by_trigger, by_slot) = both_modes(
         &mut db,
+        "payload_columns",
         |spec| {
             spec.payload_columns = Some(["tags", "id", "amount", "doc"].map(String::from).to_vec())
         },
@@ -102,4 +119,50 @@ async fn payload_columns_are_the_same_bytes_in_both_modes() {
             }
         }
     }
+}
+
+/// Group keys are the same in both modes: the hash of the group's values and the trigger;
+/// an UPDATE that moves a row to another group carries the old group's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_keys_are_the_same_in_both_modes() {
+    let mut db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, account int, v text)")
+        .await
+        .expect("schema");
+    let workload = "INSERT INTO t VALUES (1, 10, 'a'), (2, 20, 'b'), (3, NULL, 'c');
+               UPDATE t SET v = 'stays' WHERE id = 1;
+               UPDATE t SET account = 20 WHERE id = 1;
+               UPDATE t SET account = 30 WHERE id = 3;
+               DELETE FROM t WHERE id = 2";
+    let (by_trigger, by_slot) = both_modes(
+        &mut db,
+        "group_keys",
+        |spec| spec.ordering = Ordering::Columns(vec!["account".into()]),
+        workload,
+    )
+    .await;
+    assert_same(&by_trigger, &by_slot);
+    let ids = trigger_ids(&db).await;
+    assert_eq!(ids.len(), 2);
+    let row = db
+        .client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE row_key IS DISTINCT FROM hashtextextended(
+                        ROW((CASE op WHEN 'D' THEN old_row ELSE new_row END->>'account')::int)::text,
+                        trigger_id)
+                     OR old_key IS DISTINCT FROM CASE
+                        WHEN op = 'U' AND old_row->>'account' IS DISTINCT FROM new_row->>'account'
+                        THEN hashtextextended(ROW((old_row->>'account')::int)::text, trigger_id) END),
+                    count(*) FILTER (WHERE old_key IS NOT NULL),
+                    count(*)
+               FROM pgevents.event WHERE trigger_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .expect("keys");
+    let (wrong, moved, all): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(all, 14, "7 events in each mode");
+    assert_eq!(moved, 4, "two moves in each mode carry the old group's key");
+    assert_eq!(wrong, 0, "every key is the group's, in both modes");
 }

@@ -1,9 +1,18 @@
-//! Choosing what fires and what it carries, in trigger capture: `payload_columns`.
+//! Choosing what fires and how it is ordered, in trigger capture: `payload_columns` and
+//! `ordering = { columns = [...] }`.
 
-use pgevents::{Action, Listener, TableOptions};
+use pgevents::{Action, Event, Listener, Ordering, TableOptions};
 
+use crate::ordering::{failing_first, position};
 use crate::support::{db, start, Collector};
-use crate::WAIT;
+use crate::{fast_retry, WAIT};
+
+fn field(e: &Event, name: &str) -> Option<i64> {
+    e.new()
+        .or(e.old())
+        .and_then(|r| r.get(name))
+        .and_then(|v| v.as_i64())
+}
 
 fn options(payload_columns: &[&str]) -> TableOptions {
     TableOptions {
@@ -108,5 +117,78 @@ async fn an_unknown_payload_column_is_refused_naming_it() {
     assert!(
         message.contains("\"nope\"") && message.contains("payload_columns"),
         "{message}"
+    );
+}
+
+/// Events of one account are delivered in commit order while one of them is retrying; other
+/// accounts flow meanwhile; a row moved to another account waits for both accounts' earlier
+/// events, and both accounts' later events wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_order_holds_while_a_group_retries_and_other_groups_flow() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE ledger (id int PRIMARY KEY, account int, v int)")
+        .await
+        .expect("schema");
+    let delivered = Collector::default();
+    // The first event of account 1 fails three times.
+    let handler = failing_first(&delivered, 3, |e| field(e, "v") == Some(0));
+    let running = start(
+        Listener::builder(&db.url)
+            .retry(fast_retry(10, 300))
+            .on_with(
+                "ledger",
+                handler,
+                TableOptions {
+                    ordering: Ordering::Columns(vec!["account".into()]),
+                    ..TableOptions::default()
+                },
+            ),
+    )
+    .await;
+    db.client
+        .batch_execute(
+            "INSERT INTO ledger VALUES (1, 1, 0);
+             INSERT INTO ledger VALUES (2, 1, 1);
+             INSERT INTO ledger VALUES (3, 2, 2);
+             UPDATE ledger SET account = 1, v = 3 WHERE id = 3;
+             INSERT INTO ledger VALUES (4, 2, 4);
+             INSERT INTO ledger VALUES (5, 3, 5);
+             INSERT INTO ledger VALUES (6, NULL, 6);
+             INSERT INTO ledger VALUES (7, NULL, 7);",
+        )
+        .await
+        .expect("writes");
+    delivered
+        .wait_until(WAIT, "8 events", |e| e.len() == 8)
+        .await;
+    running.stop().await;
+    let events = delivered.events();
+    let at = |v: i64| position(&events, |e| field(e, "v") == Some(v));
+    assert!(at(0) < at(1), "account 1 in commit order");
+    assert!(at(2) < at(0), "account 2 flowed while account 1 retried");
+    assert!(at(5) < at(0), "account 3 flowed while account 1 retried");
+    assert!(
+        at(0) < at(3),
+        "the move waited for the new account's earlier event"
+    );
+    assert!(
+        at(2) < at(3),
+        "the move waited for the old account's earlier event"
+    );
+    assert!(
+        at(3) < at(4),
+        "the old account's later event waited for the move"
+    );
+    assert!(
+        at(6) < at(7),
+        "rows without an account are a group of their own"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.action() == Action::Update)
+            .count(),
+        1
     );
 }
