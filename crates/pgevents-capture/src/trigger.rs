@@ -14,6 +14,7 @@ use pgevents_log::{
 use tokio_postgres::{Client, GenericClient};
 
 use crate::catalog::{describe_table, TableInfo};
+use crate::condition::Condition;
 
 /// What to capture for one configured trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub struct TriggerSpec {
     /// When set, `data.old` / `data.new` hold only these columns (in table order); the
     /// others never reach the log.
     pub payload_columns: Option<Vec<String>>,
+    /// When set (the config's `where`), an SQL condition on the row's columns: INSERT fires
+    /// when the new row matches, DELETE when the old row does, UPDATE when either does.
+    pub condition: Option<String>,
     /// Whether writers wake a sleeping dispatcher with a `NOTIFY` (see
     /// `pgevents_log::wake_key`); without, dispatchers poll.
     pub notify: bool,
@@ -47,6 +51,7 @@ impl TriggerSpec {
             columns: None,
             ordering: Ordering::Row,
             payload_columns: None,
+            condition: None,
             notify: true,
         }
     }
@@ -63,6 +68,7 @@ impl TriggerSpec {
             "columns": self.columns,
             "ordering": self.ordering.to_json(),
             "payload_columns": self.payload_columns,
+            "where": self.condition,
             "key": key_columns,
             "capture": capture,
         })
@@ -71,7 +77,7 @@ impl TriggerSpec {
 
 /// The PostgreSQL trigger names used for `name` on its table (always within 63 bytes, and
 /// distinct for distinct names however long, so long names never collide).
-fn pg_trigger_names(schema: &LogSchema, name: &str) -> [String; 3] {
+fn pg_trigger_names(schema: &LogSchema, name: &str) -> [String; 5] {
     let mut prefix: String = name
         .chars()
         .map(|c| {
@@ -92,6 +98,8 @@ fn pg_trigger_names(schema: &LogSchema, name: &str) -> [String; 3] {
         format!("{base}_row"),
         format!("{base}_upd"),
         format!("{base}_trunc"),
+        format!("{base}_ins"),
+        format!("{base}_del"),
     ]
 }
 
@@ -210,6 +218,14 @@ pub async fn trigger_problems(
     if spec.ordering == Ordering::Row && info.key_columns.is_empty() {
         problems.push(Error::Unorderable(spec.table.to_string()));
     }
+    // Last: a refused condition may leave a surrounding transaction failed.
+    if let Some(condition) = &spec.condition {
+        match crate::condition::qualify(client, &spec.table, condition).await {
+            Ok(_) => {}
+            Err(e @ Error::BadCondition { .. }) => problems.push(e),
+            Err(e) => return Err(e),
+        }
+    }
     Ok(problems)
 }
 
@@ -276,17 +292,85 @@ fn definition(spec: &TriggerSpec, key_columns: &[String]) -> serde_json::Value {
 }
 
 /// The PostgreSQL triggers install creates for `spec`: (name, whether it is wanted).
-fn wanted_triggers(schema: &LogSchema, spec: &TriggerSpec) -> [(String, bool); 3] {
-    let [row, upd, trunc] = pg_trigger_names(schema, &spec.name);
-    let filtered_update = spec.captures(Action::Update) && spec.columns.is_some();
-    let row_wanted = spec.captures(Action::Insert)
-        || spec.captures(Action::Delete)
-        || (spec.captures(Action::Update) && !filtered_update);
+///
+/// One row trigger serves every operation; an UPDATE filtered by `columns` has its own (with
+/// a `WHEN` clause); a `where` condition gives each operation its own, since an INSERT
+/// trigger's `WHEN` cannot name `OLD` nor a DELETE trigger's `NEW`.
+fn wanted_triggers(schema: &LogSchema, spec: &TriggerSpec) -> [(String, bool); 5] {
+    let [row, upd, trunc, ins, del] = pg_trigger_names(schema, &spec.name);
+    let filtered = spec.condition.is_some();
+    let filtered_update = spec.captures(Action::Update) && (spec.columns.is_some() || filtered);
+    let row_wanted = !filtered
+        && (spec.captures(Action::Insert)
+            || spec.captures(Action::Delete)
+            || (spec.captures(Action::Update) && !filtered_update));
     [
         (row, row_wanted),
         (upd, filtered_update),
         (trunc, spec.captures(Action::Truncate)),
+        (ins, filtered && spec.captures(Action::Insert)),
+        (del, filtered && spec.captures(Action::Delete)),
     ]
+}
+
+/// What follows `CREATE TRIGGER <name>` for each wanted trigger of `spec` (same order as
+/// [`wanted_triggers`]), calling `func`; `condition` is `spec`'s qualified `where`.
+fn trigger_clauses(
+    schema: &LogSchema,
+    spec: &TriggerSpec,
+    condition: Option<&Condition>,
+    func: &str,
+) -> Vec<(String, String)> {
+    let [row, upd, trunc, ins, del] = wanted_triggers(schema, spec);
+    let each_row = |events: &str, when: Option<String>| {
+        let when = when.map_or(String::new(), |w| format!(" WHEN ({w})"));
+        format!(
+            "AFTER {events} ON {} FOR EACH ROW{when} EXECUTE FUNCTION {func}()",
+            spec.table.quoted()
+        )
+    };
+    let mut row_ops: Vec<&str> = Vec::new();
+    if spec.captures(Action::Insert) {
+        row_ops.push("INSERT");
+    }
+    if spec.captures(Action::Update) && !upd.1 {
+        row_ops.push("UPDATE");
+    }
+    if spec.captures(Action::Delete) {
+        row_ops.push("DELETE");
+    }
+    let changed = spec.columns.as_ref().map(|columns| {
+        columns
+            .iter()
+            .map(|c| {
+                let c = quote_ident(c);
+                format!("OLD.{c}::text IS DISTINCT FROM NEW.{c}::text")
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    });
+    let matches = condition.map(|c| format!("({}) OR ({})", c.on("OLD"), c.on("NEW")));
+    let update_when = match (changed, matches) {
+        (Some(changed), Some(matches)) => Some(format!("({changed}) AND ({matches})")),
+        (changed, matches) => changed.or(matches),
+    };
+    [
+        (row, each_row(&row_ops.join(" OR "), None)),
+        (upd, each_row("UPDATE", update_when)),
+        (
+            trunc,
+            format!(
+                "AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {func}()",
+                spec.table.quoted()
+            ),
+        ),
+        (ins, each_row("INSERT", condition.map(|c| c.on("NEW")))),
+        (del, each_row("DELETE", condition.map(|c| c.on("OLD")))),
+    ]
+    .into_iter()
+    .filter(|((_, wanted), _)| *wanted)
+    .map(|((name, _), clause)| (name, clause))
+    .collect()
 }
 
 /// The trigger's log id when `spec` is installed exactly as [`install_trigger`] would
@@ -407,52 +491,21 @@ pub async fn install_trigger(
             .await?;
     let func = schema.object(&format!("capture_{id}"));
     let table = spec.table.quoted();
-    let [row, upd, trunc] = pg_trigger_names(schema, &spec.name);
+    let condition = match &spec.condition {
+        Some(text) => Some(crate::condition::qualify(&tx, &spec.table, text).await?),
+        None => None,
+    };
     let mut ddl = capture_function(schema, id, &capture_body(schema, id, spec, &info));
-    for name in [&row, &upd, &trunc] {
+    for name in pg_trigger_names(schema, &spec.name) {
         ddl.push_str(&format!(
             ";\nDROP TRIGGER IF EXISTS {} ON {table}",
-            quote_ident(name)
+            quote_ident(&name)
         ));
     }
-    let filtered_update = spec.captures(Action::Update) && spec.columns.is_some();
-    let mut row_ops: Vec<&str> = Vec::new();
-    if spec.captures(Action::Insert) {
-        row_ops.push("INSERT");
-    }
-    if spec.captures(Action::Update) && !filtered_update {
-        row_ops.push("UPDATE");
-    }
-    if spec.captures(Action::Delete) {
-        row_ops.push("DELETE");
-    }
-    if !row_ops.is_empty() {
+    for (name, clause) in trigger_clauses(schema, spec, condition.as_ref(), &func) {
         ddl.push_str(&format!(
-            ";\nCREATE TRIGGER {} AFTER {} ON {table} FOR EACH ROW EXECUTE FUNCTION {func}()",
-            quote_ident(&row),
-            row_ops.join(" OR ")
-        ));
-    }
-    if filtered_update {
-        let changed = spec
-            .columns
-            .iter()
-            .flatten()
-            .map(|c| {
-                let c = quote_ident(c);
-                format!("OLD.{c}::text IS DISTINCT FROM NEW.{c}::text")
-            })
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        ddl.push_str(&format!(
-            ";\nCREATE TRIGGER {} AFTER UPDATE ON {table} FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {func}()",
-            quote_ident(&upd)
-        ));
-    }
-    if spec.captures(Action::Truncate) {
-        ddl.push_str(&format!(
-            ";\nCREATE TRIGGER {} AFTER TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {func}()",
-            quote_ident(&trunc)
+            ";\nCREATE TRIGGER {} {clause}",
+            quote_ident(&name)
         ));
     }
     tx.batch_execute(&ddl).await.map_err(|e| {

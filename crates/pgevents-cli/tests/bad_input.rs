@@ -165,6 +165,16 @@ async fn database_mistakes_install_nothing() {
             ],
         ),
         (
+            "a `where` condition PostgreSQL rejects",
+            format!(
+                "{good}\n[[trigger]]\nname = \"bad\"\ntable = \"orders\"\nwhere = \"colour = 'red'\"\nstdout = {{}}\n"
+            ),
+            vec![
+                "trigger[\"bad\"].where",
+                "column \"colour\" does not exist",
+            ],
+        ),
+        (
             "an `ordering.columns` entry that does not exist",
             format!(
                 "{good}\n[[trigger]]\nname = \"bad\"\ntable = \"orders\"\nordering = {{ columns = [\"account\"] }}\nstdout = {{}}\n"

@@ -77,6 +77,8 @@ pub(crate) struct Trigger {
     pub(crate) format: Option<Format>,
     pub(crate) ordering: Option<DeliveryOrdering>,
     pub(crate) payload_columns: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    pub(crate) condition: Option<String>,
     pub(crate) retry: Option<Retry>,
     // Destinations: exactly one must be set. A new sink adds its key here and one line in
     // `SinkConfig::take_all`.

@@ -214,6 +214,10 @@ pub struct TriggerConfig {
     pub ordering: DeliveryOrdering,
     /// When set, `data.old` / `data.new` hold only these columns (in table order).
     pub payload_columns: Option<Vec<String>>,
+    /// `where`: when set, an SQL condition on the row's columns (INSERT tests the new row,
+    /// DELETE the old one, UPDATE fires when either matches); checked against the database
+    /// by `check` and `install`.
+    pub condition: Option<String>,
     /// Retries and the attempt timeout (defaults from `pgevents_sink`).
     pub retry: RetryPolicy,
     /// Where events are delivered.
@@ -366,6 +370,13 @@ fn trigger(
         ),
         other => other,
     };
+    let condition = file.condition.take();
+    if condition.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        problems.push(
+            at("where"),
+            "is empty; write an SQL condition on the row's columns, e.g. where = \"status <> 'draft'\", or remove where",
+        );
+    }
     let retry = retry(file.retry.take(), &at("retry"), problems);
 
     let mut sinks = SinkConfig::take_all(&mut file);
@@ -403,6 +414,7 @@ fn trigger(
         format: file.format.unwrap_or_default(),
         ordering,
         payload_columns,
+        condition,
         retry,
         sink,
         env: env.clone(),

@@ -183,6 +183,7 @@ fn other_choices_parse() {
         format = "hasura"
         ordering = "none"
         payload_columns = ["id", "Status", "id"]
+        where = "\"Status\" <> 'draft'"
         retry = { timeout = "2s" }
         stdout = {}
     "#;
@@ -201,6 +202,7 @@ fn other_choices_parse() {
     assert_eq!(trigger.operations, [Action::Insert, Action::Truncate]);
     assert_eq!(trigger.format, Format::Hasura);
     assert_eq!(trigger.ordering, DeliveryOrdering::Unordered);
+    assert_eq!(trigger.condition.as_deref(), Some("\"Status\" <> 'draft'"));
     let grouped = Config::from_toml_str_with_env(
         &with_trigger("stdout = {}\nordering = { columns = [\"account_id\", \"region\"] }"),
         "x.toml",
@@ -253,6 +255,7 @@ fn each_mistake_names_its_field_and_says_what_to_do() {
         (with_trigger("stdout = {}\ncolumns = [\"\"]"), "trigger[\"t\"].columns[0]", "empty column name"),
         (with_trigger("stdout = {}\nordering = { columns = [] }"), "trigger[\"t\"].ordering.columns", "is empty; list the columns whose values make a group"),
         (with_trigger("stdout = {}\nordering = { columns = [\"\"] }"), "trigger[\"t\"].ordering.columns[0]", "empty column name"),
+        (with_trigger("stdout = {}\nwhere = \" \""), "trigger[\"t\"].where", "is empty; write an SQL condition"),
         (with_trigger("stdout = {}\npayload_columns = []"), "trigger[\"t\"].payload_columns", "is empty; list the columns events should carry"),
         (with_trigger("stdout = {}\npayload_columns = [\"id\", \"\"]"), "trigger[\"t\"].payload_columns[1]", "empty column name"),
         (with_trigger("stdout = {}\nretry = { timeout = \"0s\" }"), "trigger[\"t\"].retry.timeout", "is zero"),

@@ -31,6 +31,7 @@ pub(crate) fn spec(trigger: &TriggerConfig, notify: bool) -> TriggerSpec {
         columns: trigger.columns.clone(),
         ordering: trigger.ordering.ordering(),
         payload_columns: trigger.payload_columns.clone(),
+        condition: trigger.condition.clone(),
         notify,
     }
 }
@@ -59,6 +60,7 @@ fn problem_path(trigger: &TriggerConfig, problem: &pgevents_log::Error) -> Strin
     let field = match problem {
         pgevents_log::Error::NoSuchColumn { field, .. } => field,
         pgevents_log::Error::Unorderable(_) => "ordering",
+        pgevents_log::Error::BadCondition { .. } => "where",
         _ => "table",
     };
     format!("{}.{field}", trigger.path())

@@ -74,6 +74,10 @@ pub async fn register_table(
             spec.name
         )));
     }
+    let condition = match &spec.condition {
+        Some(text) => Some(pgevents_capture::qualify(client, &spec.table, text).await?),
+        None => None,
+    };
     let definition = spec.definition(&info.key_columns, "logical");
     let trigger_id =
         pgevents_log::store::register_trigger(client, schema, &spec.name, &spec.table, &definition)
@@ -85,6 +89,7 @@ pub async fn register_table(
         columns: spec.columns.clone(),
         ordering: spec.ordering.clone(),
         payload_columns: spec.payload_columns.clone(),
+        condition,
     })
 }
 

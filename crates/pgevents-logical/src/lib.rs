@@ -152,6 +152,9 @@ pub struct LogicalTable {
     pub ordering: pgevents_log::Ordering,
     /// When set, `data.old` / `data.new` hold only these columns (in table order).
     pub payload_columns: Option<Vec<String>>,
+    /// When set, the trigger's `where`: INSERT fires when the new row matches, DELETE when
+    /// the old row does, UPDATE when either does.
+    pub condition: Option<pgevents_capture::Condition>,
 }
 
 /// Tuning of a [`LogicalCapture`].

@@ -65,6 +65,8 @@ pub(crate) struct Projection {
     pub payload_columns: Option<Vec<String>>,
     /// The columns of `Columns` ordering (the statement computes their group keys).
     pub group_columns: Option<Vec<String>>,
+    /// Only rows matching this condition (`where`) become events.
+    pub condition: Option<pgevents_capture::Condition>,
 }
 
 impl Projection {
@@ -73,6 +75,7 @@ impl Projection {
         let projection = Projection {
             payload_columns: table.payload_columns.clone(),
             group_columns: table.ordering.group_columns().map(<[String]>::to_vec),
+            condition: table.condition.clone(),
         };
         (projection != Projection::whole()).then(|| Arc::new(projection))
     }
@@ -81,6 +84,7 @@ impl Projection {
         Projection {
             payload_columns: None,
             group_columns: None,
+            condition: None,
         }
     }
 }
@@ -507,6 +511,7 @@ fn insert_sql(
            FROM unnest({params}) WITH ORDINALITY AS u({aliases}, ord)
            {old_image}
            {new_image}
+          {filter}
           ORDER BY u.ord",
         event = schema.object("event"),
         old_key = row_key("o"),
@@ -516,6 +521,11 @@ fn insert_sql(
         old_group = group_key("o"),
         new_group = group_key("n"),
         changed_group = old_key_sql(&group, "o", "n", &[], seed),
+        filter = projection.condition.as_ref().map_or(String::new(), |c| format!(
+            "WHERE CASE u.op WHEN 'I' THEN {new} WHEN 'D' THEN {old} ELSE ({old}) OR ({new}) END",
+            old = c.on("o"),
+            new = c.on("n"),
+        )),
         old_row = image_sql("o", payload.as_deref()),
         new_row = image_sql("n", payload.as_deref()),
         params = params.join(", "),

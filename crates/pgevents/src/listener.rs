@@ -26,6 +26,10 @@ pub struct TableOptions {
     /// When set, `data.old` / `data.new` hold only these columns (in table order); the
     /// others never reach the event log.
     pub payload_columns: Option<Vec<String>>,
+    /// When set (the daemon's `where`), an SQL condition on the row's columns: an INSERT is
+    /// delivered when the new row matches, a DELETE when the old row does, an UPDATE when
+    /// either does.
+    pub condition: Option<String>,
     /// Retries and timeout (default: the builder's policy).
     pub retry: Option<RetryPolicy>,
 }
@@ -37,6 +41,7 @@ impl Default for TableOptions {
             columns: None,
             ordering: Ordering::Row,
             payload_columns: None,
+            condition: None,
             retry: None,
         }
     }
@@ -249,6 +254,7 @@ impl ListenerBuilder {
                     columns: entry.options.columns.clone(),
                     ordering: entry.options.ordering.clone(),
                     payload_columns: entry.options.payload_columns.clone(),
+                    condition: entry.options.condition.clone(),
                     notify: self.options.notify,
                 },
                 entry,

@@ -228,6 +228,7 @@ pub async fn registered_tables(client: &Client, schema: &LogSchema) -> Vec<Logic
             columns: None,
             ordering: pgevents_log::Ordering::Row,
             payload_columns: None,
+            condition: None,
         })
         .collect()
 }

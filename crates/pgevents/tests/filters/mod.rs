@@ -1,5 +1,5 @@
-//! Choosing what fires and how it is ordered, in trigger capture: `payload_columns` and
-//! `ordering = { columns = [...] }`.
+//! Choosing what fires, what it carries and how it is ordered, in trigger capture: `where`,
+//! `payload_columns` and `ordering = { columns = [...] }`.
 
 use pgevents::{Action, Event, Listener, Ordering, TableOptions};
 
@@ -190,5 +190,126 @@ async fn group_order_holds_while_a_group_retries_and_other_groups_flow() {
             .filter(|e| e.action() == Action::Update)
             .count(),
         1
+    );
+}
+
+/// The statements of the row filter tests: every way a row can meet `status <> 'draft'`.
+/// The events that fire are marked; the rest must not.
+const FILTERED_WRITES: &str = "INSERT INTO orders VALUES (1, 'draft', 'a');
+     INSERT INTO orders VALUES (2, 'paid', 'b');
+     INSERT INTO orders VALUES (3, NULL, 'c');
+     UPDATE orders SET note = 'still draft' WHERE id = 1;
+     UPDATE orders SET status = 'draft' WHERE id = 2;
+     UPDATE orders SET note = 'stays out' WHERE id = 2;
+     UPDATE orders SET status = 'paid', note = 'in' WHERE id = 1;
+     DELETE FROM orders WHERE id = 2;
+     DELETE FROM orders WHERE id = 1;
+     INSERT INTO orders VALUES (9, 'paid', 'last')";
+
+/// A row filter fires an INSERT on the new row, a DELETE on the old row and an UPDATE when
+/// either matches: an UPDATE that moves a row out of the condition is delivered, one that
+/// stays outside is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_fires_on_the_rows_that_match_before_or_after() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text, note text)")
+        .await
+        .expect("schema");
+    let events = Collector::default();
+    let running = start(Listener::builder(&db.url).on_with(
+        "orders",
+        events.handler(),
+        TableOptions {
+            operations: vec![Action::Insert, Action::Update, Action::Delete],
+            condition: Some("status <> 'draft'".into()),
+            ..TableOptions::default()
+        },
+    ))
+    .await;
+    db.client
+        .batch_execute(FILTERED_WRITES)
+        .await
+        .expect("writes");
+    events.wait_until(WAIT, "5 events", |e| e.len() == 5).await;
+    running.stop().await;
+    let logged: i64 = db
+        .client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pgevents.event) + (SELECT count(*) FROM pgevents.capture)",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(logged, 5, "only matching changes are captured");
+    let mut seen: Vec<(Action, Option<i64>, Option<String>)> = events
+        .events()
+        .iter()
+        .map(|e| {
+            let note = e
+                .new()
+                .or(e.old())
+                .and_then(|r| r.get("note"))
+                .and_then(|v| v.as_str())
+                .map(String::from);
+            (e.action(), field(e, "id"), note)
+        })
+        .collect();
+    seen.sort_by_key(|(action, id, _)| (*id, action.to_string()));
+    let expected = [
+        (Action::Delete, Some(1), Some("in".to_string())),
+        (Action::Update, Some(1), Some("in".to_string())),
+        (Action::Insert, Some(2), Some("b".to_string())),
+        (Action::Update, Some(2), Some("b".to_string())),
+        (Action::Insert, Some(9), Some("last".to_string())),
+    ];
+    assert_eq!(seen, expected);
+}
+
+/// A condition PostgreSQL rejects is refused before anything is installed, with its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_condition_is_refused_with_postgres_message() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
+        .await
+        .expect("schema");
+    for (condition, says) in [
+        ("colour = 'red'", "column \"colour\" does not exist"),
+        ("status <>", "syntax error"),
+        ("id", "must be type boolean"),
+        ("id IN (SELECT 1)", "subquery"),
+        ("true); DROP TABLE orders; SELECT (true", "orders"),
+    ] {
+        let events = Collector::default();
+        let error = Listener::builder(&db.url)
+            .on_with(
+                "orders",
+                events.handler(),
+                TableOptions {
+                    condition: Some(condition.into()),
+                    ..TableOptions::default()
+                },
+            )
+            .build()
+            .await
+            .expect_err("a bad condition is refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("`where`") && message.contains(says),
+            "{condition}: {message}"
+        );
+    }
+    let table: Option<String> = db
+        .client
+        .query_one("SELECT to_regclass('orders')::text", &[])
+        .await
+        .expect("lookup")
+        .get(0);
+    assert_eq!(
+        table.as_deref(),
+        Some("orders"),
+        "nothing ran but the check"
     );
 }
