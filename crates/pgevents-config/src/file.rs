@@ -1,8 +1,9 @@
 //! The TOML file's shape, exactly as written: what `serde` reads before anything is checked.
 //!
 //! Fields that can be wrong in ways worth reporting together (durations, operations, names)
-//! are read as text here and checked later, so one run reports all of them; unknown keys and
-//! wrong types stop the parse at once, with the key's path, line and column.
+//! are read as text here and checked later, so one run reports all of them. An unknown key
+//! is reported with its path, line and column and left out, so the rest is still checked; a
+//! wrong type stops the parse.
 
 use std::fmt;
 

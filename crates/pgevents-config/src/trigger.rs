@@ -70,6 +70,13 @@ impl<'de> Deserialize<'de> for DeliveryOrdering {
     }
 }
 
+/// `ordering = { columns = [...] }` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderingTable {
+    columns: Vec<String>,
+}
+
 /// Reads `ordering`: one of [`ORDERING_NAMES`], or a table `{ columns = [...] }`.
 struct OrderingVisitor;
 
@@ -89,20 +96,9 @@ impl<'de> serde::de::Visitor<'de> for OrderingVisitor {
         }
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> Result<DeliveryOrdering, A::Error> {
-        let mut columns = None;
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "columns" => columns = Some(map.next_value::<Vec<String>>()?),
-                other => return Err(serde::de::Error::unknown_field(other, &["columns"])),
-            }
-        }
-        columns
-            .map(DeliveryOrdering::Columns)
-            .ok_or_else(|| serde::de::Error::missing_field("columns"))
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<DeliveryOrdering, A::Error> {
+        let table = OrderingTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(DeliveryOrdering::Columns(table.columns))
     }
 }
 

@@ -368,6 +368,58 @@ fn unknown_keys_are_rejected_by_name_with_their_place() {
     }
 }
 
+/// An unknown key is one problem among the others: the rest of the file is still checked.
+#[test]
+fn unknown_keys_are_reported_beside_the_other_mistakes() {
+    let text = r#"
+[database]
+url = "postgres://localhost/shop"
+pool = 4
+
+[[trigger]]
+name = "orders"
+table = "orders"
+retyr = { max_retries = 3 }
+retry = { timeout = "0s" }
+ordering = { columns = ["account_id"], kind = "x" }
+stdout = {}
+
+[[trigger]]
+name = "invoices"
+table = "Invoices"
+operations = ["UPSERT"]
+stdout = { colour = true }
+"#;
+    let errors = errors(text);
+    let found: Vec<(&str, &str)> = errors
+        .errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.message.as_str()))
+        .collect();
+    let expected = [
+        ("database.pool", "unknown field `pool`"),
+        ("trigger[0].retyr", "unknown field `retyr`"),
+        ("trigger[0].ordering.kind", "unknown field `kind`"),
+        ("trigger[1].stdout.colour", "unknown field `colour`"),
+        ("trigger[\"invoices\"].table", "upper-case letters"),
+        ("trigger[\"invoices\"].operations[0]", "is not an operation"),
+        ("trigger[\"orders\"].retry.timeout", "is zero"),
+    ];
+    for (path, says) in expected {
+        assert!(
+            found.iter().any(|(p, m)| *p == path && m.contains(says)),
+            "{path}: {says} is reported:\n{errors}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{errors}");
+    assert!(
+        found
+            .iter()
+            .any(|(p, m)| *p == "trigger[0].retyr" && m.contains("(line 9, column 1)")),
+        "unknown keys keep their place: {errors}"
+    );
+}
+
 #[test]
 fn syntax_and_type_errors_give_line_and_column() {
     let errors = errors("[database]\nurl = \"postgres://x/y\n");
