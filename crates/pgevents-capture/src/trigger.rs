@@ -183,10 +183,11 @@ fn capture_function(schema: &LogSchema, id: i32, body: &str) -> String {
 }
 
 /// Everything that keeps `spec` from being installed by the current role, as typed errors:
-/// [`Error::NoSuchTable`], [`Error::NoSuchColumn`] for each missing `columns` or
-/// `payload_columns` entry, and —
-/// when `need_trigger_privilege` (trigger capture) — [`Error::NotPermitted`] when the role
-/// may not create triggers on the table. Changes nothing.
+/// [`Error::NoSuchTable`], [`Error::NoSuchColumn`] for each missing `columns`,
+/// `payload_columns` or `ordering.columns` entry, [`Error::Unorderable`], — when
+/// `need_trigger_privilege` (trigger capture) — [`Error::NotPermitted`] when the role may not
+/// create triggers on the table, and [`Error::BadCondition`] for a `where` PostgreSQL rejects.
+/// Changes nothing (the condition is tried on temporary objects of the session only).
 pub async fn trigger_problems(
     client: &impl GenericClient,
     spec: &TriggerSpec,
