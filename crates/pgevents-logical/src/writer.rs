@@ -638,4 +638,31 @@ mod tests {
         assert!(sql.contains("$10::text[]"));
         assert!(!sql.contains("$11"));
     }
+
+    #[test]
+    fn projections_cut_filter_and_group() {
+        let column = |name: &str| Column {
+            name: name.into(),
+            type_oid: 25,
+            type_modifier: -1,
+        };
+        let shape = Shape {
+            columns: vec![column("id"), column("account"), column("secret")],
+            key: vec![0],
+        };
+        let projection = Projection {
+            payload_columns: Some(vec!["account".into(), "id".into(), "gone".into()]),
+            group_columns: Some(vec!["account".into()]),
+            condition: None,
+        };
+        let sql = insert_sql(
+            &LogSchema::default(),
+            &shape,
+            &["text".into(), "text".into(), "text".into()],
+            &projection,
+        );
+        assert!(sql.contains("(SELECT n.\"id\", n.\"account\") pgevents_image"));
+        assert!(sql.contains("WHEN 'c' THEN CASE WHEN u.op = 'D' THEN hashtextextended(ROW(o.\"account\")::text, u.trigger_id)"));
+        assert!(!sql.contains("WHERE CASE"), "no condition, no filter");
+    }
 }
