@@ -4,7 +4,7 @@
 use pgevents::{Action, Event, Listener, Ordering, TableOptions};
 
 use crate::ordering::{failing_first, position};
-use crate::support::{db, start, Collector};
+use crate::support::{db, start, Collector, Db};
 use crate::{fast_retry, WAIT};
 
 fn field(e: &Event, name: &str) -> Option<i64> {
@@ -12,6 +12,18 @@ fn field(e: &Event, name: &str) -> Option<i64> {
         .or(e.old())
         .and_then(|r| r.get(name))
         .and_then(|v| v.as_i64())
+}
+
+/// Every change captured so far, in the log or still in the capture table.
+async fn captured(db: &Db) -> i64 {
+    db.client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pgevents.event) + (SELECT count(*) FROM pgevents.capture)",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0)
 }
 
 fn options(payload_columns: &[&str]) -> TableOptions {
@@ -233,15 +245,7 @@ async fn where_fires_on_the_rows_that_match_before_or_after() {
         .expect("writes");
     events.wait_until(WAIT, "5 events", |e| e.len() == 5).await;
     running.stop().await;
-    let logged: i64 = db
-        .client
-        .query_one(
-            "SELECT (SELECT count(*) FROM pgevents.event) + (SELECT count(*) FROM pgevents.capture)",
-            &[],
-        )
-        .await
-        .expect("count")
-        .get(0);
+    let logged = captured(&db).await;
     assert_eq!(logged, 5, "only matching changes are captured");
     let mut seen: Vec<(Action, Option<i64>, Option<String>)> = events
         .events()
@@ -312,4 +316,50 @@ async fn a_bad_condition_is_refused_with_postgres_message() {
         Some("orders"),
         "nothing ran but the check"
     );
+}
+
+/// With both `columns` and `where`, an UPDATE fires only when one of the columns changed and
+/// the old or the new row matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_and_columns_must_both_hold_for_an_update() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, status text, amount int, note text);
+             INSERT INTO items VALUES (1, 'new', 5, ''), (2, 'new', 0, '')",
+        )
+        .await
+        .expect("schema");
+    let events = Collector::default();
+    let running = start(Listener::builder(&db.url).on_with(
+        "items",
+        events.handler(),
+        TableOptions {
+            operations: vec![Action::Update],
+            columns: Some(vec!["status".into()]),
+            condition: Some("amount > 0".into()),
+            ..TableOptions::default()
+        },
+    ))
+    .await;
+    db.client
+        .batch_execute(
+            "UPDATE items SET note = 'only the note' WHERE id = 1;
+             UPDATE items SET status = 'outside' WHERE id = 2;
+             UPDATE items SET status = 'paid', note = 'fires' WHERE id = 1;
+             UPDATE items SET status = 'paid', amount = 3, note = 'moves in' WHERE id = 2;",
+        )
+        .await
+        .expect("writes");
+    events.wait_until(WAIT, "2 events", |e| e.len() == 2).await;
+    running.stop().await;
+    let logged = captured(&db).await;
+    assert_eq!(logged, 2, "only the two UPDATEs that pass both filters");
+    let mut notes: Vec<String> = events
+        .events()
+        .iter()
+        .filter_map(|e| e.new()?.get("note")?.as_str().map(String::from))
+        .collect();
+    notes.sort();
+    assert_eq!(notes, ["fires", "moves in"]);
 }
