@@ -196,6 +196,7 @@ async function loadTriggers() {
     return el('tr', { dataset: { trigger: t.name } }, [
       el('td', {}, el('strong', { text: t.name })),
       el('td', {}, el('code', { text: `${t.schema}.${t.table}` })),
+      el('td', { class: 'capture' }, captureSummary(t)),
       count(t.pending, 'pending'),
       count(t.delivered, 'delivered'),
       count(t.failed, 'failed'),
@@ -213,6 +214,20 @@ async function loadTriggers() {
   $('lag').textContent = 'capture lag ' + duration(lag);
   $('lag').classList.toggle('warn', lag > 10);
   syncTriggerFilter(body.triggers.map((t) => t.name));
+}
+
+// What a trigger captures beyond its table: ordering, row filter, payload columns.
+function captureSummary(t) {
+  const ordering = typeof t.ordering === 'string'
+    ? t.ordering
+    : 'columns ' + ((t.ordering && t.ordering.columns) || []).join(', ');
+  const lines = [['ordering', ordering]];
+  if (t.where) lines.push(['where', t.where]);
+  if (t.payload_columns) lines.push(['payload', t.payload_columns.join(', ')]);
+  return lines.map(([label, value]) => el('div', { class: 'capture-line' }, [
+    el('span', { class: 'muted', text: label + ' ' }),
+    el('code', { text: value }),
+  ]));
 }
 
 function syncTriggerFilter(names) {

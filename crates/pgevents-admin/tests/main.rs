@@ -17,13 +17,17 @@ async fn every_api_path_answers_json() {
     let d = daemon(
         vec![
             Table::new("order_events", "orders"),
-            Table::new("note_events", "notes"),
+            Table::new("note_events", "notes").capture(|spec| {
+                spec.condition = Some("note <> 'hidden'".into());
+                spec.payload_columns = Some(vec!["id".into()]);
+                spec.ordering = pgevents_log::Ordering::Columns(vec!["note".into()]);
+            }),
         ],
         None,
         true,
     )
     .await;
-    d.sql("INSERT INTO orders VALUES (1, 'a'), (2, 'b'); INSERT INTO notes VALUES (1, 'n')")
+    d.sql("INSERT INTO orders VALUES (1, 'a'), (2, 'b'); INSERT INTO notes VALUES (1, 'n'), (2, 'hidden')")
         .await;
     let orders = d.wait_for_events("order_events", "delivered", 2).await;
 
@@ -41,6 +45,16 @@ async fn every_api_path_answers_json() {
     assert_eq!(order["delivered"], 2);
     assert_eq!(order["pending"], 0);
     assert_eq!(order["failed"], 0);
+    assert_eq!(order["ordering"], "row");
+    assert_eq!(order["where"], Value::Null);
+    assert_eq!(order["payload_columns"], Value::Null);
+    let notes = triggers
+        .iter()
+        .find(|t| t["name"] == "note_events")
+        .expect("note_events listed");
+    assert_eq!(notes["ordering"], serde_json::json!({"columns": ["note"]}));
+    assert_eq!(notes["where"], "note <> 'hidden'");
+    assert_eq!(notes["payload_columns"], serde_json::json!(["id"]));
     assert!(body["capture_lag_seconds"].as_f64().is_some());
 
     // The list, filtered by trigger and status.

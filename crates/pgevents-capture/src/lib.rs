@@ -6,9 +6,11 @@
 //! committed one cannot be lost, whatever the dispatcher is doing.
 
 pub mod catalog;
+pub mod condition;
 pub mod trigger;
 
+pub use condition::{qualify, Condition};
 pub use trigger::{
-    check_trigger, install_trigger, installed_trigger, trigger_problems, uninstall_trigger,
-    validate_trigger, TriggerSpec,
+    check_trigger, install_trigger, installed_trigger, missing_columns, trigger_problems,
+    uninstall_trigger, validate_trigger, TriggerSpec,
 };

@@ -6,6 +6,7 @@
 //! advisory-lock probe that decides whether a sleeping dispatcher needs a `NOTIFY`.
 
 use pgevents_event::Action;
+use pgevents_log::image::{image_sql, in_table_order};
 use pgevents_log::ordering::{key_sql, old_key_sql};
 use pgevents_log::{
     quote_ident, quote_literal, wake_channel, wake_key, Error, LogSchema, Ordering, QualifiedName,
@@ -13,6 +14,7 @@ use pgevents_log::{
 use tokio_postgres::{Client, GenericClient};
 
 use crate::catalog::{describe_table, TableInfo};
+use crate::condition::Condition;
 
 /// What to capture for one configured trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,12 @@ pub struct TriggerSpec {
     /// Which events are delivered in commit order (`Row` needs a primary key or a replica
     /// identity index: without one, install refuses and `check` says what to do).
     pub ordering: Ordering,
+    /// When set, `data.old` / `data.new` hold only these columns (in table order); the
+    /// others never reach the log.
+    pub payload_columns: Option<Vec<String>>,
+    /// When set (the config's `where`), an SQL condition on the row's columns: INSERT fires
+    /// when the new row matches, DELETE when the old row does, UPDATE when either does.
+    pub condition: Option<String>,
     /// Whether writers wake a sleeping dispatcher with a `NOTIFY` (see
     /// `pgevents_log::wake_key`); without, dispatchers poll.
     pub notify: bool,
@@ -42,6 +50,8 @@ impl TriggerSpec {
             operations: vec![Action::Insert, Action::Update, Action::Delete],
             columns: None,
             ordering: Ordering::Row,
+            payload_columns: None,
+            condition: None,
             notify: true,
         }
     }
@@ -49,11 +59,25 @@ impl TriggerSpec {
     fn captures(&self, action: Action) -> bool {
         self.operations.contains(&action)
     }
+
+    /// The log's record of how this trigger is captured (its `trigger.definition`), for a
+    /// table whose rows are identified by `key_columns`, in capture mode `capture`.
+    pub fn definition(&self, key_columns: &[String], capture: &str) -> serde_json::Value {
+        serde_json::json!({
+            "operations": self.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+            "columns": self.columns,
+            "ordering": self.ordering.to_json(),
+            "payload_columns": self.payload_columns,
+            "where": self.condition,
+            "key": key_columns,
+            "capture": capture,
+        })
+    }
 }
 
 /// The PostgreSQL trigger names used for `name` on its table (always within 63 bytes, and
 /// distinct for distinct names however long, so long names never collide).
-fn pg_trigger_names(schema: &LogSchema, name: &str) -> [String; 3] {
+fn pg_trigger_names(schema: &LogSchema, name: &str) -> [String; 5] {
     let mut prefix: String = name
         .chars()
         .map(|c| {
@@ -74,6 +98,8 @@ fn pg_trigger_names(schema: &LogSchema, name: &str) -> [String; 3] {
         format!("{base}_row"),
         format!("{base}_upd"),
         format!("{base}_trunc"),
+        format!("{base}_ins"),
+        format!("{base}_del"),
     ]
 }
 
@@ -98,12 +124,16 @@ fn dollar_quote(body: &str) -> String {
 }
 
 /// The body of trigger `id`'s capture function: the statements a writer runs.
-fn capture_body(schema: &LogSchema, id: i32, spec: &TriggerSpec, key_columns: &[String]) -> String {
+fn capture_body(schema: &LogSchema, id: i32, spec: &TriggerSpec, info: &TableInfo) -> String {
     let capture = schema.object("capture");
     let seed = id.to_string();
-    let new_key = key_sql(spec.ordering, "NEW", key_columns, &seed);
-    let old_key = key_sql(spec.ordering, "OLD", key_columns, &seed);
-    let changed_key = old_key_sql(spec.ordering, "OLD", "NEW", key_columns, &seed);
+    let key_columns = info.key_columns.as_slice();
+    let payload = in_table_order(spec.payload_columns.as_deref(), &info.columns);
+    let new_image = image_sql("NEW", payload.as_deref());
+    let old_image = image_sql("OLD", payload.as_deref());
+    let new_key = key_sql(&spec.ordering, "NEW", key_columns, &seed);
+    let old_key = key_sql(&spec.ordering, "OLD", key_columns, &seed);
+    let changed_key = old_key_sql(&spec.ordering, "OLD", "NEW", key_columns, &seed);
     let wake = if spec.notify {
         format!(
             "IF NOT pg_try_advisory_xact_lock_shared({}) THEN
@@ -120,13 +150,13 @@ fn capture_body(schema: &LogSchema, id: i32, spec: &TriggerSpec, key_columns: &[
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO {capture} (trigger_id, op, row_key, new_row)
-        VALUES ({id}, 'I', {new_key}, to_json(NEW));
+        VALUES ({id}, 'I', {new_key}, {new_image});
     ELSIF TG_OP = 'UPDATE' THEN
         INSERT INTO {capture} (trigger_id, op, row_key, old_key, old_row, new_row)
-        VALUES ({id}, 'U', {new_key}, {changed_key}, to_json(OLD), to_json(NEW));
+        VALUES ({id}, 'U', {new_key}, {changed_key}, {old_image}, {new_image});
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO {capture} (trigger_id, op, row_key, old_row)
-        VALUES ({id}, 'D', {old_key}, to_json(OLD));
+        VALUES ({id}, 'D', {old_key}, {old_image});
     ELSE
         INSERT INTO {capture} (trigger_id, op) VALUES ({id}, 'T');
     END IF;
@@ -153,9 +183,11 @@ fn capture_function(schema: &LogSchema, id: i32, body: &str) -> String {
 }
 
 /// Everything that keeps `spec` from being installed by the current role, as typed errors:
-/// [`Error::NoSuchTable`], [`Error::NoSuchColumn`] for each missing `columns` entry, and —
-/// when `need_trigger_privilege` (trigger capture) — [`Error::NotPermitted`] when the role
-/// may not create triggers on the table. Changes nothing.
+/// [`Error::NoSuchTable`], [`Error::NoSuchColumn`] for each missing `columns`,
+/// `payload_columns` or `ordering.columns` entry, [`Error::Unorderable`], — when
+/// `need_trigger_privilege` (trigger capture) — [`Error::NotPermitted`] when the role may not
+/// create triggers on the table, and [`Error::BadCondition`] for a `where` PostgreSQL rejects.
+/// Changes nothing (the condition is tried on temporary objects of the session only).
 pub async fn trigger_problems(
     client: &impl GenericClient,
     spec: &TriggerSpec,
@@ -166,16 +198,7 @@ pub async fn trigger_problems(
         Err(e @ Error::NoSuchTable(_)) => return Ok(vec![e]),
         Err(e) => return Err(e),
     };
-    let mut problems: Vec<Error> = spec
-        .columns
-        .iter()
-        .flatten()
-        .filter(|c| !info.columns.contains(c))
-        .map(|column| Error::NoSuchColumn {
-            table: spec.table.to_string(),
-            column: column.clone(),
-        })
-        .collect();
+    let mut problems = missing_columns(spec, &info.columns);
     if need_trigger_privilege {
         let may_trigger: bool = client
             .query_one(
@@ -196,7 +219,38 @@ pub async fn trigger_problems(
     if spec.ordering == Ordering::Row && info.key_columns.is_empty() {
         problems.push(Error::Unorderable(spec.table.to_string()));
     }
+    // Last: a refused condition may leave a surrounding transaction failed.
+    if let Some(condition) = &spec.condition {
+        match crate::condition::qualify(client, &spec.table, condition).await {
+            Ok(_) => {}
+            Err(e @ Error::BadCondition { .. }) => problems.push(e),
+            Err(e) => return Err(e),
+        }
+    }
     Ok(problems)
+}
+
+/// A [`Error::NoSuchColumn`] for every column `spec` names (in `columns`,
+/// `payload_columns` or `ordering.columns`) that is not among `table_columns`.
+pub fn missing_columns(spec: &TriggerSpec, table_columns: &[String]) -> Vec<Error> {
+    [
+        ("columns", spec.columns.as_deref()),
+        ("payload_columns", spec.payload_columns.as_deref()),
+        ("ordering.columns", spec.ordering.group_columns()),
+    ]
+    .into_iter()
+    .flat_map(|(field, names)| {
+        names
+            .into_iter()
+            .flatten()
+            .filter(|c| !table_columns.contains(c))
+            .map(move |column| Error::NoSuchColumn {
+                table: spec.table.to_string(),
+                column: column.clone(),
+                field,
+            })
+    })
+    .collect()
 }
 
 /// Checks, without changing anything, that `spec` can be installed: the table and the
@@ -233,28 +287,91 @@ pub async fn validate_trigger(
 
 /// The log's record of how `spec` is captured: what install registers for it.
 fn definition(spec: &TriggerSpec, key_columns: &[String]) -> serde_json::Value {
-    serde_json::json!({
-        "operations": spec.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-        "columns": spec.columns,
-        "ordering": spec.ordering.as_str(),
-        "key": key_columns,
-        "notify": spec.notify,
-        "capture": "trigger",
-    })
+    let mut definition = spec.definition(key_columns, "trigger");
+    definition["notify"] = spec.notify.into();
+    definition
 }
 
 /// The PostgreSQL triggers install creates for `spec`: (name, whether it is wanted).
-fn wanted_triggers(schema: &LogSchema, spec: &TriggerSpec) -> [(String, bool); 3] {
-    let [row, upd, trunc] = pg_trigger_names(schema, &spec.name);
-    let filtered_update = spec.captures(Action::Update) && spec.columns.is_some();
-    let row_wanted = spec.captures(Action::Insert)
-        || spec.captures(Action::Delete)
-        || (spec.captures(Action::Update) && !filtered_update);
+///
+/// One row trigger serves every operation; an UPDATE filtered by `columns` has its own (with
+/// a `WHEN` clause); a `where` condition gives each operation its own, since an INSERT
+/// trigger's `WHEN` cannot name `OLD` nor a DELETE trigger's `NEW`.
+fn wanted_triggers(schema: &LogSchema, spec: &TriggerSpec) -> [(String, bool); 5] {
+    let [row, upd, trunc, ins, del] = pg_trigger_names(schema, &spec.name);
+    let filtered = spec.condition.is_some();
+    let filtered_update = spec.captures(Action::Update) && (spec.columns.is_some() || filtered);
+    let row_wanted = !filtered
+        && (spec.captures(Action::Insert)
+            || spec.captures(Action::Delete)
+            || (spec.captures(Action::Update) && !filtered_update));
     [
         (row, row_wanted),
         (upd, filtered_update),
         (trunc, spec.captures(Action::Truncate)),
+        (ins, filtered && spec.captures(Action::Insert)),
+        (del, filtered && spec.captures(Action::Delete)),
     ]
+}
+
+/// What follows `CREATE TRIGGER <name>` for each wanted trigger of `spec` (same order as
+/// [`wanted_triggers`]), calling `func`; `condition` is `spec`'s qualified `where`.
+fn trigger_clauses(
+    schema: &LogSchema,
+    spec: &TriggerSpec,
+    condition: Option<&Condition>,
+    func: &str,
+) -> Vec<(String, String)> {
+    let [row, upd, trunc, ins, del] = wanted_triggers(schema, spec);
+    let each_row = |events: &str, when: Option<String>| {
+        let when = when.map_or(String::new(), |w| format!(" WHEN ({w})"));
+        format!(
+            "AFTER {events} ON {} FOR EACH ROW{when} EXECUTE FUNCTION {func}()",
+            spec.table.quoted()
+        )
+    };
+    let mut row_ops: Vec<&str> = Vec::new();
+    if spec.captures(Action::Insert) {
+        row_ops.push("INSERT");
+    }
+    if spec.captures(Action::Update) && !upd.1 {
+        row_ops.push("UPDATE");
+    }
+    if spec.captures(Action::Delete) {
+        row_ops.push("DELETE");
+    }
+    let changed = spec.columns.as_ref().map(|columns| {
+        columns
+            .iter()
+            .map(|c| {
+                let c = quote_ident(c);
+                format!("OLD.{c}::text IS DISTINCT FROM NEW.{c}::text")
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    });
+    let matches = condition.map(|c| format!("({}) OR ({})", c.on("OLD"), c.on("NEW")));
+    let update_when = match (changed, matches) {
+        (Some(changed), Some(matches)) => Some(format!("({changed}) AND ({matches})")),
+        (changed, matches) => changed.or(matches),
+    };
+    [
+        (row, each_row(&row_ops.join(" OR "), None)),
+        (upd, each_row("UPDATE", update_when)),
+        (
+            trunc,
+            format!(
+                "AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {func}()",
+                spec.table.quoted()
+            ),
+        ),
+        (ins, each_row("INSERT", condition.map(|c| c.on("NEW")))),
+        (del, each_row("DELETE", condition.map(|c| c.on("OLD")))),
+    ]
+    .into_iter()
+    .filter(|((_, wanted), _)| *wanted)
+    .map(|((name, _), clause)| (name, clause))
+    .collect()
 }
 
 /// The trigger's log id when `spec` is installed exactly as [`install_trigger`] would
@@ -319,7 +436,7 @@ pub async fn installed_trigger(
     let current: bool = client
         .query_one(
             "SELECT coalesce((SELECT prosrc = $2 FROM pg_proc WHERE oid = to_regprocedure($1)), false)",
-            &[&func, &capture_body(schema, id, spec, key_columns)],
+            &[&func, &capture_body(schema, id, spec, &info)],
         )
         .await
         .map_err(|e| {
@@ -375,52 +492,21 @@ pub async fn install_trigger(
             .await?;
     let func = schema.object(&format!("capture_{id}"));
     let table = spec.table.quoted();
-    let [row, upd, trunc] = pg_trigger_names(schema, &spec.name);
-    let mut ddl = capture_function(schema, id, &capture_body(schema, id, spec, key_columns));
-    for name in [&row, &upd, &trunc] {
+    let condition = match &spec.condition {
+        Some(text) => Some(crate::condition::qualify(&tx, &spec.table, text).await?),
+        None => None,
+    };
+    let mut ddl = capture_function(schema, id, &capture_body(schema, id, spec, &info));
+    for name in pg_trigger_names(schema, &spec.name) {
         ddl.push_str(&format!(
             ";\nDROP TRIGGER IF EXISTS {} ON {table}",
-            quote_ident(name)
+            quote_ident(&name)
         ));
     }
-    let filtered_update = spec.captures(Action::Update) && spec.columns.is_some();
-    let mut row_ops: Vec<&str> = Vec::new();
-    if spec.captures(Action::Insert) {
-        row_ops.push("INSERT");
-    }
-    if spec.captures(Action::Update) && !filtered_update {
-        row_ops.push("UPDATE");
-    }
-    if spec.captures(Action::Delete) {
-        row_ops.push("DELETE");
-    }
-    if !row_ops.is_empty() {
+    for (name, clause) in trigger_clauses(schema, spec, condition.as_ref(), &func) {
         ddl.push_str(&format!(
-            ";\nCREATE TRIGGER {} AFTER {} ON {table} FOR EACH ROW EXECUTE FUNCTION {func}()",
-            quote_ident(&row),
-            row_ops.join(" OR ")
-        ));
-    }
-    if filtered_update {
-        let changed = spec
-            .columns
-            .iter()
-            .flatten()
-            .map(|c| {
-                let c = quote_ident(c);
-                format!("OLD.{c}::text IS DISTINCT FROM NEW.{c}::text")
-            })
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        ddl.push_str(&format!(
-            ";\nCREATE TRIGGER {} AFTER UPDATE ON {table} FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {func}()",
-            quote_ident(&upd)
-        ));
-    }
-    if spec.captures(Action::Truncate) {
-        ddl.push_str(&format!(
-            ";\nCREATE TRIGGER {} AFTER TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {func}()",
-            quote_ident(&trunc)
+            ";\nCREATE TRIGGER {} {clause}",
+            quote_ident(&name)
         ));
     }
     tx.batch_execute(&ddl).await.map_err(|e| {

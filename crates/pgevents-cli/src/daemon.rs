@@ -185,6 +185,9 @@ async fn execute(command: Command) -> Result<(), DaemonError> {
                 "DELIVERED".into(),
                 "FAILED".into(),
                 "OLDEST PENDING".into(),
+                "ORDERING".into(),
+                "WHERE".into(),
+                "PAYLOAD COLUMNS".into(),
             ]];
             for t in &status.triggers {
                 let configured = config.trigger(&t.name).is_some();
@@ -203,6 +206,11 @@ async fn execute(command: Command) -> Result<(), DaemonError> {
                     t.failed.to_string(),
                     t.oldest_pending_seconds
                         .map_or("-".into(), |s| format!("{s:.1}s")),
+                    ordering_text(&t.ordering),
+                    t.condition.clone().unwrap_or_else(|| "-".into()),
+                    t.payload_columns
+                        .as_ref()
+                        .map_or("all".into(), |c| c.join(", ")),
                 ]);
             }
             print_table(&rows);
@@ -331,6 +339,18 @@ fn names(config: &Config) -> String {
         .map(|t| t.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A trigger's ordering as the config writes it: `row`, `table`, `none`, or
+/// `columns = ["a", "b"]`.
+fn ordering_text(ordering: &serde_json::Value) -> String {
+    match ordering {
+        serde_json::Value::String(name) => name.clone(),
+        other => match other.get("columns") {
+            Some(columns) => format!("columns = {columns}"),
+            None => other.to_string(),
+        },
+    }
 }
 
 fn print_table<const N: usize>(rows: &[[String; N]]) {

@@ -154,6 +154,36 @@ async fn database_mistakes_install_nothing() {
                 "fix the trigger's `columns`",
             ],
         ),
+        (
+            "a `payload_columns` entry that does not exist",
+            format!(
+                "{good}\n[[trigger]]\nname = \"bad\"\ntable = \"orders\"\npayload_columns = [\"id\", \"colour\"]\nstdout = {{}}\n"
+            ),
+            vec![
+                "trigger[\"bad\"].payload_columns",
+                "\"colour\" does not exist in table public.orders",
+            ],
+        ),
+        (
+            "a `where` condition PostgreSQL rejects",
+            format!(
+                "{good}\n[[trigger]]\nname = \"bad\"\ntable = \"orders\"\nwhere = \"colour = 'red'\"\nstdout = {{}}\n"
+            ),
+            vec![
+                "trigger[\"bad\"].where",
+                "column \"colour\" does not exist",
+            ],
+        ),
+        (
+            "an `ordering.columns` entry that does not exist",
+            format!(
+                "{good}\n[[trigger]]\nname = \"bad\"\ntable = \"orders\"\nordering = {{ columns = [\"account\"] }}\nstdout = {{}}\n"
+            ),
+            vec![
+                "trigger[\"bad\"].ordering.columns",
+                "\"account\" does not exist in table public.orders",
+            ],
+        ),
     ];
     for (what, triggers, needles) in cases {
         let cfg = write_config(&dir, &config(&db.url, &triggers));

@@ -626,6 +626,18 @@ webhook = {{ url = "http://{addr}/slow" }}
         status.contains("TRIGGER") && status.contains("flaky") && status.contains("capture lag"),
         "{status}"
     );
+    let flaky = status
+        .lines()
+        .find(|l| l.starts_with("flaky "))
+        .unwrap_or_default();
+    assert!(
+        status.contains("ORDERING") && status.contains("PAYLOAD COLUMNS"),
+        "{status}"
+    );
+    assert!(
+        flaky.contains(" row ") && flaky.trim_end().ends_with("all"),
+        "each trigger's ordering, filter and payload columns: {status}"
+    );
     daemon.stop();
 }
 

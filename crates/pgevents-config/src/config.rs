@@ -8,6 +8,8 @@ use crate::error::{ConfigError, ConfigErrors, Problems};
 use crate::file::File;
 use crate::sections::{self, AdminConfig, CaptureConfig, DatabaseConfig, RetentionConfig};
 use crate::trigger::{self, TriggerConfig};
+use serde_path_to_error::Segment;
+use toml::de::{DeTable, DeValue};
 
 /// The environment variable the CLI reads the config file's path from when `--config` is not
 /// given (the CLI's job; this crate only reads the path it is handed).
@@ -70,8 +72,8 @@ impl Config {
             source: source.to_string(),
             errors,
         };
-        let file = parse(text).map_err(|error| errors(vec![error]))?;
-        let mut problems = Problems::default();
+        let (file, unknown_keys) = parse(text).map_err(errors)?;
+        let mut problems = Problems(unknown_keys);
         let mut notes = Problems::default();
         let config = Config {
             source: source.to_string(),
@@ -107,21 +109,92 @@ impl Config {
     }
 }
 
-/// Parses the TOML into the file's shape; a syntax error, an unknown key or a wrong type is
-/// reported with its key path, line and column.
-fn parse(text: &str) -> Result<File, ConfigError> {
-    let deserializer = toml::de::Deserializer::parse(text).map_err(|e| located("", &e, text))?;
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+/// Parses the TOML into the file's shape, with a problem for every unknown key (each with
+/// its key path, line and column): an unknown key is left out and parsing goes on, so that
+/// the checks that follow report the file's other mistakes in the same run. A syntax error
+/// or a wrong type stops the parse: those problems are the whole answer.
+fn parse(text: &str) -> Result<(File, Vec<ConfigError>), Vec<ConfigError>> {
+    let mut root = DeTable::parse(text).map_err(|e| vec![located("", &e, text)])?;
+    let mut unknown_keys = Vec::new();
+    loop {
+        let deserializer = toml::de::Deserializer::from(root.clone());
+        let error = match serde_path_to_error::deserialize(deserializer) {
+            Ok(file) => return Ok((file, unknown_keys)),
+            Err(error) => error,
+        };
         let path = error.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        let mut located = located(&path, error.inner(), text);
-        if path == "trigger" && located.message.contains("expected a sequence") {
-            located
+        let mut problem = located(&path, error.inner(), text);
+        let unknown = remove_unknown_key(root.get_mut(), &error);
+        if unknown && unknown_keys.len() < MAX_UNKNOWN_KEYS {
+            unknown_keys.push(problem);
+            continue;
+        }
+        if path == "trigger" && problem.message.contains("expected a sequence") {
+            problem
                 .message
                 .push_str("; write [[trigger]] (double brackets) above each trigger's keys");
         }
-        located
-    })
+        unknown_keys.push(problem);
+        return Err(unknown_keys);
+    }
+}
+
+/// Unknown keys reported before the parse gives up (each costs a parse of the document).
+const MAX_UNKNOWN_KEYS: usize = 64;
+
+/// When `error` is about an unknown key, removes that key from `root`; whether it did.
+fn remove_unknown_key(
+    root: &mut DeTable<'_>,
+    error: &serde_path_to_error::Error<toml::de::Error>,
+) -> bool {
+    let segments: Vec<&Segment> = error.path().iter().collect();
+    let Some((Segment::Map { key }, parents)) = segments.split_last() else {
+        return false;
+    };
+    if !error
+        .inner()
+        .message()
+        .starts_with(&format!("unknown field `{key}`"))
+    {
+        return false;
+    }
+    let Some(table) = table_at(root, parents) else {
+        return false;
+    };
+    let found = table
+        .iter()
+        .find(|(k, _)| k.get_ref() == key)
+        .map(|(k, _)| k.clone());
+    found.is_some_and(|k| table.remove(&k).is_some())
+}
+
+/// The table that `segments` (keys, each maybe followed by array indexes) lead to.
+fn table_at<'a, 'i>(
+    table: &'a mut DeTable<'i>,
+    segments: &[&Segment],
+) -> Option<&'a mut DeTable<'i>> {
+    let Some((first, mut rest)) = segments.split_first() else {
+        return Some(table);
+    };
+    let Segment::Map { key } = first else {
+        return None;
+    };
+    let mut value = table
+        .iter_mut()
+        .find(|(k, _)| k.get_ref() == key)
+        .map(|(_, v)| v.get_mut())?;
+    while let Some((Segment::Seq { index }, more)) = rest.split_first() {
+        let DeValue::Array(array) = value else {
+            return None;
+        };
+        value = array.get_mut(*index)?.get_mut();
+        rest = more;
+    }
+    match value {
+        DeValue::Table(inner) => table_at(inner, rest),
+        _ => None,
+    }
 }
 
 /// A TOML error as one line, with the line and column it points at.

@@ -1,8 +1,9 @@
 //! The TOML file's shape, exactly as written: what `serde` reads before anything is checked.
 //!
 //! Fields that can be wrong in ways worth reporting together (durations, operations, names)
-//! are read as text here and checked later, so one run reports all of them; unknown keys and
-//! wrong types stop the parse at once, with the key's path, line and column.
+//! are read as text here and checked later, so one run reports all of them. An unknown key
+//! is reported with its path, line and column and left out, so the rest is still checked; a
+//! wrong type stops the parse.
 
 use std::fmt;
 
@@ -76,6 +77,9 @@ pub(crate) struct Trigger {
     pub(crate) columns: Option<Vec<String>>,
     pub(crate) format: Option<Format>,
     pub(crate) ordering: Option<DeliveryOrdering>,
+    pub(crate) payload_columns: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    pub(crate) condition: Option<String>,
     pub(crate) retry: Option<Retry>,
     // Destinations: exactly one must be set. A new sink adds its key here and one line in
     // `SinkConfig::take_all`.

@@ -20,21 +20,21 @@ pub const DEFAULT_OPERATIONS: [Action; 3] = [Action::Insert, Action::Update, Act
 const MAX_NAME_BYTES: usize = 63;
 
 /// In which order a trigger's events are delivered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum DeliveryOrdering {
     /// `"row"` (default): the events of one row are delivered in commit order; a failing event
     /// holds back only later events of the same row.
     #[default]
-    #[serde(rename = "row")]
     PerRow,
     /// `"table"`: all the trigger's events in commit order; a failing event holds back every
     /// later one. For tables without a primary key, and for consumers that need the order
     /// across rows.
-    #[serde(rename = "table")]
     Table,
     /// `"none"`: events are delivered as soon as possible, in any order.
-    #[serde(rename = "none")]
     Unordered,
+    /// `{ columns = ["account_id"] }`: the events that share these columns' values are
+    /// delivered in commit order; a failing event holds back only later events of its group.
+    Columns(Vec<String>),
 }
 
 /// A trigger's destination: one arm per sink, holding that sink's settings.
@@ -61,13 +61,55 @@ pub enum SinkConfig {
     Stdout(pgevents_sinks::StdoutConfig),
 }
 
+/// The spellings of `ordering` that are names.
+const ORDERING_NAMES: [&str; 3] = ["row", "table", "none"];
+
+impl<'de> Deserialize<'de> for DeliveryOrdering {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(OrderingVisitor)
+    }
+}
+
+/// `ordering = { columns = [...] }` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderingTable {
+    columns: Vec<String>,
+}
+
+/// Reads `ordering`: one of [`ORDERING_NAMES`], or a table `{ columns = [...] }`.
+struct OrderingVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OrderingVisitor {
+    type Value = DeliveryOrdering;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"row\", \"table\", \"none\" or { columns = [...] }")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<DeliveryOrdering, E> {
+        match value {
+            "row" => Ok(DeliveryOrdering::PerRow),
+            "table" => Ok(DeliveryOrdering::Table),
+            "none" => Ok(DeliveryOrdering::Unordered),
+            other => Err(E::unknown_variant(other, &ORDERING_NAMES)),
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<DeliveryOrdering, A::Error> {
+        let table = OrderingTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(DeliveryOrdering::Columns(table.columns))
+    }
+}
+
 impl DeliveryOrdering {
     /// The log's ordering of this setting.
-    pub fn ordering(self) -> pgevents_log::Ordering {
+    pub fn ordering(&self) -> pgevents_log::Ordering {
         match self {
             DeliveryOrdering::PerRow => pgevents_log::Ordering::Row,
             DeliveryOrdering::Table => pgevents_log::Ordering::Table,
             DeliveryOrdering::Unordered => pgevents_log::Ordering::None,
+            DeliveryOrdering::Columns(columns) => pgevents_log::Ordering::Columns(columns.clone()),
         }
     }
 }
@@ -166,6 +208,12 @@ pub struct TriggerConfig {
     pub format: Format,
     /// The delivery order (default per row).
     pub ordering: DeliveryOrdering,
+    /// When set, `data.old` / `data.new` hold only these columns (in table order).
+    pub payload_columns: Option<Vec<String>>,
+    /// `where`: when set, an SQL condition on the row's columns (INSERT tests the new row,
+    /// DELETE the old one, UPDATE fires when either matches); checked against the database
+    /// by `check` and `install`.
+    pub condition: Option<String>,
     /// Retries and the attempt timeout (defaults from `pgevents_sink`).
     pub retry: RetryPolicy,
     /// Where events are delivered.
@@ -288,11 +336,41 @@ fn trigger(
     };
 
     let operations = operations(file.operations.take(), &at("operations"), problems);
-    let columns = columns(file.columns.take(), &at("columns"), problems);
+    let columns = column_list(
+        file.columns.take(),
+        &at("columns"),
+        "list the columns whose change makes an UPDATE fire, or remove columns to fire on every UPDATE",
+        problems,
+    );
+    let payload_columns = column_list(
+        file.payload_columns.take(),
+        &at("payload_columns"),
+        "list the columns events should carry, or remove payload_columns to carry every column",
+        problems,
+    );
     if columns.is_some() && !operations.contains(&Action::Update) {
         notes.push(
             at("columns"),
             "only filters UPDATE events, and operations has no UPDATE; remove columns or add UPDATE",
+        );
+    }
+    let ordering = match file.ordering.take().unwrap_or_default() {
+        DeliveryOrdering::Columns(names) => DeliveryOrdering::Columns(
+            column_list(
+                Some(names),
+                &at("ordering.columns"),
+                "list the columns whose values make a group, e.g. columns = [\"account_id\"], or use ordering = \"row\"",
+                problems,
+            )
+            .unwrap_or_default(),
+        ),
+        other => other,
+    };
+    let condition = file.condition.take();
+    if condition.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        problems.push(
+            at("where"),
+            "is empty; write an SQL condition on the row's columns, e.g. where = \"status <> 'draft'\", or remove where",
         );
     }
     let retry = retry(file.retry.take(), &at("retry"), problems);
@@ -330,7 +408,9 @@ fn trigger(
         operations,
         columns,
         format: file.format.unwrap_or_default(),
-        ordering: file.ordering.unwrap_or_default(),
+        ordering,
+        payload_columns,
+        condition,
         retry,
         sink,
         env: env.clone(),
@@ -373,14 +453,17 @@ fn operations(texts: Option<Vec<String>>, path: &str, problems: &mut Problems) -
     .collect()
 }
 
-/// Checks `columns`: not empty, no empty names; duplicates are dropped.
-fn columns(texts: Option<Vec<String>>, path: &str, problems: &mut Problems) -> Option<Vec<String>> {
+/// Checks a list of column names (`columns`, `payload_columns`): not empty (else the
+/// problem says `when_empty`), no empty names; duplicates are dropped.
+fn column_list(
+    texts: Option<Vec<String>>,
+    path: &str,
+    when_empty: &str,
+    problems: &mut Problems,
+) -> Option<Vec<String>> {
     let texts = texts?;
     if texts.is_empty() {
-        problems.push(
-            path,
-            "is empty; list the columns whose change makes an UPDATE fire, or remove columns to fire on every UPDATE",
-        );
+        problems.push(path, format!("is empty; {when_empty}"));
     }
     let mut columns: Vec<String> = Vec::with_capacity(texts.len());
     for (i, column) in texts.into_iter().enumerate() {

@@ -182,6 +182,8 @@ fn other_choices_parse() {
         operations = ["truncate", "INSERT", "insert"]
         format = "hasura"
         ordering = "none"
+        payload_columns = ["id", "Status", "id"]
+        where = "\"Status\" <> 'draft'"
         retry = { timeout = "2s" }
         stdout = {}
     "#;
@@ -200,6 +202,21 @@ fn other_choices_parse() {
     assert_eq!(trigger.operations, [Action::Insert, Action::Truncate]);
     assert_eq!(trigger.format, Format::Hasura);
     assert_eq!(trigger.ordering, DeliveryOrdering::Unordered);
+    assert_eq!(trigger.condition.as_deref(), Some("\"Status\" <> 'draft'"));
+    let grouped = Config::from_toml_str_with_env(
+        &with_trigger("stdout = {}\nordering = { columns = [\"account_id\", \"region\"] }"),
+        "x.toml",
+        &no_env(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        grouped.triggers[0].ordering,
+        DeliveryOrdering::Columns(vec!["account_id".into(), "region".into()])
+    );
+    assert_eq!(
+        trigger.payload_columns.as_deref(),
+        Some(&["id".to_string(), "Status".to_string()][..])
+    );
     assert_eq!(trigger.retry.timeout, Duration::from_secs(2));
     assert_eq!(
         trigger.retry.max_retries,
@@ -236,6 +253,11 @@ fn each_mistake_names_its_field_and_says_what_to_do() {
         (with_trigger("stdout = {}\noperations = []"), "trigger[\"t\"].operations", "is empty"),
         (with_trigger("stdout = {}\ncolumns = []"), "trigger[\"t\"].columns", "is empty"),
         (with_trigger("stdout = {}\ncolumns = [\"\"]"), "trigger[\"t\"].columns[0]", "empty column name"),
+        (with_trigger("stdout = {}\nordering = { columns = [] }"), "trigger[\"t\"].ordering.columns", "is empty; list the columns whose values make a group"),
+        (with_trigger("stdout = {}\nordering = { columns = [\"\"] }"), "trigger[\"t\"].ordering.columns[0]", "empty column name"),
+        (with_trigger("stdout = {}\nwhere = \" \""), "trigger[\"t\"].where", "is empty; write an SQL condition"),
+        (with_trigger("stdout = {}\npayload_columns = []"), "trigger[\"t\"].payload_columns", "is empty; list the columns events should carry"),
+        (with_trigger("stdout = {}\npayload_columns = [\"id\", \"\"]"), "trigger[\"t\"].payload_columns[1]", "empty column name"),
         (with_trigger("stdout = {}\nretry = { timeout = \"0s\" }"), "trigger[\"t\"].retry.timeout", "is zero"),
         (with_trigger("stdout = {}\nretry = { timeout = \"1x\" }"), "trigger[\"t\"].retry.timeout", "unknown unit \"x\"; use ms, s, m, h or d"),
         (with_trigger("stdout = {}\nretry = { initial_interval = \"0ms\" }"), "trigger[\"t\"].retry.initial_interval", "is zero"),
@@ -344,6 +366,58 @@ fn unknown_keys_are_rejected_by_name_with_their_place() {
             "{errors}"
         );
     }
+}
+
+/// An unknown key is one problem among the others: the rest of the file is still checked.
+#[test]
+fn unknown_keys_are_reported_beside_the_other_mistakes() {
+    let text = r#"
+[database]
+url = "postgres://localhost/shop"
+pool = 4
+
+[[trigger]]
+name = "orders"
+table = "orders"
+retyr = { max_retries = 3 }
+retry = { timeout = "0s" }
+ordering = { columns = ["account_id"], kind = "x" }
+stdout = {}
+
+[[trigger]]
+name = "invoices"
+table = "Invoices"
+operations = ["UPSERT"]
+stdout = { colour = true }
+"#;
+    let errors = errors(text);
+    let found: Vec<(&str, &str)> = errors
+        .errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.message.as_str()))
+        .collect();
+    let expected = [
+        ("database.pool", "unknown field `pool`"),
+        ("trigger[0].retyr", "unknown field `retyr`"),
+        ("trigger[0].ordering.kind", "unknown field `kind`"),
+        ("trigger[1].stdout.colour", "unknown field `colour`"),
+        ("trigger[\"invoices\"].table", "upper-case letters"),
+        ("trigger[\"invoices\"].operations[0]", "is not an operation"),
+        ("trigger[\"orders\"].retry.timeout", "is zero"),
+    ];
+    for (path, says) in expected {
+        assert!(
+            found.iter().any(|(p, m)| *p == path && m.contains(says)),
+            "{path}: {says} is reported:\n{errors}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{errors}");
+    assert!(
+        found
+            .iter()
+            .any(|(p, m)| *p == "trigger[0].retyr" && m.contains("(line 9, column 1)")),
+        "unknown keys keep their place: {errors}"
+    );
 }
 
 #[test]

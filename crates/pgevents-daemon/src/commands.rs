@@ -30,6 +30,8 @@ pub(crate) fn spec(trigger: &TriggerConfig, notify: bool) -> TriggerSpec {
         operations: trigger.operations.clone(),
         columns: trigger.columns.clone(),
         ordering: trigger.ordering.ordering(),
+        payload_columns: trigger.payload_columns.clone(),
+        condition: trigger.condition.clone(),
         notify,
     }
 }
@@ -53,11 +55,12 @@ pub(crate) fn logical_error(config: &Config, e: pgevents_logical::Error) -> Daem
     }
 }
 
-/// The config field a capture problem is about: `trigger["x"].table` or `.columns`.
+/// The config field a capture problem is about: `trigger["x"].table`, `.columns`, ...
 fn problem_path(trigger: &TriggerConfig, problem: &pgevents_log::Error) -> String {
     let field = match problem {
-        pgevents_log::Error::NoSuchColumn { .. } => "columns",
+        pgevents_log::Error::NoSuchColumn { field, .. } => field,
         pgevents_log::Error::Unorderable(_) => "ordering",
+        pgevents_log::Error::BadCondition { .. } => "where",
         _ => "table",
     };
     format!("{}.{field}", trigger.path())

@@ -68,6 +68,7 @@ impl From<pgevents_log::Error> for DaemonError {
             E::Invalid(_)
             | E::NoSuchTable(_)
             | E::NoSuchColumn { .. }
+            | E::BadCondition { .. }
             | E::Unorderable(_)
             | E::TooNew { .. }
             | E::NotInstalled(_)

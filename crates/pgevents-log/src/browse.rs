@@ -73,6 +73,14 @@ pub struct TriggerCounts {
     /// True when install removed the trigger's capture because the config no longer names
     /// it: its events are kept (pending ones wait for a configuration that delivers them).
     pub removed: bool,
+    /// How its events are ordered, as installed: `"row"`, `"table"`, `"none"` or
+    /// `{"columns": [...]}`.
+    pub ordering: serde_json::Value,
+    /// Its row filter (the config's `where`), when it has one.
+    #[serde(rename = "where")]
+    pub condition: Option<String>,
+    /// The only columns its events carry, when limited.
+    pub payload_columns: Option<Vec<String>>,
 }
 
 /// Per-trigger counts, and the capture lag (age in seconds of the oldest captured row not
@@ -96,7 +104,10 @@ pub async fn status(
                         coalesce(e.pending, 0) + coalesce(c.n, 0),
                         coalesce(e.delivered, 0), coalesce(e.failed, 0),
                         extract(epoch FROM now() - least(e.oldest, c.oldest))::float8,
-                        t.removed_at IS NOT NULL
+                        t.removed_at IS NOT NULL,
+                        coalesce(t.definition->'ordering', '\"row\"'),
+                        t.definition->>'where',
+                        t.definition->'payload_columns'
                    FROM {s}.trigger t
                    LEFT JOIN e ON e.trigger_id = t.id
                    LEFT JOIN c ON c.trigger_id = t.id
@@ -118,6 +129,11 @@ pub async fn status(
             failed: r.get(5),
             oldest_pending_seconds: r.get(6),
             removed: r.get(7),
+            ordering: r.get(8),
+            condition: r.get(9),
+            payload_columns: r
+                .get::<_, Option<serde_json::Value>>(10)
+                .and_then(|v| serde_json::from_value(v).ok()),
         })
         .collect();
     let lag: Option<f64> = client

@@ -46,12 +46,24 @@ pub enum Error {
     #[error("table {0} does not exist: create it, or fix the trigger's `table`")]
     NoSuchTable(String),
     /// A column the configuration names does not exist.
-    #[error("column {column:?} does not exist in table {table}: fix the trigger's `columns`")]
+    #[error("column {column:?} does not exist in table {table}: fix the trigger's `{field}`")]
     NoSuchColumn {
         /// The table.
         table: String,
         /// The missing column.
         column: String,
+        /// The trigger setting that names it (`columns`, `payload_columns`, ...).
+        field: &'static str,
+    },
+    /// A trigger's `where` condition is not a valid condition on its table's rows.
+    #[error("the condition {condition:?} on table {table} cannot filter its rows: {detail}; fix the trigger's `where` (an SQL condition on the row's columns, without subqueries)")]
+    BadCondition {
+        /// The table.
+        table: String,
+        /// The condition as written.
+        condition: String,
+        /// What PostgreSQL (or pgevents) said about it.
+        detail: String,
     },
     /// Per-row ordering was asked of a table that cannot tell its rows apart.
     #[error("table {0} has neither a primary key nor a replica identity index, so its events cannot be ordered per row: add a primary key, or set the trigger's ordering = \"table\" (all its events in commit order) or ordering = \"none\" (no order)")]

@@ -10,6 +10,7 @@ pub mod browse;
 mod connect;
 mod error;
 mod ident;
+pub mod image;
 pub mod ordering;
 mod schema;
 pub mod store;

@@ -62,14 +62,11 @@ pub async fn register_table(
     let info = table_info(client, &spec.table)
         .await?
         .ok_or_else(|| pgevents_log::Error::NoSuchTable(spec.table.to_string()))?;
-    for column in spec.columns.iter().flatten() {
-        if !info.columns.contains(column) {
-            return Err(pgevents_log::Error::NoSuchColumn {
-                table: spec.table.to_string(),
-                column: column.clone(),
-            }
-            .into());
-        }
+    if let Some(missing) = pgevents_capture::missing_columns(spec, &info.columns)
+        .into_iter()
+        .next()
+    {
+        return Err(missing.into());
     }
     if let Some(bad) = spec.operations.iter().find(|a| **a == Action::Manual) {
         return Err(Error::Invalid(format!(
@@ -77,13 +74,11 @@ pub async fn register_table(
             spec.name
         )));
     }
-    let definition = serde_json::json!({
-        "operations": spec.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-        "columns": spec.columns,
-        "ordering": spec.ordering.as_str(),
-        "key": info.key_columns,
-        "capture": "logical",
-    });
+    let condition = match &spec.condition {
+        Some(text) => Some(pgevents_capture::qualify(client, &spec.table, text).await?),
+        None => None,
+    };
+    let definition = spec.definition(&info.key_columns, "logical");
     let trigger_id =
         pgevents_log::store::register_trigger(client, schema, &spec.name, &spec.table, &definition)
             .await?;
@@ -92,7 +87,9 @@ pub async fn register_table(
         table: spec.table.clone(),
         operations: spec.operations.clone(),
         columns: spec.columns.clone(),
-        ordering: spec.ordering,
+        ordering: spec.ordering.clone(),
+        payload_columns: spec.payload_columns.clone(),
+        condition,
     })
 }
 

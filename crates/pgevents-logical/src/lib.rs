@@ -150,6 +150,11 @@ pub struct LogicalTable {
     /// Which events are delivered in commit order (`Row` needs a primary key or a replica
     /// identity index).
     pub ordering: pgevents_log::Ordering,
+    /// When set, `data.old` / `data.new` hold only these columns (in table order).
+    pub payload_columns: Option<Vec<String>>,
+    /// When set, the trigger's `where`: INSERT fires when the new row matches, DELETE when
+    /// the old row does, UPDATE when either does.
+    pub condition: Option<pgevents_capture::Condition>,
 }
 
 /// Tuning of a [`LogicalCapture`].

@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 use crate::pgoutput::{self, Message, OldKind, Relation, Value};
 use crate::slots::slot_health;
-use crate::writer::{Batch, Cursor, Row, Shape, Writer, WHOLE};
+use crate::writer::{ordering_code, Batch, Cursor, Projection, Row, Shape, Writer, WHOLE};
 use crate::{catalog, Error, LogicalCapture, LogicalTable};
 
 /// Shortest and longest wait before retrying after a transient failure.
@@ -327,7 +327,7 @@ impl LogicalCapture {
                     key_columns: info.key_columns.clone(),
                 })
                 .specs
-                .push(t.clone());
+                .push((t.clone(), Projection::of(t)));
         }
         Ok(watched)
     }
@@ -427,7 +427,8 @@ fn replication_tls(tls: &pgevents_log::TlsSettings) -> TlsConfig {
 
 /// A watched table: who captures it, and what identifies its rows.
 struct Watched {
-    specs: Vec<LogicalTable>,
+    /// Each trigger on the table, with what its events take from the row.
+    specs: Vec<(LogicalTable, Option<Arc<Projection>>)>,
     key_columns: Vec<String>,
 }
 
@@ -549,14 +550,15 @@ impl Decoder {
         let created_at = txn.commit_time;
         if let Message::Truncate { relations } = message {
             for oid in relations {
-                for spec in self.tables.get(&oid).map_or(&[][..], |w| &w.specs[..]) {
+                for (spec, _) in self.tables.get(&oid).map_or(&[][..], |w| &w.specs[..]) {
                     if spec.operations.contains(&Action::Truncate) {
                         self.batch.push(Row {
                             at,
                             trigger_id: spec.trigger_id,
                             op: Action::Truncate.code(),
-                            ordering: pgevents_log::Ordering::None,
+                            ordering: ordering_code(&pgevents_log::Ordering::None),
                             shape: None,
+                            projection: None,
                             old: None,
                             new: None,
                             created_at,
@@ -627,7 +629,7 @@ impl Decoder {
         let Some(watched) = self.tables.get(&oid) else {
             return Ok(());
         };
-        for spec in &watched.specs {
+        for (spec, projection) in &watched.specs {
             if !spec.operations.contains(&action) {
                 continue;
             }
@@ -647,8 +649,9 @@ impl Decoder {
                 at,
                 trigger_id: spec.trigger_id,
                 op: action.code(),
-                ordering: spec.ordering,
+                ordering: ordering_code(&spec.ordering),
                 shape: Some(shape.clone()),
+                projection: projection.clone(),
                 old: old.clone(),
                 new: new.clone(),
                 created_at,

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use pgevents_log::image::{image_sql, in_table_order};
 use pgevents_log::ordering::{key_sql, old_key_sql};
 use pgevents_log::{quote_ident, wake_channel, LogSchema, Ordering};
 use tokio_postgres::types::{PgLsn, ToSql};
@@ -56,6 +57,38 @@ pub(crate) struct Shape {
     pub key: Vec<usize>,
 }
 
+/// What one trigger's events take from a row, when that is not everything the shared
+/// statement of a row shape writes: such triggers get a statement of their own.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Projection {
+    /// Only these columns in the row images.
+    pub payload_columns: Option<Vec<String>>,
+    /// The columns of `Columns` ordering (the statement computes their group keys).
+    pub group_columns: Option<Vec<String>>,
+    /// Only rows matching this condition (`where`) become events.
+    pub condition: Option<pgevents_capture::Condition>,
+}
+
+impl Projection {
+    /// What `table`'s events take from a row; `None` when they take it whole.
+    pub fn of(table: &crate::LogicalTable) -> Option<Arc<Projection>> {
+        let projection = Projection {
+            payload_columns: table.payload_columns.clone(),
+            group_columns: table.ordering.group_columns().map(<[String]>::to_vec),
+            condition: table.condition.clone(),
+        };
+        (projection != Projection::whole()).then(|| Arc::new(projection))
+    }
+
+    fn whole() -> Projection {
+        Projection {
+            payload_columns: None,
+            group_columns: None,
+            condition: None,
+        }
+    }
+}
+
 /// One event to write.
 #[derive(Debug)]
 pub(crate) struct Row {
@@ -65,10 +98,12 @@ pub(crate) struct Row {
     pub trigger_id: i32,
     /// `I`, `U`, `D` or `T`.
     pub op: i8,
-    /// How the trigger orders its events (which keys to compute).
-    pub ordering: Ordering,
+    /// How the trigger orders its events (which keys to compute): [`ordering_code`].
+    pub ordering: i8,
     /// The row shape; `None` for TRUNCATE.
     pub shape: Option<Arc<Shape>>,
+    /// What the trigger takes from the row; `None` for all of it.
+    pub projection: Option<Arc<Projection>>,
     /// The old image's values as text.
     pub old: Option<Vec<Option<String>>>,
     /// The new image's values as text.
@@ -147,7 +182,7 @@ pub(crate) struct Writer {
     schema: LogSchema,
     slot: String,
     channel: String,
-    statements: HashMap<Arc<Shape>, Statement>,
+    statements: HashMap<(Arc<Shape>, Option<Arc<Projection>>), Statement>,
     truncate: Statement,
     lock_progress: Statement,
     save_progress: Statement,
@@ -250,12 +285,13 @@ impl Writer {
     pub async fn write(&mut self, batch: &Batch) -> Result<Progress, Error> {
         for row in &batch.rows {
             if let Some(shape) = &row.shape {
-                if !self.statements.contains_key(shape) {
+                let key = (shape.clone(), row.projection.clone());
+                if !self.statements.contains_key(&key) {
                     if self.statements.len() >= MAX_STATEMENTS {
                         self.statements.clear();
                     }
-                    let statement = self.prepare_shape(shape).await?;
-                    self.statements.insert(shape.clone(), statement);
+                    let statement = self.prepare_shape(shape, row.projection.as_deref()).await?;
+                    self.statements.insert(key, statement);
                 }
             }
         }
@@ -282,10 +318,10 @@ impl Writer {
             .collect();
         let mut start = 0;
         while start < fresh.len() {
-            let shape = &fresh[start].shape;
+            let (shape, projection) = (&fresh[start].shape, &fresh[start].projection);
             let end = fresh[start..]
                 .iter()
-                .position(|r| r.shape != *shape)
+                .position(|r| r.shape != *shape || r.projection != *projection)
                 .map_or(fresh.len(), |n| start + n);
             let run = &fresh[start..end];
             match shape {
@@ -299,7 +335,7 @@ impl Writer {
                 Some(shape) => {
                     let statement = self
                         .statements
-                        .get(shape)
+                        .get(&(shape.clone(), projection.clone()))
                         .ok_or_else(|| Error::Decode("a row shape lost its statement".into()))?;
                     insert_rows(&tx, statement, shape, run).await?;
                 }
@@ -336,7 +372,11 @@ impl Writer {
         Ok(Progress { cursor, end_lsn })
     }
 
-    async fn prepare_shape(&self, shape: &Shape) -> Result<Statement, Error> {
+    async fn prepare_shape(
+        &self,
+        shape: &Shape,
+        projection: Option<&Projection>,
+    ) -> Result<Statement, Error> {
         let oids: Vec<u32> = shape.columns.iter().map(|c| c.type_oid).collect();
         let mods: Vec<i32> = shape.columns.iter().map(|c| c.type_modifier).collect();
         let types: Vec<Option<String>> = self
@@ -364,7 +404,12 @@ impl Writer {
                 }
             }
         }
-        let sql = insert_sql(&self.schema, shape, &names);
+        let sql = insert_sql(
+            &self.schema,
+            shape,
+            &names,
+            projection.unwrap_or(&Projection::whole()),
+        );
         self.client
             .prepare(&sql)
             .await
@@ -384,12 +429,20 @@ fn progress_of(row: &tokio_postgres::Row) -> Progress {
     }
 }
 
-/// The INSERT for rows of `shape`, whose column types are named `types`.
+/// The INSERT for rows of `shape`, whose column types are named `types`, taking from each
+/// row what `projection` says.
 ///
-/// Parameters: trigger ids, ops, orderings (`r`ow, `t`able, `n`one), commit times, has-old and has-new flags, then
+/// Parameters: trigger ids, ops, orderings (`r`ow, `t`able, `n`one, `c`olumns), commit times, has-old and has-new flags, then
 /// one text array per column for the old images and one per column for the new.
-fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
+fn insert_sql(
+    schema: &LogSchema,
+    shape: &Shape,
+    types: &[String],
+    projection: &Projection,
+) -> String {
     let n = shape.columns.len();
+    let names: Vec<String> = shape.columns.iter().map(|c| c.name.clone()).collect();
+    let payload = in_table_order(projection.payload_columns.as_deref(), &names);
     let image = |prefix: &str, flag: &str| {
         let columns = shape
             .columns
@@ -409,7 +462,18 @@ fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
         .map(|i| shape.columns[*i].name.clone())
         .collect();
     let seed = "u.trigger_id";
-    let row_key = |alias: &str| key_sql(Ordering::Row, alias, &key_columns, seed);
+    let row_key = |alias: &str| key_sql(&Ordering::Row, alias, &key_columns, seed);
+    // Group columns the row no longer has (dropped since) are left out of the key.
+    let group = Ordering::Columns(
+        projection
+            .group_columns
+            .iter()
+            .flatten()
+            .filter(|c| names.contains(c))
+            .cloned()
+            .collect(),
+    );
+    let group_key = |alias: &str| key_sql(&group, alias, &[], seed);
     let mut params = vec![
         "$1::int4[]".to_string(),
         "$2::\"char\"[]".into(),
@@ -437,20 +501,33 @@ fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
          SELECT u.trigger_id, u.op,
                 CASE u.ordering
                   WHEN 'r' THEN CASE WHEN u.op = 'D' THEN {old_key} ELSE {new_key} END
-                  WHEN 't' THEN {table_key} END,
-                CASE WHEN u.ordering = 'r' AND u.op = 'U' THEN {changed_key} END,
-                CASE WHEN u.has_old THEN to_json(o) END,
-                CASE WHEN u.has_new THEN to_json(n) END,
+                  WHEN 't' THEN {table_key}
+                  WHEN 'c' THEN CASE WHEN u.op = 'D' THEN {old_group} ELSE {new_group} END END,
+                CASE WHEN u.op = 'U' THEN CASE u.ordering
+                  WHEN 'r' THEN {changed_key} WHEN 'c' THEN {changed_group} END END,
+                CASE WHEN u.has_old THEN {old_row} END,
+                CASE WHEN u.has_new THEN {new_row} END,
                 u.created_at, now()
            FROM unnest({params}) WITH ORDINALITY AS u({aliases}, ord)
            {old_image}
            {new_image}
+          {filter}
           ORDER BY u.ord",
         event = schema.object("event"),
         old_key = row_key("o"),
         new_key = row_key("n"),
-        table_key = key_sql(Ordering::Table, "n", &key_columns, seed),
-        changed_key = old_key_sql(Ordering::Row, "o", "n", &key_columns, seed),
+        table_key = key_sql(&Ordering::Table, "n", &key_columns, seed),
+        changed_key = old_key_sql(&Ordering::Row, "o", "n", &key_columns, seed),
+        old_group = group_key("o"),
+        new_group = group_key("n"),
+        changed_group = old_key_sql(&group, "o", "n", &[], seed),
+        filter = projection.condition.as_ref().map_or(String::new(), |c| format!(
+            "WHERE CASE u.op WHEN 'I' THEN {new} WHEN 'D' THEN {old} ELSE ({old}) OR ({new}) END",
+            old = c.on("o"),
+            new = c.on("n"),
+        )),
+        old_row = image_sql("o", payload.as_deref()),
+        new_row = image_sql("n", payload.as_deref()),
         params = params.join(", "),
         aliases = aliases.join(", "),
         old_image = image("o", "has_old"),
@@ -467,7 +544,7 @@ async fn insert_rows(
     let n = shape.columns.len();
     let triggers: Vec<i32> = rows.iter().map(|r| r.trigger_id).collect();
     let ops: Vec<i8> = rows.iter().map(|r| r.op).collect();
-    let orderings: Vec<i8> = rows.iter().map(|r| ordering_code(r.ordering)).collect();
+    let orderings: Vec<i8> = rows.iter().map(|r| r.ordering).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
     let has_old: Vec<bool> = rows.iter().map(|r| r.old.is_some()).collect();
     let has_new: Vec<bool> = rows.iter().map(|r| r.new.is_some()).collect();
@@ -500,11 +577,12 @@ async fn insert_rows(
 }
 
 /// The `"char"` code of `ordering` in the event insert's parameters.
-fn ordering_code(ordering: Ordering) -> i8 {
+pub(crate) fn ordering_code(ordering: &Ordering) -> i8 {
     match ordering {
         Ordering::Row => b'r' as i8,
         Ordering::Table => b't' as i8,
         Ordering::None => b'n' as i8,
+        Ordering::Columns(_) => b'c' as i8,
     }
 }
 
@@ -551,6 +629,7 @@ mod tests {
             &LogSchema::default(),
             &shape,
             &["bigint".into(), "text".into()],
+            &Projection::whole(),
         );
         assert!(sql.contains("u.o0::bigint AS \"Id \"\"x\"\"\""));
         assert!(
@@ -558,5 +637,32 @@ mod tests {
         );
         assert!(sql.contains("$10::text[]"));
         assert!(!sql.contains("$11"));
+    }
+
+    #[test]
+    fn projections_cut_filter_and_group() {
+        let column = |name: &str| Column {
+            name: name.into(),
+            type_oid: 25,
+            type_modifier: -1,
+        };
+        let shape = Shape {
+            columns: vec![column("id"), column("account"), column("secret")],
+            key: vec![0],
+        };
+        let projection = Projection {
+            payload_columns: Some(vec!["account".into(), "id".into(), "gone".into()]),
+            group_columns: Some(vec!["account".into()]),
+            condition: None,
+        };
+        let sql = insert_sql(
+            &LogSchema::default(),
+            &shape,
+            &["text".into(), "text".into(), "text".into()],
+            &projection,
+        );
+        assert!(sql.contains("(SELECT n.\"id\", n.\"account\") pgevents_image"));
+        assert!(sql.contains("WHEN 'c' THEN CASE WHEN u.op = 'D' THEN hashtextextended(ROW(o.\"account\")::text, u.trigger_id)"));
+        assert!(!sql.contains("WHERE CASE"), "no condition, no filter");
     }
 }

@@ -1,5 +1,6 @@
 //! Integration tests of logical capture against a real PostgreSQL with wal_level = logical.
 
+mod filters;
 mod support;
 
 use std::collections::HashSet;

@@ -42,6 +42,7 @@ impl Error {
                     pgevents_log::Error::Invalid(_)
                         | pgevents_log::Error::NoSuchTable(_)
                         | pgevents_log::Error::NoSuchColumn { .. }
+                        | pgevents_log::Error::BadCondition { .. }
                         | pgevents_log::Error::Unorderable(_)
                 )
         )

@@ -23,6 +23,13 @@ pub struct TableOptions {
     /// Which events are delivered in commit order (default [`Ordering::Row`]: the events of
     /// one row; `Table`: all of the table's; `None`: no order).
     pub ordering: Ordering,
+    /// When set, `data.old` / `data.new` hold only these columns (in table order); the
+    /// others never reach the event log.
+    pub payload_columns: Option<Vec<String>>,
+    /// When set (the daemon's `where`), an SQL condition on the row's columns: an INSERT is
+    /// delivered when the new row matches, a DELETE when the old row does, an UPDATE when
+    /// either does.
+    pub condition: Option<String>,
     /// Retries and timeout (default: the builder's policy).
     pub retry: Option<RetryPolicy>,
 }
@@ -33,6 +40,8 @@ impl Default for TableOptions {
             operations: vec![Action::Insert, Action::Update, Action::Delete],
             columns: None,
             ordering: Ordering::Row,
+            payload_columns: None,
+            condition: None,
             retry: None,
         }
     }
@@ -243,7 +252,9 @@ impl ListenerBuilder {
                     table,
                     operations: entry.options.operations.clone(),
                     columns: entry.options.columns.clone(),
-                    ordering: entry.options.ordering,
+                    ordering: entry.options.ordering.clone(),
+                    payload_columns: entry.options.payload_columns.clone(),
+                    condition: entry.options.condition.clone(),
                     notify: self.options.notify,
                 },
                 entry,

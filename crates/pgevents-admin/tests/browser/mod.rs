@@ -44,6 +44,12 @@ async fn the_console_redelivers_a_failed_event_in_chromium() {
         browser.screenshot("console-token.png").await?;
         browser.type_into("#token-input", TOKEN).await?;
         browser.click("#token-submit").await?;
+        browser
+            .wait_for_text(
+                "#triggers tr[data-trigger='order_events'] .capture",
+                "ordering row",
+            )
+            .await?;
         // The failed count of order_events filters the list down to the failed event.
         browser
             .wait_for_text(

@@ -147,6 +147,8 @@ pub struct Table {
     pub table: &'static str,
     pub sink: Switch,
     pub retry: RetryPolicy,
+    /// Changes the trigger's capture (filter, ordering, payload columns) before install.
+    pub capture: fn(&mut TriggerSpec),
 }
 
 impl Table {
@@ -156,7 +158,13 @@ impl Table {
             table,
             sink: Switch::default(),
             retry: fast_retry(0),
+            capture: |_| {},
         }
+    }
+
+    pub fn capture(mut self, change: fn(&mut TriggerSpec)) -> Table {
+        self.capture = change;
+        self
     }
 
     pub fn retry(mut self, policy: RetryPolicy) -> Table {
@@ -221,7 +229,8 @@ pub async fn daemon_listening(
             .await
             .expect("create table");
         let table = QualifiedName::parse(t.table).expect("table name");
-        let spec = TriggerSpec::new(t.trigger, table.clone());
+        let mut spec = TriggerSpec::new(t.trigger, table.clone());
+        (t.capture)(&mut spec);
         let id = pgevents_capture::install_trigger(&mut client, &schema, &spec)
             .await
             .expect("install trigger");

@@ -227,6 +227,8 @@ pub async fn registered_tables(client: &Client, schema: &LogSchema) -> Vec<Logic
             operations: ALL_OPS.to_vec(),
             columns: None,
             ordering: pgevents_log::Ordering::Row,
+            payload_columns: None,
+            condition: None,
         })
         .collect()
 }

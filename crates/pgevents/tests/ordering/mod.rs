@@ -27,7 +27,7 @@ fn v_of(e: &Event) -> Option<i64> {
 
 /// A handler that fails the first `n` attempts of the events `fails` picks, and records the
 /// others in `delivered`.
-fn failing_first(
+pub(crate) fn failing_first(
     delivered: &Collector,
     n: usize,
     fails: impl Fn(&Event) -> bool + Send + Sync + 'static,
@@ -48,7 +48,7 @@ fn failing_first(
 }
 
 /// The position of the first delivered event `which` picks.
-fn position(events: &[Event], which: impl Fn(&Event) -> bool) -> usize {
+pub(crate) fn position(events: &[Event], which: impl Fn(&Event) -> bool) -> usize {
     events
         .iter()
         .position(which)
