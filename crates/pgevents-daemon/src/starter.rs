@@ -114,19 +114,19 @@ failed = "{failed}"                         # how long failed events are kept
 #   operations = [{operations}]   add "TRUNCATE" to capture it too
 #   columns = ["status"]                   optional: an UPDATE fires only if one of these changed
 #   format = "seed"                        or "hasura": Hasura's event-trigger body
-#   ordering = "row"                       events of one row in commit order; "none": any order
-#                                          (*) or "table", or {{ columns = ["account_id"] }}
-#   where = "status <> 'draft'"            (*) optional: an SQL condition on the row
-#   payload_columns = ["id", "status"]     (*) optional: only these columns in data.old / data.new
+#   ordering = "row"                       events of one row in commit order; "table": all events in
+#                                          commit order; "none": any order; {{ columns = ["account_id"] }}:
+#                                          events sharing those columns' values in commit order
+#   where = "status <> 'draft'"            optional: an SQL condition on the row (old or new row for UPDATE)
+#   payload_columns = ["id", "status"]     optional: only these columns in data.old / data.new
 #   retry = {{ max_retries = {max_retries}, initial_interval = "{initial}", max_interval = "{max}", timeout = "{timeout}" }}
 # and exactly one destination:
 #   webhook = {{ url_from_env = "ORDERS_HOOK", headers = {{ "X-Api-Key" = {{ from_env = "HOOK_KEY" }} }}, signing_secret_from_env = "HOOK_SECRET" }}
 #   nats = {{ url = "nats://127.0.0.1:4222", subject = "pg.orders" }}        JetStream
 #   redis = {{ url = "redis://127.0.0.1:6379", stream = "pg:orders" }}       XADD
 #   amqp = {{ url = "amqp://guest:guest@127.0.0.1:5672", exchange = "pg", routing_key = "orders" }}
-#   kafka = {{ brokers = "127.0.0.1:9092", topic = "pg.orders" }}            (*)
+#   kafka = {{ brokers = "127.0.0.1:9092", topic = "pg.orders" }}            key: the row
 #   stdout = {{}}                                                            JSON lines on standard output
-# (*) not known to every version: `pgevents check` names any key this one does not accept.
 "#,
         delivered = duration_text(DEFAULT_RETENTION_DELIVERED),
         failed = duration_text(DEFAULT_RETENTION_FAILED),
