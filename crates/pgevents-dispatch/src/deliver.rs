@@ -153,6 +153,7 @@ mod tests {
             action: pgevents_event::Action::Insert,
             old: None,
             new: None,
+            ordering_key: None,
         });
         let policy = RetryPolicy {
             timeout: Duration::from_millis(50),

@@ -266,6 +266,7 @@ impl Dispatcher {
             action,
             old: claimed.old,
             new: claimed.new,
+            ordering_key: claimed.row_key,
         }))
     }
 }

@@ -118,10 +118,12 @@ $ingest$;
 -- (measured: 584 ms instead of 14 ms per claim of 500 with 300,000 pending; see
 -- BENCHMARKS.md). Hence no sorts or bitmap scans here, and the NOT EXISTS stays a per-row
 -- subplan (`OFFSET 0`) whose `row_key IS NOT NULL` matches event_row's predicate.
-CREATE OR REPLACE FUNCTION @schema@.claim(
+-- (Dropped first: CREATE OR REPLACE cannot change the columns it returns, and row_key was added.)
+DROP FUNCTION IF EXISTS @schema@.claim(integer[], bigint, bigint, bigint);
+CREATE FUNCTION @schema@.claim(
     triggers integer[], max_events bigint, lease_ms bigint, claimant bigint)
 RETURNS TABLE (seq bigint, trigger_id integer, op "char", old_row text, new_row text,
-               created_at timestamptz, attempts integer, current_retry integer)
+               created_at timestamptz, attempts integer, current_retry integer, row_key bigint)
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 SET enable_sort = off
@@ -144,5 +146,5 @@ AS $claim$
            owner = claimant, attempts = e.attempts + 1
       FROM due WHERE e.seq = due.seq
     RETURNING e.seq, e.trigger_id, e.op, e.old_row::text, e.new_row::text,
-              e.created_at, e.attempts, e.attempts - e.budget_from - 1
+              e.created_at, e.attempts, e.attempts - e.budget_from - 1, e.row_key
 $claim$;

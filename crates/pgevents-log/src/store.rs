@@ -27,6 +27,8 @@ pub struct Claimed {
     pub attempts: i32,
     /// Retries this attempt follows, within the current retry budget.
     pub current_retry: i32,
+    /// The ordering key (`None`: unordered).
+    pub row_key: Option<i64>,
 }
 
 /// What became of one attempt.
@@ -207,6 +209,7 @@ impl Store {
                 created_at: r.get(5),
                 attempts: r.get(6),
                 current_retry: r.get(7),
+                row_key: r.get(8),
             })
             .collect();
         claimed.sort_by_key(|c| c.seq);
