@@ -5,6 +5,7 @@ mod bad_input;
 mod daemon;
 mod demo;
 mod faults;
+mod kafka_check;
 mod retention;
 mod security;
 mod support;
