@@ -4,6 +4,7 @@
 //! cargo run --release -p pgevents-bench -- all            # every scenario, 3 runs each
 //! cargo run --release -p pgevents-bench -- writer --runs 5
 //! cargo run --release -p pgevents-bench -- all --quick    # small sizes: a CI smoke run
+//! cargo run --release -p pgevents-bench -- kafka          # needs scripts/start-kafka.sh
 //! ```
 //!
 //! Each scenario runs several times against a throwaway cluster (fsync on,
@@ -14,6 +15,8 @@
 //! processes) is stopped and removed when it ends, also on error or Ctrl-C.
 
 mod cluster;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod latency;
 mod listening;
 mod load;
@@ -70,8 +73,17 @@ enum Scenario {
     Latency(Common),
     /// Peak RSS of a listener process draining a backlog, and delivering one 50 MB row.
     Memory(Common),
-    /// Every scenario, one after the other, in one table.
+    /// Every scenario but `kafka`, one after the other, in one table.
     All(Common),
+    /// Backlog drain to a Kafka topic (needs a broker: `scripts/start-kafka.sh`).
+    #[cfg(feature = "kafka")]
+    Kafka {
+        #[command(flatten)]
+        common: Common,
+        /// The broker to produce to.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
     /// (internal) The listener process whose memory the `memory` scenario measures.
     #[command(name = "__drain-child", hide = true)]
     DrainChild(memory::ChildArgs),
@@ -101,20 +113,22 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (common, which) = match cli.scenario {
+    let (common, which, kafka) = match cli.scenario {
         Scenario::DrainChild(args) => return memory::child(args).await,
-        Scenario::Writer(c) => (c, [true, false, false, false]),
-        Scenario::Throughput(c) => (c, [false, true, false, false]),
-        Scenario::Latency(c) => (c, [false, false, true, false]),
-        Scenario::Memory(c) => (c, [false, false, false, true]),
-        Scenario::All(c) => (c, [true, true, true, true]),
+        Scenario::Writer(c) => (c, [true, false, false, false], None),
+        Scenario::Throughput(c) => (c, [false, true, false, false], None),
+        Scenario::Latency(c) => (c, [false, false, true, false], None),
+        Scenario::Memory(c) => (c, [false, false, false, true], None),
+        Scenario::All(c) => (c, [true, true, true, true], None),
+        #[cfg(feature = "kafka")]
+        Scenario::Kafka { common, brokers } => (common, [false; 4], Some(brokers)),
     };
     let sizes = Sizes::new(common.quick, common.runs, common.events);
     let options = common.listener_pg_options;
     // Ctrl-C drops the scenario future: every guard it holds (cluster, child processes)
     // cleans up on the way out.
     tokio::select! {
-        result = scenarios(sizes, options.as_deref(), which) => result,
+        result = scenarios(sizes, options.as_deref(), which, kafka.as_deref()) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; everything started was stopped and removed")),
     }
 }
@@ -123,6 +137,7 @@ async fn scenarios(
     sizes: Sizes,
     listener_options: Option<&str>,
     [writer, throughput, latency, memory]: [bool; 4],
+    kafka: Option<&str>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let bench = Bench::start(sizes.clone(), listener_options).await?;
@@ -148,6 +163,12 @@ async fn scenarios(
         if memory {
             memory::run(&bench, &mut report, drains).await?;
         }
+        #[cfg(feature = "kafka")]
+        if let Some(brokers) = kafka {
+            kafka::run(&bench, &mut report, brokers).await?;
+        }
+        #[cfg(not(feature = "kafka"))]
+        let _ = kafka;
         anyhow::Ok(())
     }
     .await;
