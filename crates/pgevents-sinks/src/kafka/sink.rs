@@ -30,6 +30,15 @@ const MAX_MESSAGE_BYTES: &str = "104857600";
 /// How long a topic missing from the brokers' metadata is waited for before messages to it
 /// fail: short, so that a missing topic is reported instead of an attempt timing out.
 const TOPIC_PROPAGATION_MS: &str = "1000";
+/// How long a message may wait in the producer for an attempt allowed `timeout`: a tenth
+/// less, so that the producer gives up on it (and says so) before the attempt ends, and a
+/// retry does not race a late copy.
+fn queue_timeout(timeout: Duration) -> Duration {
+    timeout
+        .saturating_sub(timeout / 10)
+        .max(Duration::from_millis(1))
+}
+
 /// The headers every message carries.
 const HEADER_ID: &str = "pgevents-id";
 const HEADER_TRIGGER: &str = "pgevents-trigger";
@@ -163,7 +172,10 @@ impl KafkaSink {
             .set("message.max.bytes", MAX_MESSAGE_BYTES)
             .set("allow.auto.create.topics", "false")
             .set("topic.metadata.propagation.max.ms", TOPIC_PROPAGATION_MS)
-            .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
+            .set(
+                "message.timeout.ms",
+                queue_timeout(timeout).as_millis().to_string(),
+            )
             .set(
                 "security.protocol",
                 match (target.tls, target.sasl.is_some()) {
@@ -267,7 +279,7 @@ impl KafkaSink {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let sent =
             tokio::time::timeout_at(deadline, producer.send(record, Timeout::After(remaining)));
-        match sent.await {
+        let outcome = match sent.await {
             Ok(Ok(done)) => Outcome::Delivered(Report {
                 response: Some(format!(
                     "topic {topic} partition {} offset {}",
@@ -276,8 +288,24 @@ impl KafkaSink {
                 ..Report::default()
             }),
             Ok(Err((error, _))) => self.outcome_of_error(&error, delivery.timeout, &producer),
-            Err(_) => Outcome::retry(self.no_acknowledgement(delivery.timeout)),
+            Err(_) => {
+                self.replace(&producer);
+                Outcome::retry(self.no_acknowledgement(delivery.timeout))
+            }
+        };
+        // Ending a producer waits for its threads: never on the async runtime's.
+        if let Some(last) = Arc::into_inner(producer) {
+            tokio::task::spawn_blocking(move || drop(last));
         }
+        outcome
+    }
+
+    /// Starts a new producer for the next attempt in place of `stuck`: after a fatal error,
+    /// or when messages time out in flight, an idempotent producer must bump its epoch, which
+    /// brokers that lost its state (a restart without persistent storage) never grant; a new
+    /// producer gets a new id and carries on.
+    fn replace(&self, stuck: &Arc<FutureProducer>) {
+        self.inner.producer.discard(stuck);
     }
 
     fn no_acknowledgement(&self, timeout: Duration) -> String {
@@ -296,9 +324,7 @@ impl KafkaSink {
         producer: &Arc<FutureProducer>,
     ) -> Outcome {
         if let Some((code, reason)) = producer.client().fatal_error() {
-            // The idempotent producer cannot go on (e.g. its sequence was lost): the next
-            // attempt starts a new one.
-            self.inner.producer.discard(producer);
+            self.replace(producer);
             return Outcome::retry(format!(
                 "the Kafka producer stopped after a fatal error ({code}: {reason}); a new one is \
                  started for the next attempt"
@@ -330,6 +356,7 @@ impl KafkaSink {
                 ))
             }
             Some(RDKafkaErrorCode::MessageTimedOut) => {
+                self.replace(producer);
                 Outcome::retry(self.no_acknowledgement(timeout))
             }
             _ => Outcome::retry(format!("producing to topic {topic} failed: {error}")),

@@ -77,16 +77,18 @@ impl Kafka {
     }
 }
 
-/// The tansu binary: on PATH, or where `cargo install` puts it.
+/// The tansu binary: where `cargo install` puts it, or on PATH.
 fn which_tansu() -> String {
-    let installed = std::env::var("HOME")
-        .map(|home| format!("{home}/.cargo/bin/tansu"))
-        .unwrap_or_default();
-    if std::path::Path::new(&installed).exists() {
-        installed
-    } else {
-        "tansu".into()
-    }
+    let home = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo/bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    home.into_iter()
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join("tansu"))
+        .find(|bin| bin.is_file())
+        .map(|bin| bin.display().to_string())
+        .unwrap_or_else(|| {
+            panic!("tansu is not installed: run scripts/start-kafka.sh (builds it once with cargo install)")
+        })
 }
 
 /// A Kafka sink producing to `topic` with `key` (`"row"`, `"table"`, `"none"`).
