@@ -46,9 +46,13 @@ impl Sink for Counted {
     }
 }
 
-/// Creates a topic of `PARTITIONS` partitions named after the run.
+/// Creates a topic of `PARTITIONS` partitions named after the run and the attempt (a
+/// disturbed measurement is made again, on a topic of its own).
 async fn create_topic(brokers: &str, run: u32) -> anyhow::Result<String> {
-    let name = format!("pgevents.bench.{}.{run}", std::process::id());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!("pgevents.bench.{}.{run}.{nanos}", std::process::id());
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
