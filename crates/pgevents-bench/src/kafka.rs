@@ -2,12 +2,12 @@
 //! loopback (tansu, started by `scripts/start-kafka.sh`), through `KafkaSink` with its
 //! default settings (idempotent, `acks=all`, keyed by row, LZ4 batches).
 //!
-//! Each run empties the table, inserts `N` rows (in 10,000-row transactions) while no
-//! listener runs, creates a fresh 6-partition topic, then starts a listener and runs the
+//! Each run empties the table, creates a fresh 6-partition topic, inserts `N` rows (in
+//! 10,000-row transactions) while no listener runs, then starts a listener and runs the
 //! clock until the broker acknowledged the N-th event. Every row is its own key, so the
 //! events spread over all partitions. Not part of `all`: it needs the broker.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use pgevents::{Delivery, Outcome, Sink};
@@ -17,14 +17,13 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
 use crate::cluster::{Bench, TABLE};
-use crate::listening::{Counter, RunningListener};
+use crate::listening::Counter;
 use crate::report::{Goal, Report, Unit};
+use crate::throughput::drain_backlog;
 
 const SECTION: &str = "Kafka — commit to broker acknowledgement";
 /// The target of the Kafka sink issue, events/s.
 const TARGET: f64 = 20_000.0;
-/// Rows per transaction of the backlog insert.
-const BACKLOG_CHUNK: u64 = 10_000;
 /// Partitions of each run's topic.
 const PARTITIONS: i32 = 6;
 /// How long creating a topic may take.
@@ -96,14 +95,7 @@ async fn backlog(bench: &Bench, brokers: &str, n: u64, run: u32) -> anyhow::Resu
         .build()
         .await
         .context("building the Kafka listener")?;
-    bench.insert_rows(n, BACKLOG_CHUNK).await?;
-    let started = Instant::now();
-    let running = RunningListener::start(listener);
-    let last = counter
-        .wait_for(n, Duration::from_secs(120.max(n / 500)))
-        .await?;
-    running.stop().await?;
-    Ok(n as f64 / last.saturating_duration_since(started).as_secs_f64())
+    drain_backlog(bench, listener, &counter, n).await
 }
 
 /// Measures the backlog drain to the broker at `brokers` `runs` times; adds the figures.
