@@ -17,8 +17,10 @@
 //!     action: Action::Insert,
 //!     old: None,
 //!     new: Some(r#"{"id":7,"total":12.50}"#.into()),
+//!     ordering_key: Some(-4_153_267_419_371_906_547),
 //! });
 //! assert!(event.payload_str().contains(r#""new":{"id":7,"total":12.50}"#));
+//! assert_eq!(event.ordering_key(), Some(-4_153_267_419_371_906_547));
 //! ```
 
 mod action;
