@@ -20,7 +20,7 @@
 //! connects) and shared by all deliveries, which pipeline over it; after a failure the next
 //! attempt reconnects. An event counts as delivered only on the broker's acknowledgement;
 //! every failure is an [`Outcome::Retry`](pgevents_sink::Outcome::Retry) under the trigger's
-//! retry policy, so a broker that goes away delays events but loses none. Streams and
+//! retry policy, so a broker that goes away delays events but loses none. Streams, topics and
 //! exchanges are never created by pgevents: see each sink for why, and for the error that
 //! says how to create them.
 //!
