@@ -36,6 +36,9 @@ function storedToken() {
 async function api(path, options = {}) {
   for (;;) {
     const headers = Object.assign({ Accept: 'application/json' }, options.headers || {});
+    // The server refuses a state change without this type, body or not: any other type is one
+    // a page on another site could send.
+    if ((options.method || 'GET') !== 'GET') headers['Content-Type'] = 'application/json';
     const token = storedToken();
     if (token) headers.Authorization = 'Bearer ' + token;
     const response = await fetch(path, Object.assign({}, options, { headers, cache: 'no-store' }));
@@ -393,7 +396,6 @@ async function submitInvoke(e) {
   try {
     const { body } = await api('/api/v1/triggers/' + encodeURIComponent(trigger) + '/invoke', {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
       body: text, // sent as typed: big numbers stay exact
     });
     $('invoke-dialog').close();

@@ -17,6 +17,10 @@ pub enum Error {
 pub(crate) enum ApiError {
     /// No token, or the wrong one.
     Unauthorized,
+    /// A state-changing request that may come from a web page on another site.
+    Forbidden(String),
+    /// A `Host` that does not name this server (DNS rebinding).
+    MisdirectedHost(String),
     /// No such event, trigger or path.
     NotFound(String),
     /// A malformed parameter or body.
@@ -35,6 +39,8 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -50,7 +56,9 @@ impl ApiError {
                 "missing or wrong token: send the admin token as `Authorization: Bearer <token>`"
             }
             ApiError::MethodNotAllowed => "method not allowed on this path",
-            ApiError::NotFound(m)
+            ApiError::Forbidden(m)
+            | ApiError::MisdirectedHost(m)
+            | ApiError::NotFound(m)
             | ApiError::BadRequest(m)
             | ApiError::Conflict(m)
             | ApiError::Unavailable(m)

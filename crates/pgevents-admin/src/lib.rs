@@ -14,7 +14,11 @@
 //! | `GET /` | the console (plain HTML, CSS and JavaScript built into the binary) |
 //!
 //! With a token configured, every path but `/healthz` and the console's static files
-//! answers 401 without `Authorization: Bearer <token>`. Every answer of the API, errors
+//! answers 401 without `Authorization: Bearer <token>`. With or without a token, what a web
+//! page on another site could make the operator's browser send is refused: a POST (any
+//! state-changing method) from a foreign `Origin` or without `Content-Type:
+//! application/json` answers 403, and a request whose `Host` does not name this server
+//! (DNS rebinding) answers 421 — see [`AdminState::with_allowed_hosts`]. Every answer of the API, errors
 //! included, is JSON: `{"error": "..."}` for errors.
 //!
 //! ```no_run
@@ -39,6 +43,7 @@
 mod api;
 mod auth;
 mod console;
+mod cross_site;
 mod error;
 mod pool;
 mod prometheus;

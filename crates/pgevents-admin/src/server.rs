@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use pgevents_dispatch::Health;
 use pgevents_log::LogSchema;
 
+use crate::cross_site::{self, Hosts};
 use crate::error::{ApiError, Error};
 use crate::pool::Pool;
 use crate::prometheus::{self, GaugeClock, UPKEEP_INTERVAL};
@@ -29,6 +30,7 @@ const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 pub struct AdminState {
     inner: Arc<Inner>,
+    allowed_hosts: Arc<[String]>,
 }
 
 struct Inner {
@@ -46,6 +48,7 @@ impl std::fmt::Debug for AdminState {
         f.debug_struct("AdminState")
             .field("schema", &self.inner.schema)
             .field("token", &self.inner.token.as_ref().map(|_| "<set>"))
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish_non_exhaustive()
     }
 }
@@ -75,7 +78,19 @@ impl AdminState {
                 metrics: prometheus::install_metrics_recorder(),
                 gauges: GaugeClock::default(),
             }),
+            allowed_hosts: Arc::new([]),
         }
+    }
+
+    /// Also accepts requests whose `Host` is one of `names` (`[admin] allowed_hosts`):
+    /// the names the server is reached by beside its own address and loopback. Without
+    /// them, a server listening on loopback answers only `localhost` and loopback
+    /// addresses, and one listening elsewhere also its address (any address when it
+    /// listens on all of them); other `Host`s are refused with 421, so that no web page can
+    /// read the API by pointing a name of its own at it (DNS rebinding).
+    pub fn with_allowed_hosts(mut self, names: impl IntoIterator<Item = String>) -> AdminState {
+        self.allowed_hosts = names.into_iter().collect();
+        self
     }
 
     pub(crate) fn pool(&self) -> &Pool {
@@ -102,9 +117,11 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    if let Ok(addr) = listener.local_addr() {
+    let addr = listener.local_addr().ok();
+    if let Some(addr) = addr {
         tracing::info!(%addr, token = state.token().is_some(), "admin server listening");
     }
+    let hosts = Arc::new(Hosts::new(addr, &state.allowed_hosts));
     let metrics = state.inner.metrics.clone();
     // Folds histogram samples into buckets between scrapes; stopped when serving ends (or
     // when this future is dropped).
@@ -115,7 +132,7 @@ pub async fn serve(
             metrics.run_upkeep();
         }
     }));
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state, hosts))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(Error::Serve)
@@ -130,7 +147,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn router(state: AdminState) -> Router {
+/// The routes, behind (outermost first) the `Host` check, the token check and the refusal of
+/// cross-site state changes: a request without the token answers 401 whatever else it is.
+fn router(state: AdminState, hosts: Arc<Hosts>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -146,9 +165,14 @@ fn router(state: AdminState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(cross_site::refuse_cross_site))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
+        ))
+        .layer(middleware::from_fn_with_state(
+            hosts,
+            cross_site::check_host,
         ))
         .with_state(state)
 }

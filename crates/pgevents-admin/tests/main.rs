@@ -2,6 +2,7 @@
 //! on 127.0.0.1, and headless Chromium for the console.
 
 mod browser;
+mod cross_site;
 mod support;
 
 use std::time::Duration;

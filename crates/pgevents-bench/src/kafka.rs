@@ -17,15 +17,16 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
 use crate::cluster::{Bench, TABLE};
-use crate::listening::Counter;
+use crate::listening::{drain_rate, Counter};
 use crate::report::{Goal, Report, Unit};
-use crate::throughput::drain_backlog;
 
 const SECTION: &str = "Kafka — commit to broker acknowledgement";
 /// The target of the Kafka sink issue, events/s.
 const TARGET: f64 = 20_000.0;
 /// Partitions of each run's topic.
 const PARTITIONS: i32 = 6;
+/// Rows per transaction of the backlog insert.
+const BACKLOG_CHUNK: u64 = 10_000;
 /// How long creating a topic may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -95,7 +96,8 @@ async fn backlog(bench: &Bench, brokers: &str, n: u64, run: u32) -> anyhow::Resu
         .build()
         .await
         .context("building the Kafka listener")?;
-    drain_backlog(bench, listener, &counter, n).await
+    bench.insert_rows(n, BACKLOG_CHUNK).await?;
+    drain_rate(listener, &counter, n).await
 }
 
 /// Measures the backlog drain to the broker at `brokers` `runs` times; adds the figures.

@@ -15,6 +15,7 @@ use pgevents::Event;
 use tokio::task::JoinSet;
 
 use crate::cluster::{Bench, NOTE, TABLE};
+use crate::isolation::Condition;
 use crate::listening::{Counter, RunningListener};
 use crate::report::{Goal, Report, Unit};
 use crate::stats::{median, percentile};
@@ -50,17 +51,23 @@ impl Timeline {
 }
 
 /// What one run measured.
-struct Run {
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
-    achieved: f64,
-    commit_p50: f64,
+pub struct Run {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub achieved: f64,
+    pub commit_p50: f64,
 }
 
 async fn measure(bench: &Bench, rate: u64) -> anyhow::Result<Run> {
+    measure_under(bench, rate, Condition::Alone).await
+}
+
+/// One latency run at `rate` with the log in `condition` (see `isolation`).
+pub async fn measure_under(bench: &Bench, rate: u64, condition: Condition) -> anyhow::Result<Run> {
     bench.reset(0).await?;
+    condition.prepare(bench).await?;
     let total = (rate * bench.sizes.latency_secs) as usize;
     let timeline = Arc::new(Timeline::new(total));
     let counter = Counter::new();
@@ -86,9 +93,8 @@ async fn measure(bench: &Bench, rate: u64) -> anyhow::Result<Run> {
             }
         }
     };
-    let listener = pgevents::Listener::builder(&bench.listener_url)
-        .on(TABLE, handler)
-        .drain_timeout(Duration::from_secs(5))
+    let listener = condition
+        .builder(bench, handler)?
         .build()
         .await
         .context("building the listener")?;

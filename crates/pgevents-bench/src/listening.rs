@@ -112,6 +112,18 @@ impl RunningListener {
     }
 }
 
+/// Runs `listener` until `counter` saw `n` events, stops it, and returns events/s from its
+/// start to the `n`-th arrival.
+pub async fn drain_rate(listener: Listener, counter: &Counter, n: u64) -> anyhow::Result<f64> {
+    let started = std::time::Instant::now();
+    let running = RunningListener::start(listener);
+    let last = counter
+        .wait_for(n, Duration::from_secs(120.max(n / 500)))
+        .await?;
+    running.stop().await?;
+    Ok(n as f64 / last.saturating_duration_since(started).as_secs_f64())
+}
+
 impl Drop for RunningListener {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {

@@ -15,6 +15,7 @@
 //! processes) is stopped and removed when it ends, also on error or Ctrl-C.
 
 mod cluster;
+mod isolation;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod latency;
@@ -71,8 +72,12 @@ enum Scenario {
     Throughput(Common),
     /// Commit → handler latency percentiles at 1,000 and 10,000 events/s.
     Latency(Common),
-    /// Peak RSS of a listener process draining a backlog, and delivering one 50 MB row.
+    /// Peak RSS of a listener process draining a backlog, delivering one 50 MB row, and
+    /// draining 2,000 rows of 10 MB.
     Memory(Common),
+    /// Drain rate and latency of a trigger alone and beside another trigger's backlog, dead
+    /// webhook, or millions of delivered events, in the same log.
+    Isolation(Common),
     /// Every scenario but `kafka`, one after the other, in one table.
     All(Common),
     /// Backlog drain to a Kafka topic (needs a broker: `scripts/start-kafka.sh`).
@@ -115,13 +120,14 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (common, which, kafka) = match cli.scenario {
         Scenario::DrainChild(args) => return memory::child(args).await,
-        Scenario::Writer(c) => (c, [true, false, false, false], None),
-        Scenario::Throughput(c) => (c, [false, true, false, false], None),
-        Scenario::Latency(c) => (c, [false, false, true, false], None),
-        Scenario::Memory(c) => (c, [false, false, false, true], None),
-        Scenario::All(c) => (c, [true, true, true, true], None),
+        Scenario::Writer(c) => (c, [true, false, false, false, false], None),
+        Scenario::Throughput(c) => (c, [false, true, false, false, false], None),
+        Scenario::Latency(c) => (c, [false, false, true, false, false], None),
+        Scenario::Memory(c) => (c, [false, false, false, true, false], None),
+        Scenario::Isolation(c) => (c, [false, false, false, false, true], None),
+        Scenario::All(c) => (c, [true, true, true, true, true], None),
         #[cfg(feature = "kafka")]
-        Scenario::Kafka { common, brokers } => (common, [false; 4], Some(brokers)),
+        Scenario::Kafka { common, brokers } => (common, [false; 5], Some(brokers)),
     };
     let sizes = Sizes::new(common.quick, common.runs, common.events);
     let options = common.listener_pg_options;
@@ -136,7 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn scenarios(
     sizes: Sizes,
     listener_options: Option<&str>,
-    [writer, throughput, latency, memory]: [bool; 4],
+    [writer, throughput, latency, memory, isolation]: [bool; 5],
     kafka: Option<&str>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -162,6 +168,9 @@ async fn scenarios(
         }
         if memory {
             memory::run(&bench, &mut report, drains).await?;
+        }
+        if isolation {
+            isolation::run(&bench, &mut report).await?;
         }
         #[cfg(feature = "kafka")]
         if let Some(brokers) = kafka {

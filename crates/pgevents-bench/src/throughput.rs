@@ -19,7 +19,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 
 use crate::cluster::{Bench, NOTE, TABLE};
-use crate::listening::{Counter, RunningListener};
+use crate::listening::{drain_rate, Counter, RunningListener};
 use crate::memory::{self, Drain};
 use crate::process;
 use crate::receiver::{self, Receiver};
@@ -87,34 +87,18 @@ async fn logical_backlog(bench: &Bench, n: u64) -> anyhow::Result<f64> {
     bench.reset(0).await?;
     let counter = Counter::new();
     let listener = bench.logical_listener(&counter).await?;
-    drain_backlog(bench, listener, &counter, n).await
-}
-
-/// Inserts `n` rows while `listener` does not run yet, then runs it until `counter` saw `n`
-/// deliveries; returns events/s from its start to the n-th delivery.
-pub async fn drain_backlog(
-    bench: &Bench,
-    listener: pgevents::Listener,
-    counter: &Counter,
-    n: u64,
-) -> anyhow::Result<f64> {
     bench.insert_rows(n, BACKLOG_CHUNK).await?;
-    let started = Instant::now();
-    let running = RunningListener::start(listener);
-    let last = counter
-        .wait_for(n, Duration::from_secs(120.max(n / 500)))
-        .await?;
-    running.stop().await?;
-    Ok(n as f64 / last.saturating_duration_since(started).as_secs_f64())
+    drain_rate(listener, &counter, n).await
 }
 
 /// One webhook backlog drain, in process: returns events/s.
 async fn webhook_backlog(bench: &Bench, n: u64) -> anyhow::Result<f64> {
     bench.reset(0).await?;
     let d = delivering(bench, Destination::Webhook).await?;
-    let rate = drain_backlog(bench, d.listener, &d.counter, n).await;
+    bench.insert_rows(n, BACKLOG_CHUNK).await?;
+    let rate = drain_rate(d.listener, &d.counter, n).await?;
     drop(d.receiver);
-    rate
+    Ok(rate)
 }
 
 /// What one steady-state window measured.

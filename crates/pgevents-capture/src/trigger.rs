@@ -6,8 +6,9 @@
 //! advisory-lock probe that decides whether a sleeping dispatcher needs a `NOTIFY`.
 
 use pgevents_event::Action;
+use pgevents_log::ordering::{key_sql, old_key_sql};
 use pgevents_log::{
-    quote_ident, quote_literal, wake_channel, wake_key, Error, LogSchema, QualifiedName,
+    quote_ident, quote_literal, wake_channel, wake_key, Error, LogSchema, Ordering, QualifiedName,
 };
 use tokio_postgres::{Client, GenericClient};
 
@@ -24,9 +25,12 @@ pub struct TriggerSpec {
     pub operations: Vec<Action>,
     /// When set, an UPDATE is captured only if one of these columns changed.
     pub columns: Option<Vec<String>>,
-    /// Whether events of one row are delivered in commit order (needs a primary key or
-    /// replica identity index; without one, events of the table are unordered).
-    pub ordered: bool,
+    /// Which events are delivered in commit order (`Row` needs a primary key or a replica
+    /// identity index: without one, install refuses and `check` says what to do).
+    pub ordering: Ordering,
+    /// Whether writers wake a sleeping dispatcher with a `NOTIFY` (see
+    /// `pgevents_log::wake_key`); without, dispatchers poll.
+    pub notify: bool,
 }
 
 impl TriggerSpec {
@@ -37,7 +41,8 @@ impl TriggerSpec {
             table,
             operations: vec![Action::Insert, Action::Update, Action::Delete],
             columns: None,
-            ordered: true,
+            ordering: Ordering::Row,
+            notify: true,
         }
     }
 
@@ -81,23 +86,6 @@ async fn table_info(
         .ok_or_else(|| Error::NoSuchTable(table.to_string()))
 }
 
-fn row_key_expr(record: &str, key_columns: &[String], seed: i32) -> String {
-    match key_columns {
-        [] => "NULL::bigint".into(),
-        [one] => format!(
-            "hashtextextended(({record}.{})::text, {seed})",
-            quote_ident(one)
-        ),
-        many => format!(
-            "hashtextextended(ROW({})::text, {seed})",
-            many.iter()
-                .map(|c| format!("{record}.{}", quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 fn dollar_quote(body: &str) -> String {
     let mut n = 0;
     loop {
@@ -109,40 +97,54 @@ fn dollar_quote(body: &str) -> String {
     }
 }
 
-fn capture_function(schema: &LogSchema, id: i32, key_columns: &[String]) -> String {
+/// The body of trigger `id`'s capture function: the statements a writer runs.
+fn capture_body(schema: &LogSchema, id: i32, spec: &TriggerSpec, key_columns: &[String]) -> String {
     let capture = schema.object("capture");
-    let new_key = row_key_expr("NEW", key_columns, id);
-    let old_key = row_key_expr("OLD", key_columns, id);
-    let body = format!(
+    let seed = id.to_string();
+    let new_key = key_sql(spec.ordering, "NEW", key_columns, &seed);
+    let old_key = key_sql(spec.ordering, "OLD", key_columns, &seed);
+    let changed_key = old_key_sql(spec.ordering, "OLD", "NEW", key_columns, &seed);
+    let wake = if spec.notify {
+        format!(
+            "IF NOT pg_try_advisory_xact_lock_shared({}) THEN
+        PERFORM pg_notify({}, '');
+    END IF;",
+            wake_key(schema),
+            quote_literal(&wake_channel(schema))
+        )
+    } else {
+        String::new()
+    };
+    format!(
         "
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO {capture} (trigger_id, op, row_key, new_row)
         VALUES ({id}, 'I', {new_key}, to_json(NEW));
     ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO {capture} (trigger_id, op, row_key, old_row, new_row)
-        VALUES ({id}, 'U', {new_key}, to_json(OLD), to_json(NEW));
+        INSERT INTO {capture} (trigger_id, op, row_key, old_key, old_row, new_row)
+        VALUES ({id}, 'U', {new_key}, {changed_key}, to_json(OLD), to_json(NEW));
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO {capture} (trigger_id, op, row_key, old_row)
         VALUES ({id}, 'D', {old_key}, to_json(OLD));
     ELSE
         INSERT INTO {capture} (trigger_id, op) VALUES ({id}, 'T');
     END IF;
-    IF NOT pg_try_advisory_xact_lock_shared({wake}) THEN
-        PERFORM pg_notify({channel}, '');
-    END IF;
+    {wake}
     RETURN NULL;
 END
-",
-        wake = wake_key(schema),
-        channel = quote_literal(&wake_channel(schema)),
-    );
+"
+    )
+}
+
+/// The DDL creating (or replacing) trigger `id`'s capture function with `body`.
+fn capture_function(schema: &LogSchema, id: i32, body: &str) -> String {
     format!(
         "CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql
          SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body};
          COMMENT ON FUNCTION {func}() IS {comment}",
         func = schema.object(&format!("capture_{id}")),
-        body = dollar_quote(&body),
+        body = dollar_quote(body),
         comment = quote_literal(&format!(
             "pgevents capture function, log schema version {}",
             pgevents_log::SCHEMA_VERSION
@@ -191,8 +193,8 @@ pub async fn trigger_problems(
             )));
         }
     }
-    if spec.ordered && info.key_columns.is_empty() {
-        tracing::debug!(table = %spec.table, "no primary key: events of this table are unordered");
+    if spec.ordering == Ordering::Row && info.key_columns.is_empty() {
+        problems.push(Error::Unorderable(spec.table.to_string()));
     }
     Ok(problems)
 }
@@ -234,7 +236,9 @@ fn definition(spec: &TriggerSpec, key_columns: &[String]) -> serde_json::Value {
     serde_json::json!({
         "operations": spec.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
         "columns": spec.columns,
-        "ordered": spec.ordered && !key_columns.is_empty(),
+        "ordering": spec.ordering.as_str(),
+        "key": key_columns,
+        "notify": spec.notify,
         "capture": "trigger",
     })
 }
@@ -266,11 +270,7 @@ pub async fn installed_trigger(
     let Some(info) = describe_table(client, &spec.table).await? else {
         return Ok(None);
     };
-    let key_columns = if spec.ordered {
-        info.key_columns.as_slice()
-    } else {
-        &[]
-    };
+    let key_columns = info.key_columns.as_slice();
     let Some(row) = client
         .query_opt(
             &format!(
@@ -314,10 +314,12 @@ pub async fn installed_trigger(
     {
         return Ok(None);
     }
-    let comment: Option<String> = client
+    // The function's body as this version writes it: any other (an older release's, or
+    // one changed by hand) is replaced by install.
+    let current: bool = client
         .query_one(
-            "SELECT obj_description(to_regprocedure($1), 'pg_proc')",
-            &[&func],
+            "SELECT coalesce((SELECT prosrc = $2 FROM pg_proc WHERE oid = to_regprocedure($1)), false)",
+            &[&func, &capture_body(schema, id, spec, key_columns)],
         )
         .await
         .map_err(|e| {
@@ -327,18 +329,27 @@ pub async fn installed_trigger(
             )
         })?
         .get(0);
-    let current = format!("log schema version {}", pgevents_log::SCHEMA_VERSION);
-    Ok(comment.is_some_and(|c| c.ends_with(&current)).then_some(id))
+    Ok(current.then_some(id))
 }
 
 /// Installs (or replaces) capture for `spec`, idempotently; returns the trigger's log id.
 ///
-/// Fails with [`Error::NoSuchTable`] or [`Error::NoSuchColumn`] before changing anything.
+/// When everything is installed as `spec` asks already, it changes nothing and takes no lock
+/// on the table. Otherwise the DDL waits at most [`pgevents_log::LOCK_TIMEOUT_MS`] for the
+/// table's lock (an application transaction may hold it for long, and every later writer of
+/// the table would queue behind the waiting DDL): past that it fails with SQLSTATE 55P03,
+/// changing nothing, and the caller tries again later.
+///
+/// Fails with [`Error::NoSuchTable`], [`Error::NoSuchColumn`] or [`Error::Unorderable`]
+/// before changing anything.
 pub async fn install_trigger(
     client: &mut Client,
     schema: &LogSchema,
     spec: &TriggerSpec,
 ) -> Result<i32, Error> {
+    if let Some(id) = installed_trigger(&*client, schema, spec).await? {
+        return Ok(id);
+    }
     let tx = client
         .transaction()
         .await
@@ -349,20 +360,15 @@ pub async fn install_trigger(
     )
     .await
     .map_err(|e| Error::query("taking the install lock", e))?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        pgevents_log::LOCK_TIMEOUT_MS
+    ))
+    .await
+    .map_err(|e| Error::query("setting the install's lock timeout", e))?;
+    validate_trigger(&tx, spec, false).await?;
     let info = table_info(&tx, &spec.table).await?;
-    for column in spec.columns.iter().flatten() {
-        if !info.columns.contains(column) {
-            return Err(Error::NoSuchColumn {
-                table: spec.table.to_string(),
-                column: column.clone(),
-            });
-        }
-    }
-    let key_columns = if spec.ordered {
-        info.key_columns.as_slice()
-    } else {
-        &[]
-    };
+    let key_columns = info.key_columns.as_slice();
     let definition = definition(spec, key_columns);
     let id =
         pgevents_log::store::register_trigger(&tx, schema, &spec.name, &spec.table, &definition)
@@ -370,7 +376,7 @@ pub async fn install_trigger(
     let func = schema.object(&format!("capture_{id}"));
     let table = spec.table.quoted();
     let [row, upd, trunc] = pg_trigger_names(schema, &spec.name);
-    let mut ddl = capture_function(schema, id, key_columns);
+    let mut ddl = capture_function(schema, id, &capture_body(schema, id, spec, key_columns));
     for name in [&row, &upd, &trunc] {
         ddl.push_str(&format!(
             ";\nDROP TRIGGER IF EXISTS {} ON {table}",
@@ -457,7 +463,10 @@ pub async fn uninstall_trigger(
         schema: row.get(1),
         name: row.get(2),
     };
-    let mut ddl = String::new();
+    let mut ddl = format!(
+        "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\n",
+        pgevents_log::LOCK_TIMEOUT_MS
+    );
     let table_exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
         .await
@@ -473,7 +482,7 @@ pub async fn uninstall_trigger(
         }
     }
     ddl.push_str(&format!(
-        "DROP FUNCTION IF EXISTS {}()",
+        "DROP FUNCTION IF EXISTS {}();\nCOMMIT",
         schema.object(&format!("capture_{id}"))
     ));
     client
@@ -499,18 +508,6 @@ mod tests {
         }
         assert_ne!(a, b);
         assert!(pg_trigger_names(&schema, "Order Events")[0].starts_with("pgevents_order_events_"));
-    }
-
-    #[test]
-    fn row_keys_quote_columns() {
-        assert_eq!(
-            row_key_expr("NEW", &["Id \"x\"".into()], 3),
-            "hashtextextended((NEW.\"Id \"\"x\"\"\")::text, 3)"
-        );
-        assert!(
-            row_key_expr("OLD", &["a".into(), "b".into()], 1).contains("ROW(OLD.\"a\", OLD.\"b\")")
-        );
-        assert_eq!(row_key_expr("NEW", &[], 1), "NULL::bigint");
     }
 
     #[test]

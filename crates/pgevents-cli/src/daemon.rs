@@ -149,6 +149,14 @@ async fn execute(command: Command) -> Result<(), DaemonError> {
                 config.triggers.len(),
                 names(&config)
             );
+            let removed = pgevents_daemon::remove_unconfigured(&config).await?;
+            if !removed.is_empty() {
+                println!(
+                    "removed the capture of {} triggers the config no longer names (their events are kept; see `pgevents status`): {}",
+                    removed.len(),
+                    removed.join(", ")
+                );
+            }
             Ok(())
         }
         Command::Uninstall { drop_log, config } => {
@@ -179,8 +187,16 @@ async fn execute(command: Command) -> Result<(), DaemonError> {
                 "OLDEST PENDING".into(),
             ]];
             for t in &status.triggers {
+                let configured = config.trigger(&t.name).is_some();
                 rows.push([
-                    t.name.clone(),
+                    match (configured, t.removed) {
+                        (true, _) => t.name.clone(),
+                        (false, true) => format!("{} (removed: not in the config)", t.name),
+                        (false, false) => format!(
+                            "{} (not in the config: `pgevents install` removes its capture)",
+                            t.name
+                        ),
+                    },
                     format!("{}.{}", t.schema, t.table),
                     t.pending.to_string(),
                     t.delivered.to_string(),

@@ -3,6 +3,7 @@
 
 mod daemon;
 mod demo;
+mod init;
 mod signals;
 
 use std::process::ExitCode;
@@ -20,8 +21,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Watch events flow: starts a throwaway PostgreSQL (unless --database-url is given),
-    /// writes rows to a demo table on a timer and prints every event as it arrives.
+    /// writes rows to demo tables on a timer, prints every event as it arrives and serves
+    /// the console (unless --no-console) to watch retries, attempts and redelivery.
     Demo(demo::Args),
+    /// Write a commented starter config for a database: its tables as commented-out
+    /// [[trigger]] blocks, every section with its defaults.
+    Init(init::Args),
     #[command(flatten)]
     Daemon(daemon::Command),
 }
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             },
+            Command::Init(args) => init::run(args).await,
             Command::Daemon(command) => daemon::run(command).await,
         }
     })

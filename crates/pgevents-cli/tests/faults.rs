@@ -1,47 +1,26 @@
 //! The fault suite: the real `pgevents run` against a real PostgreSQL the test controls,
-//! with faults injected mid-stream. For each fault: every committed row is delivered at
-//! least once, an event is delivered twice only when it was in flight at the fault, and the
-//! daemon never exits — it logs, backs off and recovers. RELIABILITY.md describes each case.
+//! with faults injected mid-stream. The writers insert rows and update them (each UPDATE
+//! raises the row's version). For each fault: every committed event is delivered at least
+//! once, an event is delivered twice only when it was in flight at the fault, no row's events
+//! are delivered out of commit order, and the daemon never exits — it logs, backs off and
+//! recovers. RELIABILITY.md describes each case.
 //!
 //! Each test has its own time limit; the suite fits in about three minutes on two cores.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    assert_duplicates_only_across, config, http, run, text, wait_until, write_config, Daemon, Db,
-    Proxy, Receiver, Reply, Writer, WAIT,
+    assert_delivered_in_order, assert_duplicates_only_across, config, counts, events, hook, http,
+    run, status, text, wait_until, within, write_config, Daemon, Db, Proxy, Receiver, Reply,
+    Writer, PATIENT, WAIT,
 };
-
-/// Runs `test` under a time limit, so a hang fails the suite instead of stalling CI.
-async fn within<F: Future<Output = ()>>(limit: Duration, test: F) {
-    let started = Instant::now();
-    tokio::time::timeout(limit, test)
-        .await
-        .unwrap_or_else(|_| panic!("the test took longer than its limit of {limit:?}"));
-    eprintln!("took {:.1}s", started.elapsed().as_secs_f64());
-}
-
-/// A webhook trigger on `table` delivering to `/{table}` at `addr`, with `retry`.
-fn hook(table: &str, addr: std::net::SocketAddr, retry: &str) -> String {
-    format!(
-        "[[trigger]]\nname = \"{table}\"\ntable = \"{table}\"\nretry = {{ {retry} }}\nwebhook = {{ url = \"http://{addr}/{table}\" }}\n"
-    )
-}
-
-/// Retries that outlast any fault in this suite.
-const PATIENT: &str =
-    "max_retries = 40, initial_interval = \"200ms\", max_interval = \"3s\", timeout = \"5s\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_five_times_during_bursts() {
     within(Duration::from_secs(150), async {
         let db = Db::fresh("faults_kill").await;
-        db.client
-            .batch_execute("CREATE TABLE burst (id int8 PRIMARY KEY)")
-            .await
-            .expect("table");
+        db.versioned_tables(&["burst"]).await;
         let receiver = Receiver::start().await;
         receiver.answer(|_, _, _| Reply::Slow(200, Duration::from_millis(2)));
         let dir = tempfile::tempdir().expect("dir");
@@ -53,7 +32,8 @@ async fn sigkill_five_times_during_bursts() {
         daemon.wait_log("pgevents running").await;
         let mut kills = Vec::new();
         for round in 0..5i64 {
-            // A burst of 1000 rows in 10 transactions, and the daemon killed mid-delivery.
+            // A burst of 1000 new rows in one transaction, then an UPDATE of the last burst's
+            // second half and this one's first half, and the daemon killed mid-delivery.
             let from = round * 1000 + 1;
             db.client
                 .batch_execute(&format!(
@@ -62,6 +42,14 @@ async fn sigkill_five_times_during_bursts() {
                 ))
                 .await
                 .expect("burst");
+            db.client
+                .batch_execute(&format!(
+                    "UPDATE burst SET v = v + 1 WHERE id BETWEEN {} AND {}",
+                    from - 500,
+                    from + 499
+                ))
+                .await
+                .expect("burst updates");
             let before = receiver.hits("burst").len();
             wait_until(
                 WAIT,
@@ -82,6 +70,7 @@ async fn sigkill_five_times_during_bursts() {
         assert_eq!(committed.len(), 5000);
         receiver.wait_rows("burst", &committed, WAIT).await;
         let windows: Vec<_> = kills.iter().map(|k| (*k, *k)).collect();
+        assert_delivered_in_order(&db, &receiver, "burst", &windows).await;
         let duplicated = assert_duplicates_only_across(&receiver, "burst", &windows);
         assert!(
             duplicated <= 5 * 1000,
@@ -97,10 +86,7 @@ async fn sigkill_five_times_during_bursts() {
 async fn postgres_restarted_immediately_mid_stream() {
     within(Duration::from_secs(150), async {
         let mut db = Db::dedicated().await;
-        db.client
-            .batch_execute("CREATE TABLE stream (id int8 PRIMARY KEY)")
-            .await
-            .expect("table");
+        db.versioned_tables(&["stream"]).await;
         let receiver = Receiver::start().await;
         let dir = tempfile::tempdir().expect("dir");
         let cfg = write_config(
@@ -127,7 +113,7 @@ async fn postgres_restarted_immediately_mid_stream() {
         db.reconnect().await;
         daemon.wait_log("pgevents running").await;
 
-        let writer = Writer::start(&db.url, "stream", 1, 10, Duration::from_millis(20));
+        let writer = Writer::versioned(&db.url, "stream", 1, 5, Duration::from_millis(20));
         wait_until(WAIT, "deliveries under way", || {
             let n = receiver.hits("stream").len();
             async move { n >= 500 }
@@ -186,8 +172,9 @@ async fn postgres_restarted_immediately_mid_stream() {
             "the outage was logged:\n{}",
             daemon.tail(30)
         );
-        let duplicated =
-            assert_duplicates_only_across(&receiver, "stream", &[(start, end), (down, up)]);
+        let windows = [(start, end), (down, up)];
+        assert_delivered_in_order(&db, &receiver, "stream", &windows).await;
+        let duplicated = assert_duplicates_only_across(&receiver, "stream", &windows);
         eprintln!(
             "pg restart: {} rows delivered ({delivered_at_restart} before the restart), restart took {:.1}s, outage {:.1}s, {duplicated} events delivered twice",
             committed.len(),
@@ -204,10 +191,7 @@ async fn postgres_restarted_immediately_mid_stream() {
 async fn network_to_postgres_cut_and_restored() {
     within(Duration::from_secs(150), async {
         let db = Db::fresh("faults_net").await;
-        db.client
-            .batch_execute("CREATE TABLE net (id int8 PRIMARY KEY)")
-            .await
-            .expect("table");
+        db.versioned_tables(&["net"]).await;
         let proxy = Proxy::start(([127, 0, 0, 1], db.port()).into()).await;
         let via_proxy = db.url_as("postgres", None, proxy.addr.port());
         let receiver = Receiver::start().await;
@@ -220,7 +204,7 @@ async fn network_to_postgres_cut_and_restored() {
         let admin = daemon.admin_addr().await;
         daemon.wait_log("pgevents running").await;
         // The writer reaches the database directly: only the daemon's network is cut.
-        let writer = Writer::start(&db.url, "net", 1, 10, Duration::from_millis(20));
+        let writer = Writer::versioned(&db.url, "net", 1, 5, Duration::from_millis(20));
         wait_until(WAIT, "deliveries under way", || {
             let n = receiver.hits("net").len();
             async move { n >= 300 }
@@ -265,6 +249,7 @@ async fn network_to_postgres_cut_and_restored() {
             "a connection swallowed by the network gave up after the connect timeout:\n{}",
             daemon.tail(30)
         );
+        assert_delivered_in_order(&db, &receiver, "net", &[(start, end)]).await;
         let duplicated = assert_duplicates_only_across(&receiver, "net", &[(start, end)]);
         eprintln!(
             "network cut: {} rows delivered, cut {:.1}s, {duplicated} events delivered twice",
@@ -280,18 +265,14 @@ async fn network_to_postgres_cut_and_restored() {
 async fn webhook_down_for_a_minute() {
     within(Duration::from_secs(180), async {
         let db = Db::fresh("faults_hook").await;
-        db.client
-            .batch_execute("CREATE TABLE hooked (id int8 PRIMARY KEY)")
-            .await
-            .expect("table");
+        db.versioned_tables(&["hooked"]).await;
         let receiver = Receiver::start().await;
         let proxy = Proxy::start(receiver.addr).await;
         let dir = tempfile::tempdir().expect("dir");
         let cfg = write_config(&dir, &config(&db.url, &hook("hooked", proxy.addr, PATIENT)));
-        let cfg_s = cfg.display().to_string();
         let mut daemon = Daemon::start(&cfg, &[]);
         daemon.wait_log("pgevents running").await;
-        let writer = Writer::start(&db.url, "hooked", 1, 5, Duration::from_millis(50));
+        let writer = Writer::versioned(&db.url, "hooked", 1, 2, Duration::from_millis(50));
         wait_until(WAIT, "deliveries under way", || {
             let n = receiver.hits("hooked").len();
             async move { n >= 100 }
@@ -306,15 +287,9 @@ async fn webhook_down_for_a_minute() {
             daemon.assert_running("while the webhook is down");
         }
         // Meanwhile every event waits, pending: none has run out of retries.
-        let out = run(&["status", "--config", &cfg_s], &[]).await;
-        let (status, _) = text(&out);
-        let row = status
-            .lines()
-            .find(|l| l.starts_with("hooked"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect::<Vec<_>>();
-        assert_eq!(row.get(4), Some(&"0"), "no event failed: {status}");
+        let status = status(&cfg).await;
+        let failed = counts(&status, "hooked").map(|(_, _, failed)| failed);
+        assert_eq!(failed, Some(0), "no event failed: {status}");
         proxy.restore();
         let end = Instant::now();
         let resumed = writer.next_id();
@@ -327,6 +302,7 @@ async fn webhook_down_for_a_minute() {
         let committed = db.ids("hooked").await;
         receiver.wait_rows("hooked", &committed, WAIT).await;
         daemon.assert_running("after the webhook is back");
+        assert_delivered_in_order(&db, &receiver, "hooked", &[(start, end)]).await;
         let duplicated = assert_duplicates_only_across(&receiver, "hooked", &[(start, end)]);
         // The failed attempts are in the log, with the connection error.
         let attempts = db
@@ -347,10 +323,7 @@ async fn webhook_down_for_a_minute() {
 async fn log_table_unwritable_for_a_while() {
     within(Duration::from_secs(150), async {
         let db = Db::fresh("faults_acl").await;
-        db.client
-            .batch_execute("CREATE TABLE acl (id int8 PRIMARY KEY)")
-            .await
-            .expect("table");
+        db.versioned_tables(&["acl"]).await;
         let receiver = Receiver::start().await;
         let dir = tempfile::tempdir().expect("dir");
         // Installed by the owner; run by a role holding only the documented grants.
@@ -367,7 +340,7 @@ async fn log_table_unwritable_for_a_while() {
         );
         let mut daemon = Daemon::start(&cfg, &[]);
         daemon.wait_log("pgevents running").await;
-        let writer = Writer::start(&db.url, "acl", 1, 10, Duration::from_millis(30));
+        let writer = Writer::versioned(&db.url, "acl", 1, 5, Duration::from_millis(30));
         wait_until(WAIT, "deliveries under way", || {
             let n = receiver.hits("acl").len();
             async move { n >= 200 }
@@ -421,11 +394,9 @@ async fn log_table_unwritable_for_a_while() {
         let committed = db.ids("acl").await;
         receiver.wait_rows("acl", &committed, WAIT).await;
         daemon.assert_running("after the faults");
-        let duplicated = assert_duplicates_only_across(
-            &receiver,
-            "acl",
-            &[(revoked, granted), (locked, unlocked)],
-        );
+        let windows = [(revoked, granted), (locked, unlocked)];
+        assert_delivered_in_order(&db, &receiver, "acl", &windows).await;
+        let duplicated = assert_duplicates_only_across(&receiver, "acl", &windows);
         eprintln!(
             "log unwritable 10s + locked 5s: {} rows delivered, {duplicated} events delivered twice",
             committed.len()
@@ -445,15 +416,12 @@ async fn log_table_unwritable_for_a_while() {
 async fn handler_hanging_past_its_timeout() {
     within(Duration::from_secs(120), async {
         let db = Db::fresh("faults_hang").await;
-        db.client
-            .batch_execute("CREATE TABLE hang (id int8 PRIMARY KEY)")
-            .await
-            .expect("table");
+        db.versioned_tables(&["hang"]).await;
         let receiver = Receiver::start().await;
-        // The first attempt of every tenth row never gets an answer.
+        // The first attempt of every tenth row's INSERT never gets an answer.
         receiver.answer(|_, body, seen| {
             let row = body["data"]["new"]["id"].as_i64().unwrap_or(0);
-            if row % 10 == 0 && seen == 0 {
+            if row % 10 == 0 && seen == 0 && body["action"] == "INSERT" {
                 Reply::Hang
             } else {
                 Reply::Status(200)
@@ -479,6 +447,11 @@ async fn handler_hanging_past_its_timeout() {
             .batch_execute("INSERT INTO hang SELECT generate_series(1, 500)")
             .await
             .expect("rows");
+        // The UPDATEs of every fifth row (the hung ones among them) wait for their INSERTs.
+        db.client
+            .batch_execute("UPDATE hang SET v = v + 1 WHERE id % 5 = 0")
+            .await
+            .expect("updates");
         let committed = db.ids("hang").await;
         // The others are not held up by the hanging ones.
         let quick: HashSet<i64> = committed.iter().copied().filter(|r| r % 10 != 0).collect();
@@ -494,19 +467,13 @@ async fn handler_hanging_past_its_timeout() {
                 "row {row}: hung once, then retried"
             );
         }
+        assert_delivered_in_order(&db, &receiver, "hang", &[]).await;
         // Nothing was delivered twice: a timed-out attempt is a failed one, not a delivery.
         let duplicated = assert_duplicates_only_across(&receiver, "hang", &[]);
         assert_eq!(duplicated, 0);
         // The attempt log says why.
-        let out = run(
-            &["events", "list", "--config", &cfg_s, "--limit", "1000", "--json"],
-            &[],
-        )
-        .await;
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let list = events(&cfg, &["--limit", "2000"]).await;
         let retried: Vec<&serde_json::Value> = list
-            .as_array()
-            .expect("array")
             .iter()
             .filter(|e| e["attempts"].as_i64() == Some(2))
             .collect();

@@ -45,6 +45,7 @@ pub(crate) struct Capture {
     pub(crate) mode: Option<CaptureMode>,
     pub(crate) slot: Option<String>,
     pub(crate) publication: Option<String>,
+    pub(crate) notify: Option<bool>,
 }
 
 /// `[admin]`.
@@ -53,6 +54,8 @@ pub(crate) struct Capture {
 pub(crate) struct Admin {
     pub(crate) listen: Option<String>,
     pub(crate) token_from_env: Option<String>,
+    /// Names the admin server is reached by, beside loopback and its own address.
+    pub(crate) allowed_hosts: Option<Vec<String>>,
 }
 
 /// `[retention]`.

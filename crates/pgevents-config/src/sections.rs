@@ -88,6 +88,12 @@ pub struct CaptureConfig {
     pub slot: String,
     /// The publication of logical capture (default [`DEFAULT_PUBLICATION`]).
     pub publication: String,
+    /// `notify` (default true): whether writers wake an idle daemon with a `NOTIFY` (sent
+    /// only while a daemon sleeps, so a busy system pays nothing). With `false`, writing
+    /// transactions never `NOTIFY` (for applications that use `PREPARE TRANSACTION`, which
+    /// refuses a transaction that notified) and the daemon looks at the log every second
+    /// while idle instead: up to a second more latency after a lull.
+    pub notify: bool,
 }
 
 /// `[admin]`: the admin HTTP API.
@@ -96,6 +102,12 @@ pub struct CaptureConfig {
 pub struct AdminConfig {
     /// The address the API listens on (default [`DEFAULT_ADMIN_LISTEN`]).
     pub listen: SocketAddr,
+    /// `allowed_hosts`: the names (or addresses) the API is reached by, beside `localhost`,
+    /// loopback addresses and the listening address, which are always accepted; a request
+    /// whose `Host` is none of them is refused, so no web page can read the API by pointing
+    /// a name of its own at it (DNS rebinding). Lower-case, without a trailing dot; any port.
+    /// Empty by default.
+    pub allowed_hosts: Vec<String>,
     token: Option<Secret>,
 }
 
@@ -111,6 +123,7 @@ impl fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("token", &self.token)
             .finish()
     }
@@ -198,6 +211,7 @@ pub(crate) fn capture(
         mode,
         slot,
         publication,
+        notify: file.notify.unwrap_or(true),
     }
 }
 
@@ -224,7 +238,40 @@ pub(crate) fn admin(file: file::Admin, env: &Env, problems: &mut Problems) -> Ad
             .map(Secret),
         )
     });
-    AdminConfig { listen, token }
+    let allowed_hosts = file
+        .allowed_hosts
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| {
+            problems.check(format!("admin.allowed_hosts[{i}]"), check_host_name(name))
+        })
+        .collect();
+    AdminConfig {
+        listen,
+        allowed_hosts,
+        token,
+    }
+}
+
+/// A bare host name or IP address, lower-case and without a trailing dot.
+fn check_host_name(name: &str) -> Result<String, String> {
+    let bare = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let is_name = bare.len() <= 253
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if is_name || bare.parse::<std::net::IpAddr>().is_ok() {
+        Ok(bare)
+    } else {
+        Err(format!(
+            "{name:?} is not a host name or IP address; write the bare name the admin API is reached by, e.g. \"pgevents.internal\" (no scheme, port, path or wildcard: any port is accepted)"
+        ))
+    }
 }
 
 /// Checks `[retention]`.
@@ -326,6 +373,28 @@ mod tests {
             "postgres://app@localhost/shop"
         );
         assert_eq!(redact_database_url("s3cret"), "<not a valid URL>");
+    }
+
+    #[test]
+    fn allowed_hosts_are_bare_names_or_addresses() {
+        assert_eq!(
+            check_host_name(" PGEvents.Internal. "),
+            Ok("pgevents.internal".into())
+        );
+        assert_eq!(check_host_name("10.0.0.5"), Ok("10.0.0.5".into()));
+        assert_eq!(check_host_name("fe80::1"), Ok("fe80::1".into()));
+        for bad in [
+            "",
+            "http://pgevents.internal",
+            "pgevents.internal:8080",
+            "*.example.com",
+            "a..b",
+            "[::1]",
+            "admin/api",
+        ] {
+            let error = check_host_name(bad).expect_err(bad);
+            assert!(error.contains("pgevents.internal"), "{error}");
+        }
     }
 
     #[test]

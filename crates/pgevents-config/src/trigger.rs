@@ -28,6 +28,11 @@ pub enum DeliveryOrdering {
     #[default]
     #[serde(rename = "row")]
     PerRow,
+    /// `"table"`: all the trigger's events in commit order; a failing event holds back every
+    /// later one. For tables without a primary key, and for consumers that need the order
+    /// across rows.
+    #[serde(rename = "table")]
+    Table,
     /// `"none"`: events are delivered as soon as possible, in any order.
     #[serde(rename = "none")]
     Unordered,
@@ -58,6 +63,17 @@ pub enum SinkConfig {
     /// `stdout = {}`.
     #[cfg(feature = "stdout")]
     Stdout(pgevents_sinks::StdoutConfig),
+}
+
+impl DeliveryOrdering {
+    /// The log's ordering of this setting.
+    pub fn ordering(self) -> pgevents_log::Ordering {
+        match self {
+            DeliveryOrdering::PerRow => pgevents_log::Ordering::Row,
+            DeliveryOrdering::Table => pgevents_log::Ordering::Table,
+            DeliveryOrdering::Unordered => pgevents_log::Ordering::None,
+        }
+    }
 }
 
 impl SinkConfig {

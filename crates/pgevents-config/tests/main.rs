@@ -98,6 +98,7 @@ fn the_product_example_parses() {
     assert_eq!(config.capture.slot, "pgevents");
     assert_eq!(config.capture.publication, "pgevents");
     assert_eq!(config.admin.listen, DEFAULT_ADMIN_LISTEN);
+    assert!(config.admin.allowed_hosts.is_empty());
     assert_eq!(config.admin.token(), Some("admin-t0ken"));
     assert_eq!(config.retention.delivered, Duration::from_secs(7 * 86400));
     assert_eq!(config.retention.failed, Duration::from_secs(30 * 86400));
@@ -171,6 +172,7 @@ fn other_choices_parse() {
         publication = "shop_pub"
         [admin]
         listen = "[::1]:9090"
+        allowed_hosts = ["PGEvents.Internal", "10.0.0.5"]
         [retention]
         delivered = "12h"
         failed = "500ms"
@@ -188,6 +190,10 @@ fn other_choices_parse() {
     assert_eq!(config.capture.mode, CaptureMode::Logical);
     assert_eq!(config.capture.slot, "shop_slot");
     assert_eq!(config.admin.listen.to_string(), "[::1]:9090");
+    assert_eq!(
+        config.admin.allowed_hosts,
+        ["pgevents.internal", "10.0.0.5"]
+    );
     assert_eq!(config.retention.failed, Duration::from_millis(500));
     let trigger = &config.triggers[0];
     assert_eq!(trigger.table, TableName::new("my schema", "Weird \"Name\""));
@@ -215,6 +221,7 @@ fn each_mistake_names_its_field_and_says_what_to_do() {
         (format!("{db}[capture]\nmode = \"logical\"\nslot = \"My-Slot\""), "capture.slot", "lower-case letters"),
         (format!("{db}[admin]\nlisten = \"localhost:8080\""), "admin.listen", "write e.g. \"127.0.0.1:8080\""),
         (format!("{db}[admin]\ntoken_from_env = \"TOKEN\""), "admin.token_from_env", "TOKEN is not set; export it or remove token_from_env"),
+        (format!("{db}[admin]\nallowed_hosts = [\"ok.example\", \"https://admin.example\"]"), "admin.allowed_hosts[1]", "write the bare name"),
         (format!("{db}[retention]\ndelivered = \"7\""), "retention.delivered", "has no unit; write e.g. \"7s\""),
         (format!("{db}[retention]\nfailed = 30"), "retention.failed", "has no unit"),
         (format!("{db}[retention]\nfailed = \"-1d\""), "retention.failed", "negative"),

@@ -1,7 +1,7 @@
 //! The operator commands: install, uninstall, check, status, events, invoke.
 
 use pgevents_capture::TriggerSpec;
-use pgevents_config::{CaptureMode, Config, DeliveryOrdering, TriggerConfig};
+use pgevents_config::{CaptureMode, Config, TriggerConfig};
 use pgevents_log::browse::{self, AttemptRecord, EventRecord, Filter, TriggerCounts};
 use pgevents_log::{LogSchema, QualifiedName};
 use tokio_postgres::Client;
@@ -20,7 +20,7 @@ pub(crate) async fn connect(config: &Config) -> Result<Client, DaemonError> {
         .map_err(|e| DaemonError::from(e).prefixed(&format!("{}: database", config.source)))
 }
 
-pub(crate) fn spec(trigger: &TriggerConfig) -> TriggerSpec {
+pub(crate) fn spec(trigger: &TriggerConfig, notify: bool) -> TriggerSpec {
     TriggerSpec {
         name: trigger.name.clone(),
         table: QualifiedName {
@@ -29,7 +29,8 @@ pub(crate) fn spec(trigger: &TriggerConfig) -> TriggerSpec {
         },
         operations: trigger.operations.clone(),
         columns: trigger.columns.clone(),
-        ordered: trigger.ordering == DeliveryOrdering::PerRow,
+        ordering: trigger.ordering.ordering(),
+        notify,
     }
 }
 
@@ -56,6 +57,7 @@ pub(crate) fn logical_error(config: &Config, e: pgevents_logical::Error) -> Daem
 fn problem_path(trigger: &TriggerConfig, problem: &pgevents_log::Error) -> String {
     let field = match problem {
         pgevents_log::Error::NoSuchColumn { .. } => "columns",
+        pgevents_log::Error::Unorderable(_) => "ordering",
         _ => "table",
     };
     format!("{}.{field}", trigger.path())
@@ -69,9 +71,12 @@ async fn validate(config: &Config, client: &Client) -> Result<(), DaemonError> {
     let mut lines = Vec::new();
     let mut only_privileges = true;
     for trigger in &config.triggers {
-        for problem in
-            pgevents_capture::trigger_problems(client, &spec(trigger), need_trigger_privilege)
-                .await?
+        for problem in pgevents_capture::trigger_problems(
+            client,
+            &spec(trigger, config.capture.notify),
+            need_trigger_privilege,
+        )
+        .await?
         {
             only_privileges &= matches!(problem, pgevents_log::Error::NotPermitted(_));
             lines.push(format!(
@@ -117,15 +122,21 @@ pub async fn install(config: &Config) -> Result<Installed, DaemonError> {
     let mut tables = Vec::new();
     for trigger in &config.triggers {
         let id = match config.capture.mode {
-            CaptureMode::Trigger => {
-                pgevents_capture::install_trigger(&mut client, &schema, &spec(trigger))
-                    .await
-                    .map_err(|e| in_trigger(trigger, e))?
-            }
+            CaptureMode::Trigger => pgevents_capture::install_trigger(
+                &mut client,
+                &schema,
+                &spec(trigger, config.capture.notify),
+            )
+            .await
+            .map_err(|e| in_trigger(trigger, e))?,
             CaptureMode::Logical => {
-                let table = pgevents_logical::register_table(&client, &schema, &spec(trigger))
-                    .await
-                    .map_err(|e| logical_error(config, e))?;
+                let table = pgevents_logical::register_table(
+                    &client,
+                    &schema,
+                    &spec(trigger, config.capture.notify),
+                )
+                .await
+                .map_err(|e| logical_error(config, e))?;
                 let id = table.trigger_id;
                 tables.push(table);
                 id
@@ -194,7 +205,13 @@ pub(crate) async fn installed_already(config: &Config) -> Result<Option<Installe
     }
     let mut ids = Vec::with_capacity(config.triggers.len());
     for trigger in &config.triggers {
-        match pgevents_capture::installed_trigger(&client, &schema, &spec(trigger)).await? {
+        match pgevents_capture::installed_trigger(
+            &client,
+            &schema,
+            &spec(trigger, config.capture.notify),
+        )
+        .await?
+        {
             Some(id) => ids.push(id),
             None => return Ok(None),
         }
@@ -204,6 +221,36 @@ pub(crate) async fn installed_already(config: &Config) -> Result<Option<Installe
         salt,
         capture: None,
     }))
+}
+
+/// Removes the capture of every trigger registered in the log that the config no longer
+/// names (its triggers and function, or its place in the publication), keeping its events —
+/// pending ones stay visible and redeliverable — and marking it removed; returns their names.
+/// Only `pgevents install` does this: `run` names them in a warning (several programs may
+/// share one log, and a library's tables are not in any config).
+pub async fn remove_unconfigured(config: &Config) -> Result<Vec<String>, DaemonError> {
+    let schema = schema(config)?;
+    let client = connect(config).await?;
+    let mut removed = Vec::new();
+    for registered in unconfigured(config, &client, &schema).await? {
+        pgevents_capture::uninstall_trigger(&client, &schema, &registered.name).await?;
+        pgevents_log::store::mark_removed(&client, &schema, registered.id).await?;
+        removed.push(registered.name);
+    }
+    Ok(removed)
+}
+
+/// The triggers registered in the log, still capturing, that the config does not name.
+pub(crate) async fn unconfigured(
+    config: &Config,
+    client: &Client,
+    schema: &LogSchema,
+) -> Result<Vec<pgevents_log::store::TriggerRow>, DaemonError> {
+    Ok(pgevents_log::store::triggers(client, schema)
+        .await?
+        .into_iter()
+        .filter(|t| t.removed_at.is_none() && config.trigger(&t.name).is_none())
+        .collect())
 }
 
 /// Removes every configured trigger's capture; with `drop_log`, the whole event log too.
@@ -291,15 +338,23 @@ pub async fn check(config: &Config) -> Result<Vec<String>, DaemonError> {
         // Installed as configured: running needs no privilege on the table itself.
         if can_read_log
             && need_trigger_privilege
-            && pgevents_capture::installed_trigger(&client, &schema, &spec(trigger))
-                .await?
-                .is_some()
+            && pgevents_capture::installed_trigger(
+                &client,
+                &schema,
+                &spec(trigger, config.capture.notify),
+            )
+            .await?
+            .is_some()
         {
             continue;
         }
         let need_trigger_privilege = need_trigger_privilege && (can_read_log || !installed);
-        for p in pgevents_capture::trigger_problems(&client, &spec(trigger), need_trigger_privilege)
-            .await?
+        for p in pgevents_capture::trigger_problems(
+            &client,
+            &spec(trigger, config.capture.notify),
+            need_trigger_privilege,
+        )
+        .await?
         {
             problems.push(format!("{}: {p}", problem_path(trigger, &p)));
         }

@@ -58,10 +58,17 @@ impl From<pgevents_log::Error> for DaemonError {
         if matches!(e, E::NotPermitted(_)) || e.code() == Some("42501") {
             return DaemonError::Privilege(e.to_string());
         }
+        if e.is_lock_timeout() {
+            return DaemonError::Unavailable(format!(
+                "{e}; another transaction (most likely the application's) holds a lock on that table for longer than {} ms: pgevents does not queue its DDL behind it, where every later writer of the table would wait too; try again once it has ended (`pgevents run` retries by itself)",
+                pgevents_log::LOCK_TIMEOUT_MS
+            ));
+        }
         let setup = match &e {
             E::Invalid(_)
             | E::NoSuchTable(_)
             | E::NoSuchColumn { .. }
+            | E::Unorderable(_)
             | E::TooNew { .. }
             | E::NotInstalled(_)
             | E::Tls { .. }

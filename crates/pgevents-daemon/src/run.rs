@@ -74,19 +74,24 @@ pub async fn run(
     }
     let url = config.database_url().to_string();
     let health = Health::new();
+    warn_unconfigured(&config, &schema).await;
     let dispatcher = Dispatcher::new(
         url.clone(),
         schema.clone(),
         salt,
         routes,
-        Options::default(),
+        Options {
+            notify: config.capture.notify,
+            ..Options::default()
+        },
     )
     .with_health(health.clone());
     let admin_addr = admin_listener.local_addr().ok();
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(pgevents_admin::serve(
         admin_listener,
-        AdminState::new(url.clone(), schema.clone(), salt, token, health),
+        AdminState::new(url.clone(), schema.clone(), salt, token, health)
+            .with_allowed_hosts(config.admin.allowed_hosts.clone()),
         async move {
             let _ = admin_stopped.await;
         },
@@ -171,6 +176,27 @@ async fn install_for_run(
             _ = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(INSTALL_RETRY_MAX);
+    }
+}
+
+/// Names, in a warning, the triggers the log still captures for that the config does not
+/// name: their events pile up undelivered until `pgevents install` removes their capture.
+async fn warn_unconfigured(config: &Config, schema: &pgevents_log::LogSchema) {
+    let found = match crate::commands::connect(config).await {
+        Ok(client) => crate::commands::unconfigured(config, &client, schema).await,
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(stale) if !stale.is_empty() => {
+            let names: Vec<&str> = stale.iter().map(|t| t.name.as_str()).collect();
+            tracing::warn!(
+                triggers = ?names,
+                "the event log still captures for triggers that {} does not name; nothing delivers their events: run `pgevents install` to remove their capture (their events are kept), or add them back to the config",
+                config.source
+            );
+        }
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "could not look for unconfigured triggers"),
     }
 }
 

@@ -1,4 +1,5 @@
-//! One delivery attempt: run the sink under the timeout, catch panics, decide the verdict.
+//! One delivery attempt: wait for room at the sink, run the sink under the timeout, catch
+//! panics, decide the verdict.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -6,16 +7,17 @@ use std::time::Instant;
 
 use futures::FutureExt;
 use pgevents_event::{Attempt, Event};
-use pgevents_log::store::{Settlement, Verdict};
+use pgevents_log::store::{ClaimToken, Settlement, Verdict};
 use pgevents_sink::{Delivery, DynSink, Outcome, RetryPolicy};
 use tracing::Instrument;
 
-/// Runs one attempt of `event` and returns what to record.
+/// Runs one attempt of `event`, claimed as `claim`, and returns what to record.
 pub(crate) async fn attempt(
     sink: Arc<dyn DynSink>,
     policy: RetryPolicy,
     event: Event,
     current_retry: u32,
+    claim: ClaimToken,
 ) -> Settlement {
     let span = tracing::info_span!(
         "pgevents.deliver",
@@ -27,8 +29,14 @@ pub(crate) async fn attempt(
         attempt = current_retry + 1,
     );
     async move {
-        let seq = event.seq();
         let (trigger, created_at) = (event.trigger().to_owned(), event.created_at());
+        // Waiting for the sink's capacity is not part of the attempt: the timeout and the
+        // recorded duration start once there is room, held until the attempt ends. (A sink
+        // whose `ready` panics gets the attempt anyway, and its panic-proof `deliver` call.)
+        let _slot = AssertUnwindSafe(sink.clone().ready_boxed())
+            .catch_unwind()
+            .await
+            .ok();
         let started_at = chrono::Utc::now();
         let started = Instant::now();
         let delivery = Delivery {
@@ -66,7 +74,7 @@ pub(crate) async fn attempt(
             ),
         }
         Settlement {
-            seq,
+            claim,
             verdict,
             started_at,
             duration,
@@ -129,6 +137,21 @@ mod tests {
         );
     }
 
+    fn event() -> Event {
+        Event::from_parts(pgevents_event::EventParts {
+            seq: 1,
+            salt: 0,
+            created_at: chrono::Utc::now(),
+            trigger: "t".into(),
+            schema: "public".into(),
+            table: "x".into(),
+            action: pgevents_event::Action::Insert,
+            old: None,
+            new: None,
+            ordering_key: None,
+        })
+    }
+
     #[tokio::test]
     async fn panics_and_timeouts_are_failed_attempts() {
         struct Panics;
@@ -143,26 +166,52 @@ mod tests {
                 std::future::pending().await
             }
         }
-        let event = Event::from_parts(pgevents_event::EventParts {
-            seq: 1,
-            salt: 0,
-            created_at: chrono::Utc::now(),
-            trigger: "t".into(),
-            schema: "public".into(),
-            table: "x".into(),
-            action: pgevents_event::Action::Insert,
-            old: None,
-            new: None,
-            ordering_key: None,
-        });
+        let event = event();
         let policy = RetryPolicy {
             timeout: Duration::from_millis(50),
             ..RetryPolicy::default()
         };
-        let s = attempt(Arc::new(Panics), policy, event.clone(), 0).await;
+        let claim = ClaimToken { seq: 1, attempt: 1 };
+        let s = attempt(Arc::new(Panics), policy, event.clone(), 0, claim).await;
+        assert_eq!(s.claim, claim);
         assert!(matches!(s.verdict, Verdict::Retry(_)));
         assert_eq!(s.error.as_deref(), Some("panicked: boom"));
-        let s = attempt(Arc::new(Hangs), policy, event, 0).await;
+        let s = attempt(Arc::new(Hangs), policy, event, 0, claim).await;
         assert!(s.error.unwrap_or_default().starts_with("timed out"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_room_at_the_sink_is_not_part_of_the_attempt() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        /// Has room only after a minute; delivers only once it was asked for room.
+        #[derive(Default)]
+        struct Busy(AtomicBool);
+        impl pgevents_sink::Sink for Busy {
+            async fn ready(&self) -> pgevents_sink::Slot {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                self.0.store(true, Ordering::SeqCst);
+                pgevents_sink::Slot::unlimited()
+            }
+            async fn deliver(&self, _: Delivery) -> Outcome {
+                if self.0.load(Ordering::SeqCst) {
+                    Outcome::Delivered(Report::default())
+                } else {
+                    Outcome::Reject(Report::error("delivered before the sink had room"))
+                }
+            }
+        }
+        let policy = RetryPolicy {
+            timeout: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        let s = attempt(
+            Arc::new(Busy::default()),
+            policy,
+            event(),
+            0,
+            ClaimToken { seq: 1, attempt: 1 },
+        )
+        .await;
+        assert_eq!(s.verdict, Verdict::Delivered, "{:?}", s.error);
     }
 }

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgevents_event::{Action, Event, EventParts};
-use pgevents_log::store::{Claimed, Settlement, Store, Verdict};
+use pgevents_log::store::{ClaimToken, Claimed, Settlement, Store, Verdict};
 use pgevents_log::{Error, LogSchema};
 use pgevents_sink::{DynSink, RetryPolicy};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::deliver;
@@ -48,6 +48,11 @@ impl std::fmt::Debug for Route {
 pub const DEFAULT_BATCH_SIZE: usize = 500;
 /// Default bound on events in flight (claimed, not yet settled).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1000;
+/// Default bound on the row text of events in flight. A claim stops once it reaches what
+/// is left of it (taking at least one event): memory stays bounded by bytes as well as by
+/// count, and a backlog of big rows is delivered a few at a time. Typical rows (a few kB)
+/// never reach it before [`DEFAULT_MAX_IN_FLIGHT`].
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 4 << 20;
 /// Default lease: how soon another dispatcher takes over the events of one that died.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// Default time between looks at the log when no notification arrives.
@@ -86,12 +91,18 @@ pub struct Options {
     pub batch_size: usize,
     /// Events in flight at most; memory is bounded by this, whatever the backlog.
     pub max_in_flight: usize,
+    /// Row text in flight at most, in bytes (one event bigger than this goes alone).
+    pub max_in_flight_bytes: usize,
     /// How long a claim lasts without renewal.
     pub lease: Duration,
     /// Longest wait between looks at the log when idle.
     pub idle_poll: Duration,
-    /// How long shutdown waits for in-flight deliveries.
+    /// How long shutdown waits for in-flight deliveries; their leases are renewed meanwhile.
     pub drain_timeout: Duration,
+    /// Whether writers wake a sleeping dispatcher with a `NOTIFY` (the capture functions
+    /// send one only while a dispatcher sleeps). When false, the dispatcher never sleeps on
+    /// the wake-up lock: it looks at the log every `idle_poll` while idle instead.
+    pub notify: bool,
 }
 
 impl Default for Options {
@@ -99,9 +110,11 @@ impl Default for Options {
         Options {
             batch_size: DEFAULT_BATCH_SIZE,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             lease: DEFAULT_LEASE,
             idle_poll: DEFAULT_IDLE_POLL,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            notify: true,
         }
     }
 }
@@ -127,10 +140,10 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
-/// State shared by the claim loop, delivery tasks and the settler.
+/// State shared by the claim loop, delivery tasks, the settler and the lease keeper.
 struct Shared {
-    /// Claimed events not yet settled, with when they were last leased.
-    in_flight: Mutex<HashMap<i64, Instant>>,
+    /// Claims not yet settled.
+    in_flight: Mutex<InFlight>,
     /// Signalled after each settled batch: capacity is free, later events of a row may be due.
     settled: Notify,
     /// When the retries this dispatcher scheduled fall due (earliest first); at most one
@@ -141,6 +154,96 @@ struct Shared {
 struct Done {
     settlement: Settlement,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The claims a dispatcher holds and has not settled yet.
+#[derive(Default)]
+struct InFlight {
+    /// Each claim, with its trigger, its size and when its lease was last taken or renewed.
+    leases: HashMap<ClaimToken, Lease>,
+    /// How many claims each trigger holds.
+    per_trigger: HashMap<i32, usize>,
+    /// The row text the claims hold, in bytes.
+    bytes: usize,
+}
+
+struct Lease {
+    trigger_id: i32,
+    size: usize,
+    renewed: Instant,
+}
+
+impl InFlight {
+    fn insert(&mut self, claim: ClaimToken, trigger_id: i32, size: usize, at: Instant) {
+        let lease = Lease {
+            trigger_id,
+            size,
+            renewed: at,
+        };
+        if let Some(old) = self.leases.insert(claim, lease) {
+            self.release(&old);
+        }
+        *self.per_trigger.entry(trigger_id).or_default() += 1;
+        self.bytes += size;
+    }
+
+    fn remove(&mut self, claim: &ClaimToken) {
+        if let Some(lease) = self.leases.remove(claim) {
+            self.release(&lease);
+        }
+    }
+
+    fn release(&mut self, lease: &Lease) {
+        if let Some(n) = self.per_trigger.get_mut(&lease.trigger_id) {
+            *n = n.saturating_sub(1);
+        }
+        self.bytes = self.bytes.saturating_sub(lease.size);
+    }
+
+    fn held(&self, trigger_id: i32) -> usize {
+        self.per_trigger.get(&trigger_id).copied().unwrap_or(0)
+    }
+
+    /// The claims whose lease was last renewed at least `age` before `now`.
+    fn older_than(&self, now: Instant, age: Duration) -> Vec<ClaimToken> {
+        self.leases
+            .iter()
+            .filter(|(_, lease)| now.duration_since(lease.renewed) >= age)
+            .map(|(claim, _)| *claim)
+            .collect()
+    }
+
+    fn renewed(&mut self, claims: &[ClaimToken], at: Instant) {
+        for claim in claims {
+            if let Some(lease) = self.leases.get_mut(claim) {
+                lease.renewed = at;
+            }
+        }
+    }
+}
+
+/// How many events each trigger may claim now, given `free` slots: every trigger may hold
+/// up to `max_in_flight` less what the others still need to reach their reserved share
+/// (`max_in_flight / (4 × triggers)` each), so a slow or failing destination can never
+/// take every slot, while a trigger that is alone busy may use nearly all of them.
+fn claim_limits(
+    triggers: &[i32],
+    in_flight: &InFlight,
+    free: usize,
+    batch: usize,
+    max_in_flight: usize,
+) -> Vec<i32> {
+    let share = max_in_flight / (4 * triggers.len().max(1));
+    let shortfall = |t: i32| share.saturating_sub(in_flight.held(t));
+    let total_shortfall: usize = triggers.iter().map(|t| shortfall(*t)).sum();
+    triggers
+        .iter()
+        .map(|t| {
+            let cap = max_in_flight.saturating_sub(total_shortfall - shortfall(*t));
+            let limit = cap.saturating_sub(in_flight.held(*t)).min(batch).min(free);
+            i32::try_from(limit).unwrap_or(i32::MAX)
+        })
+        .collect()
 }
 
 impl Dispatcher {
@@ -177,13 +280,24 @@ impl Dispatcher {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         self.health.set_capture_running(true);
         let shared = Arc::new(Shared {
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(InFlight::default()),
             settled: Notify::new(),
             retries: Mutex::new(BinaryHeap::new()),
         });
         let permits = Arc::new(Semaphore::new(self.options.max_in_flight));
         let (done_tx, done_rx) = mpsc::channel::<Done>(self.options.max_in_flight);
-        let (stop_settler_tx, stop_settler_rx) = tokio::sync::watch::channel(false);
+        let (stop_settler_tx, stop_settler_rx) = watch::channel(false);
+        // Leases are kept by a task of their own, on a connection of its own, from the first
+        // claim to the end of the drain: no ingest, slow claim or shutdown can starve it.
+        let (stop_keeper, keeper_stopped) = watch::channel(false);
+        let keeper = tokio::spawn(keep_leases(
+            self.url.clone(),
+            self.schema.clone(),
+            self.owner,
+            self.options.lease,
+            shared.clone(),
+            keeper_stopped,
+        ));
         let settler = tokio::spawn(settle_loop(
             self.url.clone(),
             self.schema.clone(),
@@ -203,8 +317,8 @@ impl Dispatcher {
             ingesting: None,
             waker: None,
             backoff: Backoff::default(),
-            last_renew: Instant::now(),
             idle_since: None,
+            rotation: 0,
         };
         tokio::pin!(shutdown);
         claim.run(&mut deliveries, &mut shutdown).await;
@@ -239,7 +353,11 @@ impl Dispatcher {
             tracing::error!(%error, "the settling task failed");
         }
         stopper.abort();
-        let unfinished: Vec<i64> = lock(&shared.in_flight).keys().copied().collect();
+        let _ = stop_keeper.send(true);
+        if let Err(error) = keeper.await {
+            tracing::error!(%error, "the lease-keeping task failed");
+        }
+        let unfinished: Vec<ClaimToken> = lock(&shared.in_flight).leases.keys().copied().collect();
         if !unfinished.is_empty() {
             if let Some(store) = store.filter(|s| !s.is_closed()) {
                 match store.release(&unfinished, self.owner).await {
@@ -306,9 +424,10 @@ struct ClaimLoop<'a> {
     ingesting: Option<tokio::task::JoinHandle<Result<i32, Error>>>,
     waker: Option<Waker>,
     backoff: Backoff,
-    last_renew: Instant,
     /// Since when every look at the log found nothing (None: the last one found work).
     idle_since: Option<Instant>,
+    /// Which trigger is offered free slots first in the next claim (round robin).
+    rotation: usize,
 }
 
 enum Idle {
@@ -405,29 +524,15 @@ impl ClaimLoop<'_> {
         }
     }
 
+    /// One look at the log: connect what is missing, start an ingest, claim and spawn
+    /// deliveries, then decide (from what turned up) whether to look again, wait or sleep.
     async fn step(
         &mut self,
         trigger_ids: &[i32],
         deliveries: &mut JoinSet<()>,
         note_tx: &mpsc::Sender<tokio_postgres::Notification>,
     ) -> Result<Step, Error> {
-        let d = self.dispatcher;
-        if self.waker.as_ref().is_none_or(Waker::is_closed) {
-            self.waker = Some(Waker::connect(&d.url, &d.schema, note_tx.clone()).await?);
-        }
-        if self.store.as_ref().is_none_or(Store::is_closed) {
-            let client = pgevents_log::connect(&d.url, None).await?;
-            self.store = Some(Store::open(client, &d.schema).await?);
-            tracing::debug!("connected to the event log");
-        }
-        if self.ingest_store.as_ref().is_none_or(|s| s.is_closed()) {
-            let client = pgevents_log::connect(&d.url, None).await?;
-            self.ingest_store = Some(Arc::new(Store::open(client, &d.schema).await?));
-        }
-        let renewals = self.due_renewals();
-        let (Some(store), Some(waker)) = (self.store.as_ref(), self.waker.as_mut()) else {
-            return Ok(Step::Idle { sleeping: false });
-        };
+        self.connect(note_tx).await?;
         {
             // Retries due by now are looked for by this step's claim.
             let now = Instant::now();
@@ -436,72 +541,22 @@ impl ClaimLoop<'_> {
                 retries.pop();
             }
         }
-        if self.ingesting.is_none() {
-            if let Some(ingest_store) = self.ingest_store.clone() {
-                self.ingesting = Some(tokio::spawn(async move {
-                    let moved = ingest_store.ingest(INGEST_BATCH).await?;
-                    crate::telemetry::captured(moved);
-                    Ok(moved)
-                }));
-            }
-        }
-        if !renewals.is_empty() {
-            store.renew(&renewals, d.options.lease, d.owner).await?;
-        }
-        let free = self.permits.available_permits().min(d.options.batch_size);
-        if free == 0 {
+        self.start_ingest();
+        let free = self
+            .permits
+            .available_permits()
+            .min(self.dispatcher.options.batch_size);
+        let free_bytes = self
+            .dispatcher
+            .options
+            .max_in_flight_bytes
+            .saturating_sub(lock(&self.shared.in_flight).bytes);
+        if free == 0 || free_bytes == 0 {
             return Ok(Step::Full);
         }
-        let claimed = if trigger_ids.is_empty() {
-            Vec::new()
-        } else {
-            store
-                .claim(trigger_ids, free as i64, d.options.lease, d.owner)
-                .await?
-        };
+        let claimed = self.claim(trigger_ids, free, free_bytes).await?;
         let got = claimed.len();
-        let now = Instant::now();
-        for c in claimed {
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                break;
-            };
-            let Some(route) = d.routes.get(&c.trigger_id) else {
-                continue;
-            };
-            lock(&self.shared.in_flight).insert(c.seq, now);
-            let seq = c.seq;
-            let current_retry = u32::try_from(c.current_retry).unwrap_or(0);
-            let done_tx = self.done_tx.clone();
-            let settlement = match d.event(c, route) {
-                Ok(event) => {
-                    let sink = route.sink.clone();
-                    let policy = route.retry;
-                    deliveries.spawn(async move {
-                        let settlement = deliver::attempt(sink, policy, event, current_retry).await;
-                        let _ = done_tx
-                            .send(Done {
-                                settlement,
-                                _permit: permit,
-                            })
-                            .await;
-                    });
-                    continue;
-                }
-                Err(error) => Done {
-                    settlement: Settlement {
-                        seq,
-                        verdict: Verdict::Failed,
-                        started_at: chrono::Utc::now(),
-                        duration: Duration::ZERO,
-                        status: None,
-                        error: Some(error),
-                        response: None,
-                    },
-                    _permit: permit,
-                },
-            };
-            let _ = self.done_tx.send(settlement).await;
-        }
+        self.spawn(claimed, deliveries).await;
         // While claims fill whole batches, the ingest runs on unawaited; otherwise this
         // step's ingest decides whether more is coming.
         let ingest = if got >= free {
@@ -514,15 +569,153 @@ impl ClaimLoop<'_> {
             None => 0,
         };
         self.backoff.reset();
-        if moved > 0 || got > 0 {
+        self.after_look(got >= free, moved > 0 || got > 0, moved > 0)
+            .await
+    }
+
+    /// Opens whichever of the claim, ingest and wake-up connections is missing.
+    async fn connect(
+        &mut self,
+        note_tx: &mpsc::Sender<tokio_postgres::Notification>,
+    ) -> Result<(), Error> {
+        let d = self.dispatcher;
+        if d.options.notify && self.waker.as_ref().is_none_or(Waker::is_closed) {
+            self.waker = Some(Waker::connect(&d.url, &d.schema, note_tx.clone()).await?);
+        }
+        if self.store.as_ref().is_none_or(Store::is_closed) {
+            let client = pgevents_log::connect(&d.url, None).await?;
+            self.store = Some(Store::open(client, &d.schema).await?);
+            tracing::debug!("connected to the event log");
+        }
+        if self.ingest_store.as_ref().is_none_or(|s| s.is_closed()) {
+            let client = pgevents_log::connect(&d.url, None).await?;
+            self.ingest_store = Some(Arc::new(Store::open(client, &d.schema).await?));
+        }
+        Ok(())
+    }
+
+    /// Starts moving captured rows into the log, on the ingest connection, unless a move is
+    /// under way already.
+    fn start_ingest(&mut self) {
+        if self.ingesting.is_some() {
+            return;
+        }
+        if let Some(ingest_store) = self.ingest_store.clone() {
+            self.ingesting = Some(tokio::spawn(async move {
+                let moved = ingest_store.ingest(INGEST_BATCH).await?;
+                crate::telemetry::captured(moved);
+                Ok(moved)
+            }));
+        }
+    }
+
+    /// Claims up to `free` due events and about `free_bytes` of row text, each trigger
+    /// limited by [`claim_limits`], the triggers offered the slots in turn.
+    async fn claim(
+        &mut self,
+        trigger_ids: &[i32],
+        free: usize,
+        free_bytes: usize,
+    ) -> Result<Vec<Claimed>, Error> {
+        let d = self.dispatcher;
+        let Some(store) = self.store.as_ref() else {
+            return Ok(Vec::new());
+        };
+        if trigger_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.rotation = (self.rotation + 1) % trigger_ids.len();
+        let mut order = trigger_ids.to_vec();
+        order.rotate_left(self.rotation);
+        let limits = claim_limits(
+            &order,
+            &lock(&self.shared.in_flight),
+            free,
+            d.options.batch_size,
+            d.options.max_in_flight,
+        );
+        store
+            .claim(
+                &order,
+                &limits,
+                free as i64,
+                i64::try_from(free_bytes).unwrap_or(i64::MAX),
+                d.options.lease,
+                d.owner,
+            )
+            .await
+    }
+
+    /// Starts a delivery for each claimed event, each holding one in-flight permit.
+    async fn spawn(&mut self, claimed: Vec<Claimed>, deliveries: &mut JoinSet<()>) {
+        let d = self.dispatcher;
+        let now = Instant::now();
+        for c in claimed {
+            // Claims never exceed the free permits, and permits only come back meanwhile.
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let Some(route) = d.routes.get(&c.trigger_id) else {
+                continue;
+            };
+            let claim = c.token();
+            lock(&self.shared.in_flight).insert(claim, c.trigger_id, c.size(), now);
+            let current_retry = u32::try_from(c.current_retry).unwrap_or(0);
+            let done_tx = self.done_tx.clone();
+            let settlement = match d.event(c, route) {
+                Ok(event) => {
+                    let sink = route.sink.clone();
+                    let policy = route.retry;
+                    deliveries.spawn(async move {
+                        let settlement =
+                            deliver::attempt(sink, policy, event, current_retry, claim).await;
+                        let _ = done_tx
+                            .send(Done {
+                                settlement,
+                                _permit: permit,
+                            })
+                            .await;
+                    });
+                    continue;
+                }
+                Err(error) => Done {
+                    settlement: Settlement {
+                        claim,
+                        verdict: Verdict::Failed,
+                        started_at: chrono::Utc::now(),
+                        duration: Duration::ZERO,
+                        status: None,
+                        error: Some(error),
+                        response: None,
+                    },
+                    _permit: permit,
+                },
+            };
+            let _ = self.done_tx.send(settlement).await;
+        }
+    }
+
+    /// What to do after a look that filled the batch (`full`), found any work (`found`) or
+    /// moved captured rows (`moved`): look again at once, after a moment, or sleep.
+    async fn after_look(&mut self, full: bool, found: bool, moved: bool) -> Result<Step, Error> {
+        if found {
             // Work turned up: stay awake (writers stop notifying) and look again: at once
             // when rows were just moved (they are due now) or a whole batch was claimed,
             // after a moment otherwise.
             self.idle_since = None;
-            waker.awake().await?;
-            let backlog = got >= free || moved > 0;
-            return Ok(if backlog { Step::Busy } else { Step::Trickle });
+            if let Some(waker) = self.waker.as_mut() {
+                waker.awake().await?;
+            }
+            return Ok(if full || moved {
+                Step::Busy
+            } else {
+                Step::Trickle
+            });
         }
+        let Some(waker) = self.waker.as_mut() else {
+            // Writers never notify: poll.
+            return Ok(Step::Idle { sleeping: true });
+        };
         if waker.holding() {
             return Ok(Step::Idle { sleeping: true });
         }
@@ -535,23 +728,52 @@ impl ClaimLoop<'_> {
         }
         Ok(Step::Idle { sleeping: false })
     }
+}
 
-    /// The deliveries that have run for a third of the lease: their leases need extending.
-    fn due_renewals(&mut self) -> Vec<i64> {
-        let lease = self.dispatcher.options.lease;
-        if self.last_renew.elapsed() < lease / 3 {
-            return Vec::new();
+/// Keeps the leases of this dispatcher's claims: every sixth of the lease, renews those not
+/// renewed for a third of it, on a connection of its own, until `stop`. Runs beside the
+/// claim loop, so neither a long ingest nor a slow claim can let a lease run out under a
+/// delivery still in progress; and through the drain, so a graceful stop keeps every
+/// in-flight event leased until its delivery ends.
+async fn keep_leases(
+    url: String,
+    schema: LogSchema,
+    owner: i64,
+    lease: Duration,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut store: Option<Store> = None;
+    let mut tick = tokio::time::interval(lease / 6);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
         let now = Instant::now();
-        self.last_renew = now;
-        let mut map = lock(&self.shared.in_flight);
-        map.iter_mut()
-            .filter(|(_, at)| now.duration_since(**at) >= lease / 3)
-            .map(|(seq, at)| {
-                *at = now;
-                *seq
-            })
-            .collect()
+        let due = lock(&shared.in_flight).older_than(now, lease / 3);
+        let result = async {
+            // Connected ahead of need: the first renewal must not wait for a connection.
+            if store.as_ref().is_none_or(Store::is_closed) {
+                let client = pgevents_log::connect(&url, None).await?;
+                store = Some(Store::open(client, &schema).await?);
+            }
+            match store.as_ref() {
+                Some(s) if !due.is_empty() => s.renew(&due, lease, owner).await,
+                _ => Ok(0),
+            }
+        }
+        .await;
+        match result {
+            Ok(_) => lock(&shared.in_flight).renewed(&due, now),
+            Err(error) => {
+                if error.is_connection() {
+                    store = None;
+                }
+                tracing::warn!(%error, claims = due.len(), "could not renew leases; retrying");
+            }
+        }
     }
 }
 
@@ -583,7 +805,7 @@ async fn settle_loop(
     owner: i64,
     mut rx: mpsc::Receiver<Done>,
     shared: Arc<Shared>,
-    give_up: tokio::sync::watch::Receiver<bool>,
+    give_up: watch::Receiver<bool>,
 ) {
     let mut store: Option<Store> = None;
     let mut backoff = Backoff::default();
@@ -604,7 +826,7 @@ async fn settle_loop(
                     store = Some(Store::open(client, &schema).await?);
                 }
                 match store.as_ref() {
-                    Some(s) => s.settle(&settlements, owner).await,
+                    Some(s) => settle_isolated(s, &settlements, owner).await,
                     None => Ok(0),
                 }
             }
@@ -616,7 +838,7 @@ async fn settle_loop(
                     if lost > 0 {
                         tracing::warn!(
                             lost,
-                            "some events were taken over by another dispatcher after their lease ended; they will be delivered again"
+                            "some events were taken over by another claim after their lease ended; their outcomes were not recorded and they will be delivered again"
                         );
                     }
                     break;
@@ -644,7 +866,7 @@ async fn settle_loop(
             let mut in_flight = lock(&shared.in_flight);
             let mut retries = lock(&shared.retries);
             for s in &settlements {
-                in_flight.remove(&s.seq);
+                in_flight.remove(&s.claim);
                 if let Verdict::Retry(after) = s.verdict {
                     retries.push(Reverse(now + after));
                 }
@@ -652,5 +874,116 @@ async fn settle_loop(
         }
         batch.clear();
         shared.settled.notify_one();
+    }
+}
+
+/// Settles `settlements` in one statement; when the database refuses the batch for
+/// anything but a lost connection, settles them one by one, so a bad outcome never holds
+/// back the others. An outcome refused even alone is recorded without its error text and
+/// response excerpt; if even that is refused, it is left out (the event's lease runs out
+/// and it is delivered again) and logged. Connection errors are returned: the caller
+/// retries the whole batch, and outcomes already written are not written twice (each is
+/// fenced by its claim).
+async fn settle_isolated(
+    store: &Store,
+    settlements: &[Settlement],
+    owner: i64,
+) -> Result<i64, Error> {
+    let error = match store.settle(settlements, owner).await {
+        Err(error) if !error.is_connection() => error,
+        other => return other,
+    };
+    if settlements.len() > 1 {
+        tracing::warn!(%error, events = settlements.len(), "a batch of outcomes was refused; recording them one by one");
+    }
+    let mut kept = 0;
+    for one in settlements {
+        let single = std::slice::from_ref(one);
+        let error = match store.settle(single, owner).await {
+            Ok(n) => {
+                kept += n;
+                continue;
+            }
+            Err(error) if !error.is_connection() => error,
+            Err(error) => return Err(error),
+        };
+        let bare = Settlement {
+            error: Some(format!(
+                "the outcome could not be recorded in full: {error}"
+            )),
+            response: None,
+            ..one.clone()
+        };
+        match store.settle(std::slice::from_ref(&bare), owner).await {
+            Ok(n) => kept += n,
+            Err(error) if !error.is_connection() => tracing::error!(
+                %error,
+                seq = one.claim.seq,
+                "an outcome could not be recorded; the event will be delivered again when its lease ends"
+            ),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(counts: &[(i32, usize)]) -> InFlight {
+        let mut in_flight = InFlight::default();
+        let mut seq = 0;
+        for (trigger, n) in counts {
+            for _ in 0..*n {
+                seq += 1;
+                in_flight.insert(ClaimToken { seq, attempt: 1 }, *trigger, 10, Instant::now());
+            }
+        }
+        in_flight
+    }
+
+    #[test]
+    fn a_lone_trigger_may_use_every_slot() {
+        assert_eq!(claim_limits(&[1], &held(&[]), 1000, 500, 1000), vec![500]);
+        assert_eq!(
+            claim_limits(&[1], &held(&[(1, 900)]), 100, 500, 1000),
+            vec![100]
+        );
+    }
+
+    #[test]
+    fn a_slow_trigger_leaves_the_others_their_share() {
+        // Two triggers, 1000 slots: each keeps a share of 125 the other cannot take.
+        let in_flight = held(&[(1, 875)]);
+        assert_eq!(
+            claim_limits(&[1, 2], &in_flight, 125, 500, 1000),
+            vec![0, 125]
+        );
+        // Once the other holds its share, the slow one may grow into what is free.
+        let in_flight = held(&[(1, 700), (2, 125)]);
+        assert_eq!(
+            claim_limits(&[1, 2], &in_flight, 175, 500, 1000),
+            vec![175, 175]
+        );
+        // Small bounds reserve nothing rather than deadlock.
+        assert_eq!(claim_limits(&[1, 2, 3], &held(&[]), 4, 4, 4), vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn in_flight_counts_follow_claims() {
+        let mut in_flight = held(&[(1, 2), (2, 1)]);
+        assert_eq!((in_flight.held(1), in_flight.held(2)), (2, 1));
+        in_flight.remove(&ClaimToken { seq: 1, attempt: 1 });
+        in_flight.remove(&ClaimToken { seq: 1, attempt: 1 });
+        // A claim of the same event under another attempt is another claim.
+        in_flight.remove(&ClaimToken { seq: 3, attempt: 2 });
+        assert_eq!((in_flight.held(1), in_flight.held(2)), (1, 1));
+        assert_eq!(in_flight.bytes, 20);
+        let now = Instant::now();
+        assert!(in_flight
+            .older_than(now, Duration::from_secs(60))
+            .is_empty());
+        assert_eq!(in_flight.older_than(now, Duration::ZERO).len(), 2);
     }
 }

@@ -1,5 +1,7 @@
 -- The pgevents event log. @schema@ is replaced by the quoted log schema name.
--- Every statement is idempotent: install runs this file whole, on every start.
+-- Every statement is idempotent: install runs this file whole whenever it differs from the
+-- copy the log last installed (its hash is kept in `meta`), and so upgrades a log of any
+-- earlier version in place, keeping its events.
 
 CREATE SCHEMA IF NOT EXISTS @schema@;
 
@@ -10,6 +12,8 @@ CREATE TABLE IF NOT EXISTS @schema@.meta (
     installed_at timestamptz NOT NULL DEFAULT now(),
     upgraded_at  timestamptz NOT NULL DEFAULT now()
 );
+-- Version 2: the hash of the installed script, so an unchanged install changes nothing.
+ALTER TABLE @schema@.meta ADD COLUMN IF NOT EXISTS script_hash bigint;
 
 CREATE SEQUENCE IF NOT EXISTS @schema@.event_seq;
 
@@ -23,6 +27,9 @@ CREATE TABLE IF NOT EXISTS @schema@.trigger (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+-- Version 2: when install removed the trigger's capture because the config no longer names
+-- it (its events stay, visible and redeliverable); NULL while it is configured.
+ALTER TABLE @schema@.trigger ADD COLUMN IF NOT EXISTS removed_at timestamptz;
 
 -- Writers append here, inside their own transaction. No index at all: each index on the
 -- writer's path costs about 5-8% of single-row write throughput (see BENCHMARKS.md), so the
@@ -37,12 +44,18 @@ CREATE TABLE IF NOT EXISTS @schema@.capture (
     created_at timestamptz NOT NULL DEFAULT now()
 ) WITH (autovacuum_vacuum_threshold = 2000, autovacuum_vacuum_scale_factor = 0,
         autovacuum_vacuum_cost_delay = 0);
+-- Version 2: an UPDATE that changed the row's key carries the old key here (row_key is the new).
+ALTER TABLE @schema@.capture ADD COLUMN IF NOT EXISTS old_key bigint;
 
 -- The durable event log: one row per event, with its delivery state.
 --   status: 'p' pending (waiting, in flight or retrying), 'd' delivered, 'f' failed.
 --   next_attempt_at: when a pending event is next due; while in flight, the lease's end.
 --   owner: the dispatcher holding the lease of an in-flight event.
 --   budget_from: `attempts` when the retry budget last started (redeliver resets it).
+--   row_key: the event's ordering key (a hash of the row's key, or of the trigger for
+--     ordering = "table"); NULL when unordered. old_key: for an UPDATE that changed the row's
+--     key, the old key's hash — the event waits for earlier events of both keys, and later
+--     events of either key wait for it.
 CREATE TABLE IF NOT EXISTS @schema@.event (
     seq              bigint PRIMARY KEY DEFAULT nextval('@schema@.event_seq'),
     trigger_id       integer NOT NULL,
@@ -61,12 +74,23 @@ CREATE TABLE IF NOT EXISTS @schema@.event (
     last_duration_ms integer,
     last_error       text
 ) WITH (fillfactor = 85);
+ALTER TABLE @schema@.event ADD COLUMN IF NOT EXISTS old_key bigint;
 
--- Due pending events, in the order they became due.
-CREATE INDEX IF NOT EXISTS event_due ON @schema@.event (next_attempt_at) WHERE status = 'p';
+-- Due pending events of each trigger, in the order they became due. Per trigger, so that one
+-- trigger's backlog (a stopped consumer, a dead destination) is never walked by the claims of
+-- another (version 1 had one index over all triggers).
+DROP INDEX IF EXISTS @schema@.event_due;
+CREATE INDEX IF NOT EXISTS event_due_by_trigger ON @schema@.event (trigger_id, next_attempt_at)
+    WHERE status = 'p';
 -- Earlier pending events of the same row hold later ones back (per-row ordering).
 CREATE INDEX IF NOT EXISTS event_row ON @schema@.event (row_key, seq)
     WHERE status = 'p' AND row_key IS NOT NULL;
+-- Pending key-changing UPDATEs, found by their old key.
+CREATE INDEX IF NOT EXISTS event_old_key ON @schema@.event (old_key, seq)
+    WHERE status = 'p' AND old_key IS NOT NULL;
+-- Pending TRUNCATEs: every later event of their trigger waits for them.
+CREATE INDEX IF NOT EXISTS event_truncate ON @schema@.event (trigger_id, seq)
+    WHERE status = 'p' AND op = 'T';
 -- Browsing and counting by trigger and status.
 CREATE INDEX IF NOT EXISTS event_trigger_status ON @schema@.event (trigger_id, status, seq);
 
@@ -97,31 +121,44 @@ BEGIN
         DELETE FROM @schema@.capture c
         WHERE c.ctid = ANY (ARRAY(
             SELECT x.ctid FROM @schema@.capture x ORDER BY x.seq LIMIT max_rows))
-        RETURNING c.seq, c.trigger_id, c.op, c.row_key, c.old_row, c.new_row, c.created_at
+        RETURNING c.seq, c.trigger_id, c.op, c.row_key, c.old_key, c.old_row, c.new_row, c.created_at
     )
     INSERT INTO @schema@.event
-        (seq, trigger_id, op, row_key, old_row, new_row, created_at, next_attempt_at)
-    SELECT seq, trigger_id, op, row_key, old_row, new_row, created_at, created_at FROM batch;
+        (seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at, next_attempt_at)
+    SELECT seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at, created_at FROM batch;
     GET DIAGNOSTICS moved = ROW_COUNT;
     RETURN moved;
 END
 $ingest$;
 
--- Claims up to `max_events` due events of `triggers` for `claimant`, leased for `lease_ms`.
--- Due: pending, its time has come, and no earlier pending event of the same row (per-row
--- ordering: a retrying event holds back only its own row).
+-- Claims due events for `claimant`, leased for `lease_ms`: up to `limits[i]` events of trigger
+-- `triggers[i]`, `max_events` in all (earlier triggers in the array first: callers rotate
+-- it), and no more rows once `max_bytes` of row text are claimed (the first always is: a row
+-- bigger than the budget goes alone) — so memory is bounded by bytes, not only by count,
+-- whatever the rows' size. Sizes come from the values' headers (no detoasting); each trigger on its own walk of its own due events, so a trigger's backlog
+-- costs the others nothing and a slow trigger cannot take every slot.
+-- Due: pending, its time has come, and not held back by an earlier pending event:
+--   * one with the same key, or whose key is e's old key (a key-changing UPDATE waits for
+--     both keys), or whose old key is either of e's keys (later events of either key wait
+--     for a key-changing UPDATE);
+--   * a TRUNCATE of the same trigger (later events wait for it);
+--   * for a TRUNCATE: any event of the same trigger (it waits for all of them).
 --
--- The plan is pinned: walk event_due in order, probe event_row once per candidate, stop at
--- the limit. A queue's statistics are wrong most of the time (the share of pending events
--- swings from none to all between two ANALYZEs), and with them PostgreSQL picks plans that
--- read every pending event per claim: a bitmap scan and a sort, or a hash anti-join
--- (measured: 584 ms instead of 14 ms per claim of 500 with 300,000 pending; see
--- BENCHMARKS.md). Hence no sorts or bitmap scans here, and the NOT EXISTS stays a per-row
--- subplan (`OFFSET 0`) whose `row_key IS NOT NULL` matches event_row's predicate.
--- (Dropped first: CREATE OR REPLACE cannot change the columns it returns, and row_key was added.)
+-- The plan is pinned: walk event_due_by_trigger in order, probe the ordering indexes once per
+-- candidate, stop at the limit. A queue's statistics are wrong most of the time (the share of
+-- pending events swings from none to all between two ANALYZEs), and with them PostgreSQL
+-- picks plans that read every pending event per claim: a bitmap scan and a sort, or a hash
+-- anti-join (measured: 584 ms instead of 14 ms per claim of 500 with 300,000 pending; see
+-- BENCHMARKS.md). Hence no sorts or bitmap scans here, and each ordering rule is an OR-ed
+-- per-row subplan (`OFFSET 0`; never pulled up into a join) whose predicate matches one
+-- partial index: in the common case (no key change, no TRUNCATE) three cheap probes.
+--
+-- The version 1 signature (one limit for all triggers) is dropped by install.
 DROP FUNCTION IF EXISTS @schema@.claim(integer[], bigint, bigint, bigint);
-CREATE FUNCTION @schema@.claim(
-    triggers integer[], max_events bigint, lease_ms bigint, claimant bigint)
+DROP FUNCTION IF EXISTS @schema@.claim(integer[], integer[], bigint, bigint, bigint);
+CREATE OR REPLACE FUNCTION @schema@.claim(
+    triggers integer[], limits integer[], max_events bigint, max_bytes bigint, lease_ms bigint,
+    claimant bigint)
 RETURNS TABLE (seq bigint, trigger_id integer, op "char", old_row text, new_row text,
                created_at timestamptz, attempts integer, current_retry integer, row_key bigint)
 LANGUAGE sql
@@ -130,21 +167,46 @@ SET enable_sort = off
 SET enable_bitmapscan = off
 AS $claim$
     WITH due AS (
-        SELECT e.seq FROM @schema@.event e
-        WHERE e.status = 'p' AND e.next_attempt_at <= now()
-          AND e.trigger_id = ANY (triggers)
-          AND NOT EXISTS (
-              SELECT 1 FROM @schema@.event p
-              WHERE p.status = 'p' AND p.row_key IS NOT NULL
-                AND p.row_key = e.row_key AND p.seq < e.seq
-              OFFSET 0)
-        ORDER BY e.next_attempt_at
-        LIMIT max_events
-        FOR UPDATE SKIP LOCKED)
+        SELECT d.seq, d.size
+          FROM unnest(triggers, limits) AS t(id, n)
+          CROSS JOIN LATERAL (
+              SELECT e.seq, coalesce(octet_length(e.old_row::text), 0)
+                            + coalesce(octet_length(e.new_row::text), 0) AS size
+                FROM @schema@.event e
+               WHERE e.status = 'p' AND e.trigger_id = t.id AND e.next_attempt_at <= now()
+                 AND NOT (
+                     EXISTS (SELECT 1 FROM @schema@.event p
+                              WHERE p.status = 'p' AND p.row_key IS NOT NULL
+                                AND p.row_key = e.row_key AND p.seq < e.seq OFFSET 0)
+                  OR (e.old_key IS NOT NULL AND EXISTS (
+                        SELECT 1 FROM @schema@.event p
+                         WHERE p.status = 'p' AND p.row_key IS NOT NULL
+                           AND p.row_key = e.old_key AND p.seq < e.seq OFFSET 0))
+                  OR EXISTS (SELECT 1 FROM @schema@.event p
+                              WHERE p.status = 'p' AND p.old_key IS NOT NULL
+                                AND p.old_key IN (e.row_key, e.old_key) AND p.seq < e.seq OFFSET 0)
+                  OR EXISTS (SELECT 1 FROM @schema@.event p
+                              WHERE p.status = 'p' AND p.op = 'T'
+                                AND p.trigger_id = e.trigger_id AND p.seq < e.seq OFFSET 0)
+                  OR (e.op = 'T' AND EXISTS (
+                        SELECT 1 FROM @schema@.event p
+                         WHERE p.trigger_id = e.trigger_id AND p.status = 'p'
+                           AND p.seq < e.seq OFFSET 0)))
+               ORDER BY e.next_attempt_at
+               LIMIT t.n
+               FOR UPDATE SKIP LOCKED) d
+         WHERE t.n > 0
+         LIMIT max_events),
+    fits AS (
+        SELECT x.seq FROM (
+            SELECT due.seq, sum(due.size) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                            - due.size AS before
+              FROM due) x
+         WHERE x.before < max_bytes)
     UPDATE @schema@.event e
        SET next_attempt_at = now() + lease_ms * interval '1 millisecond',
            owner = claimant, attempts = e.attempts + 1
-      FROM due WHERE e.seq = due.seq
+      FROM fits WHERE e.seq = fits.seq
     RETURNING e.seq, e.trigger_id, e.op, e.old_row::text, e.new_row::text,
               e.created_at, e.attempts, e.attempts - e.budget_from - 1, e.row_key
 $claim$;

@@ -70,6 +70,9 @@ pub struct TriggerCounts {
     pub failed: i64,
     /// Age in seconds of the oldest pending event.
     pub oldest_pending_seconds: Option<f64>,
+    /// True when install removed the trigger's capture because the config no longer names
+    /// it: its events are kept (pending ones wait for a configuration that delivers them).
+    pub removed: bool,
 }
 
 /// Per-trigger counts, and the capture lag (age in seconds of the oldest captured row not
@@ -92,7 +95,8 @@ pub async fn status(
                  SELECT t.name, t.schema_name, t.table_name,
                         coalesce(e.pending, 0) + coalesce(c.n, 0),
                         coalesce(e.delivered, 0), coalesce(e.failed, 0),
-                        extract(epoch FROM now() - least(e.oldest, c.oldest))::float8
+                        extract(epoch FROM now() - least(e.oldest, c.oldest))::float8,
+                        t.removed_at IS NOT NULL
                    FROM {s}.trigger t
                    LEFT JOIN e ON e.trigger_id = t.id
                    LEFT JOIN c ON c.trigger_id = t.id
@@ -113,6 +117,7 @@ pub async fn status(
             delivered: r.get(4),
             failed: r.get(5),
             oldest_pending_seconds: r.get(6),
+            removed: r.get(7),
         })
         .collect();
     let lag: Option<f64> = client

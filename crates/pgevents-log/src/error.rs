@@ -53,6 +53,9 @@ pub enum Error {
         /// The missing column.
         column: String,
     },
+    /// Per-row ordering was asked of a table that cannot tell its rows apart.
+    #[error("table {0} has neither a primary key nor a replica identity index, so its events cannot be ordered per row: add a primary key, or set the trigger's ordering = \"table\" (all its events in commit order) or ordering = \"none\" (no order)")]
+    Unorderable(String),
     /// The log schema is newer than this build understands.
     #[error("the event log in schema {schema} has version {found}, newer than this pgevents ({supported}); upgrade pgevents")]
     TooNew {
@@ -94,6 +97,12 @@ impl Error {
             }
             _ => false,
         }
+    }
+
+    /// True when a statement gave up waiting for a lock (`lock_timeout`): the object is busy
+    /// and a later attempt may succeed.
+    pub fn is_lock_timeout(&self) -> bool {
+        self.code() == Some("55P03")
     }
 
     /// The SQLSTATE of a database error, if any.

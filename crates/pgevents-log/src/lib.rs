@@ -10,6 +10,7 @@ pub mod browse;
 mod connect;
 mod error;
 mod ident;
+pub mod ordering;
 mod schema;
 pub mod store;
 
@@ -19,6 +20,8 @@ pub use connect::{
 };
 pub use error::Error;
 pub use ident::{quote_ident, quote_literal, QualifiedName, TableNameError, DEFAULT_SCHEMA};
+pub use ordering::Ordering;
 pub use schema::{
-    install, salt, uninstall, wake_channel, wake_key, LogSchema, DEFAULT_LOG_SCHEMA, SCHEMA_VERSION,
+    install, salt, uninstall, wake_channel, wake_key, LogSchema, DEFAULT_LOG_SCHEMA,
+    LOCK_TIMEOUT_MS, SCHEMA_VERSION,
 };

@@ -6,9 +6,16 @@ use crate::{quote_ident, quote_literal, Error};
 
 /// The version of the log schema this build installs. Install upgrades older logs in place
 /// and replaces every pgevents function, so old function bodies never linger.
-pub const SCHEMA_VERSION: i32 = 1;
+///
+/// Version 2: per-trigger due index and claims, key-change (`old_key`) and TRUNCATE ordering,
+/// removed triggers, the installed script's hash.
+pub const SCHEMA_VERSION: i32 = 2;
 
 const SCHEMA_SQL: &str = include_str!("../sql/schema.sql");
+
+/// How long install's DDL waits for a lock before giving up (and being retried): see
+/// [`install`]. Public so that capture installs use the same bound.
+pub const LOCK_TIMEOUT_MS: u64 = 3000;
 
 /// The schema holding the event log (default `pgevents`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,15 +88,27 @@ pub fn wake_key(schema: &LogSchema) -> i64 {
     schema.key("wake")
 }
 
-/// The notification channel writers wake dispatchers on.
+/// The notification channel writers wake dispatchers on: short whatever the schema's name
+/// (a channel name is an identifier, at most 63 bytes), and distinct per log schema.
 pub fn wake_channel(schema: &LogSchema) -> String {
-    format!("pgevents.wake:{}", schema.name)
+    format!("pgevents_wake_{:016x}", schema.key("wake-channel") as u64)
 }
 
 fn render(schema: &LogSchema) -> String {
     SCHEMA_SQL
         .replace("@schema@", schema.quoted())
         .replace("@ingest_key@", &schema.key("ingest").to_string())
+}
+
+/// A stable hash of the install script (FNV-1a), recorded in `meta`: an install that finds
+/// the same hash has nothing to do, and takes no lock on the log's tables.
+fn script_hash(script: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in script.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
 }
 
 /// Installs or upgrades the event log in `schema`, idempotently and safely against
@@ -114,12 +133,15 @@ pub async fn install(client: &mut Client, schema: &LogSchema) -> Result<u16, Err
         .await
         .map_err(|e| Error::query("looking for an installed event log", e))?
         .get(0);
+    let script = render(schema);
+    let hash = script_hash(&script);
     if exists {
         let row = tx
-            .query_opt(&format!("SELECT version FROM {meta}"), &[])
+            .query_opt(&format!("SELECT to_jsonb(m) FROM {meta} m"), &[])
             .await
             .map_err(|e| Error::query("reading the event log version", e))?;
-        if let Some(found) = row.map(|r| r.get::<_, i32>(0)) {
+        if let Some(meta) = row.map(|r| r.get::<_, serde_json::Value>(0)) {
+            let found = meta["version"].as_i64().unwrap_or(0) as i32;
             if found > SCHEMA_VERSION {
                 return Err(Error::TooNew {
                     schema: schema.name().into(),
@@ -127,9 +149,22 @@ pub async fn install(client: &mut Client, schema: &LogSchema) -> Result<u16, Err
                     supported: SCHEMA_VERSION,
                 });
             }
+            if found == SCHEMA_VERSION && meta["script_hash"].as_i64() == Some(hash) {
+                let salt = meta["salt"].as_i64().unwrap_or(0) as u16;
+                tx.commit()
+                    .await
+                    .map_err(|e| Error::query("committing the install", e))?;
+                return Ok(salt);
+            }
         }
     }
-    tx.batch_execute(&render(schema)).await.map_err(|e| {
+    // Changing the log's tables waits for their locks no longer than this: writers append to
+    // `capture` all the time, and a DDL statement queued behind one long transaction would
+    // make every later writer queue behind it. The caller retries later.
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'"))
+        .await
+        .map_err(|e| Error::query("setting the install's lock timeout", e))?;
+    tx.batch_execute(&script).await.map_err(|e| {
         Error::query(
             format!(
                 "installing the event log in schema {} (this needs CREATE on the database: run install as the database owner, or GRANT CREATE ON DATABASE to this role)",
@@ -142,12 +177,13 @@ pub async fn install(client: &mut Client, schema: &LogSchema) -> Result<u16, Err
     let row = tx
         .query_one(
             &format!(
-                "INSERT INTO {meta} (version, salt) VALUES ($1, $2)
+                "INSERT INTO {meta} (version, salt, script_hash) VALUES ($1, $2, $3)
                  ON CONFLICT (singleton) DO UPDATE
-                   SET version = excluded.version, upgraded_at = now()
+                   SET version = excluded.version, script_hash = excluded.script_hash,
+                       upgraded_at = now()
                  RETURNING salt"
             ),
-            &[&SCHEMA_VERSION, &i32::from(salt)],
+            &[&SCHEMA_VERSION, &i32::from(salt), &hash],
         )
         .await
         .map_err(|e| Error::query("recording the event log version", e))?;

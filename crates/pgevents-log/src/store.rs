@@ -27,8 +27,34 @@ pub struct Claimed {
     pub attempts: i32,
     /// Retries this attempt follows, within the current retry budget.
     pub current_retry: i32,
-    /// The ordering key (`None`: unordered).
+    /// The event's ordering key (see the log schema), `None` when unordered.
     pub row_key: Option<i64>,
+}
+
+/// A claim: the event and the attempt it was claimed for. Renewals, releases and outcomes
+/// name both, so an outcome of a claim that expired and was taken over (even by this same
+/// dispatcher) changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClaimToken {
+    /// The event's log position.
+    pub seq: i64,
+    /// The attempt number the claim made (the event's `attempts` after the claim).
+    pub attempt: i32,
+}
+
+impl Claimed {
+    /// Bytes of row text this event holds (what the claim's byte budget counts).
+    pub fn size(&self) -> usize {
+        self.old.as_ref().map_or(0, String::len) + self.new.as_ref().map_or(0, String::len)
+    }
+
+    /// The token of this claim.
+    pub fn token(&self) -> ClaimToken {
+        ClaimToken {
+            seq: self.seq,
+            attempt: self.attempts,
+        }
+    }
 }
 
 /// What became of one attempt.
@@ -45,8 +71,8 @@ pub enum Verdict {
 /// The outcome of one attempt, to be written to the log.
 #[derive(Debug, Clone)]
 pub struct Settlement {
-    /// The event.
-    pub seq: i64,
+    /// The claim the attempt was made under.
+    pub claim: ClaimToken,
     /// What to do with it.
     pub verdict: Verdict,
     /// When the attempt started.
@@ -106,13 +132,19 @@ impl Store {
             }
         };
         let ingest = prepare(format!("SELECT {s}.ingest($1)"), "ingest").await?;
-        let claim = prepare(format!("SELECT * FROM {s}.claim($1, $2, $3, $4)"), "claim").await?;
+        let claim = prepare(
+            format!("SELECT * FROM {s}.claim($1, $2, $3, $4, $5, $6)"),
+            "claim",
+        )
+        .await?;
         let settle = prepare(
             format!(
                 "WITH o AS (
                    SELECT * FROM unnest($1::int8[], $2::int2[], $3::int8[], $4::int4[],
-                                        $5::int4[], $6::text[], $7::text[], $8::timestamptz[])
-                     AS o(seq, verdict, delay_ms, status, duration_ms, error, response, started_at)),
+                                        $5::int4[], $6::text[], $7::text[], $8::timestamptz[],
+                                        $10::int4[])
+                     AS o(seq, verdict, delay_ms, status, duration_ms, error, response, started_at,
+                          attempt)),
                  upd AS (
                    UPDATE {s}.event e
                       SET status = CASE o.verdict WHEN 0 THEN 'd' WHEN 2 THEN 'f' ELSE 'p' END::\"char\",
@@ -122,7 +154,8 @@ impl Store {
                           finished_at = CASE WHEN o.verdict = 1 THEN NULL ELSE now() END,
                           owner = NULL, last_status = o.status,
                           last_duration_ms = o.duration_ms, last_error = o.error
-                     FROM o WHERE e.seq = o.seq AND e.owner = $9
+                     FROM o WHERE e.seq = o.seq AND e.owner = $9 AND e.attempts = o.attempt
+                       AND e.status = 'p'
                    RETURNING e.seq, e.attempts),
                  log AS (
                    INSERT INTO {s}.attempt (event_seq, attempt, started_at, duration_ms, status, error, response)
@@ -137,17 +170,20 @@ impl Store {
         .await?;
         let renew = prepare(
             format!(
-                "UPDATE {s}.event SET next_attempt_at = now() + $2::int8 * interval '1 millisecond'
-                  WHERE seq = ANY($1::int8[]) AND owner = $3 AND status = 'p'"
+                "UPDATE {s}.event e SET next_attempt_at = now() + $2::int8 * interval '1 millisecond'
+                   FROM unnest($1::int8[], $4::int4[]) AS c(seq, attempt)
+                  WHERE e.seq = c.seq AND e.attempts = c.attempt AND e.owner = $3 AND e.status = 'p'"
             ),
             "renew",
         )
         .await?;
         let release = prepare(
             format!(
-                "UPDATE {s}.event
-                    SET owner = NULL, next_attempt_at = now(), attempts = greatest(attempts - 1, budget_from)
-                  WHERE seq = ANY($1::int8[]) AND owner = $2 AND status = 'p'"
+                "UPDATE {s}.event e
+                    SET owner = NULL, next_attempt_at = now(),
+                        attempts = greatest(e.attempts - 1, e.budget_from)
+                   FROM unnest($1::int8[], $3::int4[]) AS c(seq, attempt)
+                  WHERE e.seq = c.seq AND e.attempts = c.attempt AND e.owner = $2 AND e.status = 'p'"
             ),
             "release",
         )
@@ -182,20 +218,36 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// Claims up to `limit` due events of `triggers` for `owner`, leased for `lease`.
+    /// Claims up to `limits[i]` due events of trigger `triggers[i]`, `max_events` in all
+    /// (earlier triggers first), and no more once `max_bytes` of row text are claimed (the
+    /// first event always is), for `owner`, leased for `lease`; each trigger's due events
+    /// are walked apart from the others'.
     ///
-    /// An event is due when pending, its time has come, and no earlier pending event of the
-    /// same row exists (per-row ordering: a retrying event holds back only its own row).
+    /// An event is due when pending, its time has come, and no earlier pending event holds
+    /// it back: one of the same row (or either key of a key-changing UPDATE), or a TRUNCATE
+    /// of its table; a TRUNCATE waits for every earlier event of its table.
     pub async fn claim(
         &self,
         triggers: &[i32],
-        limit: i64,
+        limits: &[i32],
+        max_events: i64,
+        max_bytes: i64,
         lease: Duration,
         owner: i64,
     ) -> Result<Vec<Claimed>, Error> {
         let rows = self
             .client
-            .query(&self.claim, &[&triggers, &limit, &millis(lease), &owner])
+            .query(
+                &self.claim,
+                &[
+                    &triggers,
+                    &limits,
+                    &max_events,
+                    &max_bytes,
+                    &millis(lease),
+                    &owner,
+                ],
+            )
             .await
             .map_err(|e| Error::query("claiming due events", e))?;
         let mut claimed: Vec<Claimed> = rows
@@ -217,9 +269,12 @@ impl Store {
     }
 
     /// Writes the outcomes of attempts made under `owner`'s lease; returns how many events
-    /// were still leased to `owner` (the others were taken over and are left alone).
+    /// were still under the claims the attempts were made for (the others were taken over
+    /// and are left alone). Errors and response excerpts are stored as text PostgreSQL
+    /// accepts whatever the destination answered (NUL characters replaced).
     pub async fn settle(&self, outcomes: &[Settlement], owner: i64) -> Result<i64, Error> {
         let mut seq = Vec::with_capacity(outcomes.len());
+        let mut attempt = Vec::with_capacity(outcomes.len());
         let mut verdict = Vec::with_capacity(outcomes.len());
         let mut delay = Vec::with_capacity(outcomes.len());
         let mut status = Vec::with_capacity(outcomes.len());
@@ -228,7 +283,8 @@ impl Store {
         let mut response = Vec::with_capacity(outcomes.len());
         let mut started = Vec::with_capacity(outcomes.len());
         for o in outcomes {
-            seq.push(o.seq);
+            seq.push(o.claim.seq);
+            attempt.push(o.claim.attempt);
             let (v, d) = match o.verdict {
                 Verdict::Delivered => (0i16, 0i64),
                 Verdict::Retry(d) => (1, millis(d)),
@@ -238,8 +294,8 @@ impl Store {
             delay.push(d);
             status.push(o.status);
             duration.push(i32::try_from(o.duration.as_millis()).unwrap_or(i32::MAX));
-            error.push(o.error.as_deref());
-            response.push(o.response.as_deref());
+            error.push(o.error.as_deref().map(storable));
+            response.push(o.response.as_deref().map(storable));
             started.push(o.started_at);
         }
         let row = self
@@ -247,7 +303,8 @@ impl Store {
             .query_one(
                 &self.settle,
                 &[
-                    &seq, &verdict, &delay, &status, &duration, &error, &response, &started, &owner,
+                    &seq, &verdict, &delay, &status, &duration, &error, &response, &started,
+                    &owner, &attempt,
                 ],
             )
             .await
@@ -255,20 +312,41 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// Extends the lease of in-flight events still held by `owner`.
-    pub async fn renew(&self, seqs: &[i64], lease: Duration, owner: i64) -> Result<u64, Error> {
+    /// Extends the leases of `claims` still held by `owner`.
+    pub async fn renew(
+        &self,
+        claims: &[ClaimToken],
+        lease: Duration,
+        owner: i64,
+    ) -> Result<u64, Error> {
+        let (seqs, attempts) = split(claims);
         self.client
-            .execute(&self.renew, &[&seqs, &millis(lease), &owner])
+            .execute(&self.renew, &[&seqs, &millis(lease), &owner, &attempts])
             .await
             .map_err(|e| Error::query("renewing leases", e))
     }
 
     /// Gives claimed events back (undelivered, due now), e.g. at shutdown.
-    pub async fn release(&self, seqs: &[i64], owner: i64) -> Result<u64, Error> {
+    pub async fn release(&self, claims: &[ClaimToken], owner: i64) -> Result<u64, Error> {
+        let (seqs, attempts) = split(claims);
         self.client
-            .execute(&self.release, &[&seqs, &owner])
+            .execute(&self.release, &[&seqs, &owner, &attempts])
             .await
             .map_err(|e| Error::query("releasing claimed events", e))
+    }
+}
+
+fn split(claims: &[ClaimToken]) -> (Vec<i64>, Vec<i32>) {
+    claims.iter().map(|c| (c.seq, c.attempt)).unzip()
+}
+
+/// `text` as PostgreSQL's `text` accepts it: NUL characters (which a binary response body
+/// or a handler's error may hold) become U+FFFD. Borrowed when there is none.
+fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }
 
@@ -283,6 +361,8 @@ pub struct TriggerRow {
     pub schema: String,
     /// The watched table.
     pub table: String,
+    /// Since when install has removed its capture because the config no longer names it.
+    pub removed_at: Option<DateTime<Utc>>,
 }
 
 /// Registers (or updates) a trigger by name and returns its id.
@@ -298,7 +378,8 @@ pub async fn register_trigger(
             &format!(
                 "INSERT INTO {} (name, schema_name, table_name, definition) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (name) DO UPDATE SET schema_name = excluded.schema_name,
-                   table_name = excluded.table_name, definition = excluded.definition, updated_at = now()
+                   table_name = excluded.table_name, definition = excluded.definition,
+                   removed_at = NULL, updated_at = now()
                  RETURNING id",
                 schema.object("trigger")
             ),
@@ -314,7 +395,7 @@ pub async fn triggers(client: &Client, schema: &LogSchema) -> Result<Vec<Trigger
     let rows = client
         .query(
             &format!(
-                "SELECT id, name, schema_name, table_name FROM {} ORDER BY name",
+                "SELECT id, name, schema_name, table_name, removed_at FROM {} ORDER BY name",
                 schema.object("trigger")
             ),
             &[],
@@ -328,8 +409,29 @@ pub async fn triggers(client: &Client, schema: &LogSchema) -> Result<Vec<Trigger
             name: r.get(1),
             schema: r.get(2),
             table: r.get(3),
+            removed_at: r.get(4),
         })
         .collect())
+}
+
+/// Records that trigger `id` is no longer configured (its capture was removed; its events
+/// stay). Registering it again clears the mark.
+pub async fn mark_removed(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &LogSchema,
+    id: i32,
+) -> Result<(), Error> {
+    client
+        .execute(
+            &format!(
+                "UPDATE {} SET removed_at = coalesce(removed_at, now()) WHERE id = $1",
+                schema.object("trigger")
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(|e| Error::query("marking a trigger as removed", e))?;
+    Ok(())
 }
 
 /// Writes a manual event (action `MANUAL`, `new` = `data`) for trigger `trigger_id` and wakes

@@ -80,7 +80,8 @@ pub async fn register_table(
     let definition = serde_json::json!({
         "operations": spec.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
         "columns": spec.columns,
-        "ordered": spec.ordered && !info.key_columns.is_empty(),
+        "ordering": spec.ordering.as_str(),
+        "key": info.key_columns,
         "capture": "logical",
     });
     let trigger_id =
@@ -91,7 +92,7 @@ pub async fn register_table(
         table: spec.table.clone(),
         operations: spec.operations.clone(),
         columns: spec.columns.clone(),
-        ordered: spec.ordered,
+        ordering: spec.ordering,
     })
 }
 

@@ -147,9 +147,9 @@ pub struct LogicalTable {
     pub operations: Vec<Action>,
     /// When set, an UPDATE is captured only if one of these columns changed.
     pub columns: Option<Vec<String>>,
-    /// Whether events of one row are delivered in commit order (needs a primary key or a
-    /// replica identity index).
-    pub ordered: bool,
+    /// Which events are delivered in commit order (`Row` needs a primary key or a replica
+    /// identity index).
+    pub ordering: pgevents_log::Ordering,
 }
 
 /// Tuning of a [`LogicalCapture`].

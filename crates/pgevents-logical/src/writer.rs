@@ -19,7 +19,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use pgevents_log::{quote_ident, wake_channel, LogSchema};
+use pgevents_log::ordering::{key_sql, old_key_sql};
+use pgevents_log::{quote_ident, wake_channel, LogSchema, Ordering};
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{Client, Statement};
 
@@ -64,8 +65,8 @@ pub(crate) struct Row {
     pub trigger_id: i32,
     /// `I`, `U`, `D` or `T`.
     pub op: i8,
-    /// Whether to compute a row key (per-row ordering).
-    pub keyed: bool,
+    /// How the trigger orders its events (which keys to compute).
+    pub ordering: Ordering,
     /// The row shape; `None` for TRUNCATE.
     pub shape: Option<Arc<Shape>>,
     /// The old image's values as text.
@@ -385,7 +386,7 @@ fn progress_of(row: &tokio_postgres::Row) -> Progress {
 
 /// The INSERT for rows of `shape`, whose column types are named `types`.
 ///
-/// Parameters: trigger ids, ops, keyed flags, commit times, has-old and has-new flags, then
+/// Parameters: trigger ids, ops, orderings (`r`ow, `t`able, `n`one), commit times, has-old and has-new flags, then
 /// one text array per column for the old images and one per column for the new.
 fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
     let n = shape.columns.len();
@@ -402,24 +403,17 @@ fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
         // (a NULL cast to a NOT NULL domain would fail).
         format!("LEFT JOIN LATERAL (SELECT {columns} WHERE u.{flag} OFFSET 0) {prefix} ON true")
     };
-    let key = |alias: &str| match shape.key.as_slice() {
-        [] => "NULL::bigint".to_string(),
-        [one] => format!(
-            "hashtextextended(({alias}.{})::text, u.trigger_id)",
-            quote_ident(&shape.columns[*one].name)
-        ),
-        many => format!(
-            "hashtextextended(ROW({})::text, u.trigger_id)",
-            many.iter()
-                .map(|i| format!("{alias}.{}", quote_ident(&shape.columns[*i].name)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
+    let key_columns: Vec<String> = shape
+        .key
+        .iter()
+        .map(|i| shape.columns[*i].name.clone())
+        .collect();
+    let seed = "u.trigger_id";
+    let row_key = |alias: &str| key_sql(Ordering::Row, alias, &key_columns, seed);
     let mut params = vec![
         "$1::int4[]".to_string(),
         "$2::\"char\"[]".into(),
-        "$3::bool[]".into(),
+        "$3::\"char\"[]".into(),
         "$4::timestamptz[]".into(),
         "$5::bool[]".into(),
         "$6::bool[]".into(),
@@ -427,7 +421,7 @@ fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
     let mut aliases = vec![
         "trigger_id".to_string(),
         "op".into(),
-        "keyed".into(),
+        "ordering".into(),
         "created_at".into(),
         "has_old".into(),
         "has_new".into(),
@@ -439,9 +433,12 @@ fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
         }
     }
     format!(
-        "INSERT INTO {event} (trigger_id, op, row_key, old_row, new_row, created_at, next_attempt_at)
+        "INSERT INTO {event} (trigger_id, op, row_key, old_key, old_row, new_row, created_at, next_attempt_at)
          SELECT u.trigger_id, u.op,
-                CASE WHEN u.keyed THEN CASE WHEN u.op = 'D' THEN {old_key} ELSE {new_key} END END,
+                CASE u.ordering
+                  WHEN 'r' THEN CASE WHEN u.op = 'D' THEN {old_key} ELSE {new_key} END
+                  WHEN 't' THEN {table_key} END,
+                CASE WHEN u.ordering = 'r' AND u.op = 'U' THEN {changed_key} END,
                 CASE WHEN u.has_old THEN to_json(o) END,
                 CASE WHEN u.has_new THEN to_json(n) END,
                 u.created_at, now()
@@ -450,8 +447,10 @@ fn insert_sql(schema: &LogSchema, shape: &Shape, types: &[String]) -> String {
            {new_image}
           ORDER BY u.ord",
         event = schema.object("event"),
-        old_key = key("o"),
-        new_key = key("n"),
+        old_key = row_key("o"),
+        new_key = row_key("n"),
+        table_key = key_sql(Ordering::Table, "n", &key_columns, seed),
+        changed_key = old_key_sql(Ordering::Row, "o", "n", &key_columns, seed),
         params = params.join(", "),
         aliases = aliases.join(", "),
         old_image = image("o", "has_old"),
@@ -468,7 +467,7 @@ async fn insert_rows(
     let n = shape.columns.len();
     let triggers: Vec<i32> = rows.iter().map(|r| r.trigger_id).collect();
     let ops: Vec<i8> = rows.iter().map(|r| r.op).collect();
-    let keyed: Vec<bool> = rows.iter().map(|r| r.keyed).collect();
+    let orderings: Vec<i8> = rows.iter().map(|r| ordering_code(r.ordering)).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
     let has_old: Vec<bool> = rows.iter().map(|r| r.old.is_some()).collect();
     let has_new: Vec<bool> = rows.iter().map(|r| r.new.is_some()).collect();
@@ -490,7 +489,7 @@ async fn insert_rows(
         columns.push(column(|r| &r.new, i));
     }
     let mut params: Vec<&(dyn ToSql + Sync)> =
-        vec![&triggers, &ops, &keyed, &times, &has_old, &has_new];
+        vec![&triggers, &ops, &orderings, &times, &has_old, &has_new];
     for c in &columns {
         params.push(c);
     }
@@ -498,6 +497,15 @@ async fn insert_rows(
         .await
         .map_err(|e| Error::query("writing captured rows to the event log", e))?;
     Ok(())
+}
+
+/// The `"char"` code of `ordering` in the event insert's parameters.
+fn ordering_code(ordering: Ordering) -> i8 {
+    match ordering {
+        Ordering::Row => b'r' as i8,
+        Ordering::Table => b't' as i8,
+        Ordering::None => b'n' as i8,
+    }
 }
 
 #[cfg(test)]

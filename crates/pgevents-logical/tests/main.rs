@@ -199,6 +199,24 @@ async fn logical_payloads_equal_trigger_payloads_byte_for_byte() {
         .expect("row keys")
         .get(0);
     assert_eq!(bad, 0, "row keys are computed as the trigger computes them");
+    // Old keys: only the key-changing UPDATE (7 -> 8) carries one, the old key's, in both modes.
+    let old_keys: Vec<(i32, Option<i64>, i64)> = db
+        .client
+        .query(
+            "SELECT trigger_id, old_key, hashtextextended('7', trigger_id) FROM pgevents.event
+              WHERE trigger_id = ANY($1) AND old_key IS NOT NULL ORDER BY trigger_id",
+            &[&vec![trigger_id, logical_id]],
+        )
+        .await
+        .expect("old keys")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(old_keys.len(), 2, "one key change per mode: {old_keys:?}");
+    assert!(
+        old_keys.iter().all(|(_, old, seven)| *old == Some(*seven)),
+        "the old key is the key before the change: {old_keys:?}"
+    );
 }
 
 /// A capture process killed with SIGKILL in the middle of a 100,000-row transaction, then

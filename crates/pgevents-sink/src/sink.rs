@@ -16,9 +16,54 @@ use pgevents_event::{Attempt, Event};
 /// sink must only do once the destination has durably accepted it (a 2xx answer, a broker
 /// acknowledgement). The dispatcher bounds every call with the trigger's timeout and treats a
 /// panic as a retriable failure, so a sink need not guard against either.
+///
+/// A sink with limited capacity (a connection pool, a window of unacknowledged messages)
+/// says so through [`Sink::ready`]: the dispatcher awaits it before each attempt and only
+/// then starts the attempt's timeout, so the timeout bounds the attempt itself, never the
+/// wait for room at the destination.
 pub trait Sink: Send + Sync + 'static {
+    /// Waits until the sink has room for one more attempt and returns that room.
+    ///
+    /// The caller awaits this *before* it starts an attempt's timeout and holds the
+    /// returned [`Slot`] until [`deliver`](Sink::deliver) has returned (or was cancelled);
+    /// dropping the slot gives the room back. A sink that bounds its concurrent attempts
+    /// does it here rather than inside `deliver`, so waiting in line for a connection never
+    /// counts against the trigger's timeout. It must not fail: a sink that cannot tell
+    /// whether it has room returns a slot and lets `deliver` report the failure.
+    ///
+    /// The default has no limit and returns [`Slot::unlimited`] at once.
+    fn ready(&self) -> impl Future<Output = Slot> + Send {
+        std::future::ready(Slot::unlimited())
+    }
+
     /// Delivers one event and reports what happened.
     fn deliver(&self, delivery: Delivery) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Room for one attempt at a sink, from [`Sink::ready`]; given back when dropped.
+#[must_use = "the room is given back as soon as the slot is dropped: hold it for the attempt"]
+pub struct Slot(Option<Box<dyn Send>>);
+
+impl Slot {
+    /// A slot of a sink without a limit: holds nothing.
+    pub fn unlimited() -> Slot {
+        Slot(None)
+    }
+
+    /// A slot that holds `guard` (e.g. a semaphore permit) until it is dropped.
+    pub fn holding(guard: impl Send + 'static) -> Slot {
+        Slot(Some(Box::new(guard)))
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Slot(held)"
+        } else {
+            "Slot(unlimited)"
+        })
+    }
 }
 
 /// One delivery attempt of one event.
@@ -106,11 +151,18 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// An object-safe [`Sink`], so one dispatcher can hold sinks of different types.
 pub trait DynSink: Send + Sync + 'static {
+    /// Waits for room for one attempt ([`Sink::ready`]).
+    fn ready_boxed(self: Arc<Self>) -> BoxFuture<Slot>;
+
     /// Delivers one event.
     fn deliver_boxed(self: Arc<Self>, delivery: Delivery) -> BoxFuture<Outcome>;
 }
 
 impl<S: Sink> DynSink for S {
+    fn ready_boxed(self: Arc<Self>) -> BoxFuture<Slot> {
+        Box::pin(async move { self.ready().await })
+    }
+
     fn deliver_boxed(self: Arc<Self>, delivery: Delivery) -> BoxFuture<Outcome> {
         Box::pin(async move { self.deliver(delivery).await })
     }

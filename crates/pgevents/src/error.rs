@@ -32,7 +32,8 @@ impl Error {
     }
 
     /// True when the error is about the caller's input (a table or column that does not
-    /// exist, a bad name, a table registered twice) rather than the database.
+    /// exist, a bad name, a table registered twice, per-row order asked of a table without a
+    /// key) rather than the database.
     pub fn is_usage(&self) -> bool {
         matches!(
             &self.0,
@@ -41,6 +42,7 @@ impl Error {
                     pgevents_log::Error::Invalid(_)
                         | pgevents_log::Error::NoSuchTable(_)
                         | pgevents_log::Error::NoSuchColumn { .. }
+                        | pgevents_log::Error::Unorderable(_)
                 )
         )
     }

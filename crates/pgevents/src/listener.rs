@@ -7,7 +7,7 @@ use std::time::Duration;
 use pgevents_capture::TriggerSpec;
 use pgevents_dispatch::{Dispatcher, Options, Route};
 use pgevents_event::Action;
-use pgevents_log::{LogSchema, QualifiedName};
+use pgevents_log::{LogSchema, Ordering, QualifiedName};
 use pgevents_sink::{DynSink, RetryPolicy, Sink};
 
 use crate::handler::HandlerSink;
@@ -20,8 +20,9 @@ pub struct TableOptions {
     pub operations: Vec<Action>,
     /// When set, an UPDATE is delivered only if one of these columns changed.
     pub columns: Option<Vec<String>>,
-    /// Deliver the events of one row in commit order (default true).
-    pub ordered: bool,
+    /// Which events are delivered in commit order (default [`Ordering::Row`]: the events of
+    /// one row; `Table`: all of the table's; `None`: no order).
+    pub ordering: Ordering,
     /// Retries and timeout (default: the builder's policy).
     pub retry: Option<RetryPolicy>,
 }
@@ -31,7 +32,7 @@ impl Default for TableOptions {
         TableOptions {
             operations: vec![Action::Insert, Action::Update, Action::Delete],
             columns: None,
-            ordered: true,
+            ordering: Ordering::Row,
             retry: None,
         }
     }
@@ -164,6 +165,15 @@ impl ListenerBuilder {
         self
     }
 
+    /// At most this many bytes of row text in flight at once (default 4 MiB): a claim stops
+    /// once it reaches what is left, so a backlog of big rows is delivered a few at a time
+    /// and memory stays bounded by bytes as well as by count. An event bigger than this is
+    /// delivered alone.
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> ListenerBuilder {
+        self.options.max_in_flight_bytes = bytes.max(1);
+        self
+    }
+
     /// How long a claim on an event lasts without renewal (default 10 s): if this process
     /// dies, other listeners take its events over after this long.
     pub fn lease(mut self, lease: Duration) -> ListenerBuilder {
@@ -174,6 +184,15 @@ impl ListenerBuilder {
     /// How long [`Listener::run`] waits for in-flight deliveries at shutdown (default 30 s).
     pub fn drain_timeout(mut self, timeout: Duration) -> ListenerBuilder {
         self.options.drain_timeout = timeout;
+        self
+    }
+
+    /// Whether writers wake an idle listener with a `NOTIFY` (default true; sent only while a
+    /// listener sleeps, so busy writers pay nothing). With `false` no writing transaction
+    /// ever notifies — for applications that use `PREPARE TRANSACTION`, which refuses a
+    /// transaction that did — and an idle listener looks at the log every second instead.
+    pub fn notify(mut self, notify: bool) -> ListenerBuilder {
+        self.options.notify = notify;
         self
     }
 
@@ -224,7 +243,8 @@ impl ListenerBuilder {
                     table,
                     operations: entry.options.operations.clone(),
                     columns: entry.options.columns.clone(),
-                    ordered: entry.options.ordered,
+                    ordering: entry.options.ordering,
+                    notify: self.options.notify,
                 },
                 entry,
             ));

@@ -1,5 +1,6 @@
 //! Integration tests of the pgevents library against a real PostgreSQL.
 
+mod ordering;
 mod support;
 
 use std::collections::{HashMap, HashSet};

@@ -192,6 +192,18 @@ pub struct Daemon {
 /// Creates `tables` (`id bigint primary key, note text`), installs the log and a trigger per
 /// table, and starts the admin server (with `token`) and, when `dispatch`, the dispatcher.
 pub async fn daemon(tables: Vec<Table>, token: Option<&str>, dispatch: bool) -> Daemon {
+    daemon_listening(tables, token, dispatch, "127.0.0.1:0", &[]).await
+}
+
+/// [`daemon`] with the admin server listening on `listen`, accepting `allowed_hosts`; it is
+/// called on 127.0.0.1 when it listens on every address.
+pub async fn daemon_listening(
+    tables: Vec<Table>,
+    token: Option<&str>,
+    dispatch: bool,
+    listen: &str,
+    allowed_hosts: &[&str],
+) -> Daemon {
     let db = db().await;
     let schema = LogSchema::default();
     let mut client = pgevents_log::connect(&db.url, None).await.expect("connect");
@@ -234,11 +246,13 @@ pub async fn daemon(tables: Vec<Table>, token: Option<&str>, dispatch: bool) -> 
         salt,
         token.map(str::to_owned),
         health.clone(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("address");
+    )
+    .with_allowed_hosts(allowed_hosts.iter().map(|h| h.to_string()));
+    let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+    let mut addr: SocketAddr = listener.local_addr().expect("address");
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let admin = tokio::spawn(pgevents_admin::serve(listener, state, async move {
         let _ = stopped.await;

@@ -226,7 +226,7 @@ pub async fn registered_tables(client: &Client, schema: &LogSchema) -> Vec<Logic
             },
             operations: ALL_OPS.to_vec(),
             columns: None,
-            ordered: true,
+            ordering: pgevents_log::Ordering::Row,
         })
         .collect()
 }

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use pgevents_event::Format;
-use pgevents_sink::{Delivery, Outcome, Report, Sink, RESPONSE_EXCERPT_BYTES};
+use pgevents_sink::{Delivery, Outcome, Report, Sink, Slot, RESPONSE_EXCERPT_BYTES};
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use sha2::Sha256;
@@ -19,7 +19,7 @@ use crate::SinkConfigErrorKind;
 /// alive for the next request. Without the bound, every burst beyond the idle pool opened
 /// connections that were closed right after (measured on loopback: 8,400 events/s with
 /// that churn; see BENCHMARKS.md).
-const MAX_CONNECTIONS: usize = 128;
+pub(super) const MAX_CONNECTIONS: usize = 128;
 /// How long an idle keep-alive connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// TCP keep-alive probes on open connections.
@@ -38,9 +38,10 @@ pub(super) struct Target {
 
 /// Delivers events by `POST`ing their payload to a webhook.
 ///
-/// Holds one HTTP client (rustls, HTTP/1.1 and HTTP/2, keep-alive, at most
-/// 128 requests and connections at once, redirects not followed) shared by every delivery of the sink; cloning the sink
-/// shares it too. Built by [`ResolveSink::resolve`](crate::ResolveSink::resolve) on a
+/// Holds one HTTP client (rustls, HTTP/1.1 and HTTP/2, keep-alive, redirects not followed)
+/// shared by every delivery of the sink; cloning the sink shares it too. At most 128
+/// requests (and connections) are in flight at once: each attempt takes a slot from
+/// [`Sink::ready`] first, so waiting for one never counts against the attempt's timeout. Built by [`ResolveSink::resolve`](crate::ResolveSink::resolve) on a
 /// [`WebhookConfig`](crate::WebhookConfig). `Debug` shows the URL with its password and query
 /// replaced by `***`, and neither header values nor the signing key.
 #[derive(Clone)]
@@ -101,8 +102,6 @@ impl WebhookSink {
                 .header("webhook-timestamp", timestamp.to_string())
                 .header("webhook-signature", signature);
         }
-        // The semaphore is never closed; a failed acquire would only mean no bound.
-        let _connection = self.connections.acquire().await.ok();
         match request.body(body).send().await {
             Ok(response) => outcome_of_response(response).await,
             Err(error) => outcome_of_error(&error.without_url(), delivery.timeout),
@@ -111,6 +110,16 @@ impl WebhookSink {
 }
 
 impl Sink for WebhookSink {
+    /// Waits for one of the webhook's 128 request slots, so that a burst queues here,
+    /// before the attempt's timeout starts, rather than inside it.
+    async fn ready(&self) -> Slot {
+        match self.connections.clone().acquire_owned().await {
+            Ok(permit) => Slot::holding(permit),
+            // Never happens: the semaphore is never closed. Without it there is no bound.
+            Err(_) => Slot::unlimited(),
+        }
+    }
+
     fn deliver(&self, delivery: Delivery) -> impl std::future::Future<Output = Outcome> + Send {
         self.send(delivery)
     }

@@ -15,7 +15,7 @@ use pgevents_sink::{Delivery, Outcome, Report, Sink};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use super::sink::{is_retriable_status, parse_retry_after, SigningKey};
+use super::sink::{is_retriable_status, parse_retry_after, SigningKey, MAX_CONNECTIONS};
 use super::{WebhookConfig, WebhookSink};
 use crate::{Env, ResolveSink, SinkConfigErrorKind};
 
@@ -486,6 +486,133 @@ async fn a_closed_port_is_retried() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+// ---- a burst through the dispatcher ----------------------------------------------------
+
+/// Rows written at once in the burst test: three times the webhook's connection limit.
+const BURST: i64 = 400;
+
+/// A burst of events beyond the webhook's connection limit, to a receiver that takes a second
+/// per request, with a 3 s timeout: events wait for a connection before their attempt starts,
+/// so every one is delivered on its first attempt (none times out before it was even sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_connection_limit_is_delivered_at_the_first_attempt() {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let (url, mut requests) = serve(Reply {
+        delay: Duration::from_secs(1),
+        ..Reply::status(200)
+    })
+    .await;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&received);
+    tokio::spawn(async move {
+        while requests.recv().await.is_some() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+
+    let db = pgevents_tempdb::testing::fresh_database("pgevents_webhook").expect("test database");
+    let (client, connection) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("create the table");
+    let policy = pgevents::RetryPolicy {
+        max_retries: 0,
+        timeout: Duration::from_secs(3),
+        ..pgevents::RetryPolicy::default()
+    };
+    let listener = pgevents::Listener::builder(&db)
+        .retry(policy)
+        .sink(
+            "t",
+            sink(&url, Format::Seed),
+            pgevents::TableOptions::default(),
+        )
+        .build()
+        .await
+        .expect("build the listener");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(listener.run(async move {
+        let _ = stopped.await;
+    }));
+
+    client
+        .execute(
+            "INSERT INTO t SELECT g FROM generate_series(1, $1::bigint) g",
+            &[&BURST],
+        )
+        .await
+        .expect("write the burst");
+    let (delivered, failed, retried) = loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 'd'), count(*) FILTER (WHERE status = 'f'), \
+                        count(*) FILTER (WHERE attempts <> 1) FROM pgevents.event",
+                &[],
+            )
+            .await
+            .expect("count the events");
+        let counts: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if counts.0 + counts.1 == BURST {
+            break counts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {counts:?} of {BURST} events (delivered, failed, retried) settled in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = stop.send(());
+    running
+        .await
+        .expect("the listener task")
+        .expect("the listener stops cleanly");
+    let errors = client
+        .query(
+            "SELECT DISTINCT last_error FROM pgevents.event WHERE status = 'f'",
+            &[],
+        )
+        .await
+        .expect("read the errors");
+    let errors: Vec<Option<String>> = errors.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        (delivered, failed, retried),
+        (BURST, 0, 0),
+        "(delivered, failed, not at the first attempt); errors: {errors:?}"
+    );
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        BURST as usize,
+        "the receiver got each event once"
+    );
+}
+
+/// The slots of [`Sink::ready`] bound the requests in flight: with all of them taken, the
+/// next waits until one is given back.
+#[tokio::test(start_paused = true)]
+async fn ready_waits_while_every_connection_is_taken() {
+    let sink = sink("http://127.0.0.1:9/hook", Format::Seed);
+    let mut taken = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        taken.push(sink.ready().await);
+    }
+    let next = sink.ready();
+    tokio::pin!(next);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), &mut next)
+            .await
+            .is_err(),
+        "a request beyond the limit got a slot"
+    );
+    drop(taken.pop());
+    let _slot = tokio::time::timeout(WAIT, next)
+        .await
+        .expect("a slot given back is taken by the next request");
 }
 
 #[test]

@@ -1,0 +1,686 @@
+//! Order and once-only through what a row and a listener go through in ordinary operation:
+//! key changes, TRUNCATE, tables without a key, a graceful stop with slow deliveries, a slow
+//! table beside a fast one, late outcomes of expired claims, odd outcome texts, long log
+//! schema names, writers that never NOTIFY, and a log installed by the previous release.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgevents::{Action, Event, Listener, Ordering, RetryPolicy, TableOptions};
+use pgevents_log::store::{ClaimToken, Settlement, Store, Verdict};
+use pgevents_log::LogSchema;
+use tokio::sync::Notify;
+
+use crate::support::{db, eventually, start, Collector};
+use crate::{fast_retry, WAIT};
+
+fn id_of(e: &Event) -> Option<i64> {
+    e.new()
+        .or(e.old())
+        .and_then(|r| r.get("id"))
+        .and_then(|v| v.as_i64())
+}
+
+fn v_of(e: &Event) -> Option<i64> {
+    e.new().and_then(|r| r.get("v")).and_then(|v| v.as_i64())
+}
+
+/// A handler that fails the first `n` attempts of the events `fails` picks, and records the
+/// others in `delivered`.
+fn failing_first(
+    delivered: &Collector,
+    n: usize,
+    fails: impl Fn(&Event) -> bool + Send + Sync + 'static,
+) -> impl Fn(Event) -> std::future::Ready<Result<(), &'static str>> + Send + Sync + 'static {
+    let delivered = delivered.clone();
+    let failures = Arc::new(Mutex::new(0usize));
+    move |e: Event| {
+        let fail = fails(&e) && {
+            let mut f = failures.lock().expect("lock");
+            *f += 1;
+            *f <= n
+        };
+        if !fail {
+            delivered.push(e);
+        }
+        std::future::ready(if fail { Err("not yet") } else { Ok(()) })
+    }
+}
+
+/// The position of the first delivered event `which` picks.
+fn position(events: &[Event], which: impl Fn(&Event) -> bool) -> usize {
+    events
+        .iter()
+        .position(which)
+        .expect("the event was delivered")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_waits_for_both_keys_and_later_events_wait_for_it() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE keyed (id int PRIMARY KEY, v int)")
+        .await
+        .expect("schema");
+    let delivered = Collector::default();
+    // The INSERT of row 1 fails three times: everything that touches key 1 or key 2 waits.
+    let handler = failing_first(&delivered, 3, |e| {
+        e.action() == Action::Insert && id_of(e) == Some(1) && v_of(e) == Some(0)
+    });
+    let running = start(
+        Listener::builder(&db.url)
+            .retry(fast_retry(10, 300))
+            .on("keyed", handler),
+    )
+    .await;
+    db.client
+        .batch_execute(
+            "INSERT INTO keyed VALUES (1, 0);
+             INSERT INTO keyed VALUES (2, 0);
+             DELETE FROM keyed WHERE id = 2;
+             UPDATE keyed SET id = 2, v = 1 WHERE id = 1;
+             UPDATE keyed SET v = 2 WHERE id = 2;
+             INSERT INTO keyed VALUES (1, 3);
+             INSERT INTO keyed VALUES (9, 0);",
+        )
+        .await
+        .expect("writes");
+    delivered
+        .wait_until(WAIT, "7 events", |e| e.len() == 7)
+        .await;
+    running.stop().await;
+    let events = delivered.events();
+    let at = |action: Action, id: i64, v: i64| {
+        position(&events, |e| {
+            e.action() == action && id_of(e) == Some(id) && v_of(e) == Some(v)
+        })
+    };
+    let insert_1 = at(Action::Insert, 1, 0);
+    let delete_2 = position(&events, |e| e.action() == Action::Delete);
+    let change = at(Action::Update, 2, 1);
+    let after = at(Action::Update, 2, 2);
+    let reinsert_1 = at(Action::Insert, 1, 3);
+    let other = at(Action::Insert, 9, 0);
+    assert!(
+        insert_1 < change,
+        "the key change waited for the old key's INSERT"
+    );
+    assert!(
+        delete_2 < change,
+        "the key change waited for the new key's DELETE"
+    );
+    assert!(
+        change < after,
+        "the new key's later UPDATE waited for the key change"
+    );
+    assert!(
+        change < reinsert_1,
+        "the old key's later INSERT waited for the key change"
+    );
+    assert!(other < insert_1, "an unrelated row was not held back");
+    assert_eq!(events.len(), 7, "no duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_waits_for_earlier_events_and_later_events_wait_for_it() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE emptied (id int PRIMARY KEY, v int)")
+        .await
+        .expect("schema");
+    let delivered = Collector::default();
+    let handler = failing_first(&delivered, 3, |e| {
+        e.action() == Action::Insert && id_of(e) == Some(1)
+    });
+    let options = TableOptions {
+        operations: vec![
+            Action::Insert,
+            Action::Update,
+            Action::Delete,
+            Action::Truncate,
+        ],
+        ..TableOptions::default()
+    };
+    let running = start(
+        Listener::builder(&db.url)
+            .retry(fast_retry(10, 300))
+            .on_with("emptied", handler, options),
+    )
+    .await;
+    db.client
+        .batch_execute(
+            "INSERT INTO emptied VALUES (1, 0);
+             INSERT INTO emptied VALUES (2, 0);
+             TRUNCATE emptied;
+             INSERT INTO emptied VALUES (3, 0);",
+        )
+        .await
+        .expect("writes");
+    delivered
+        .wait_until(WAIT, "4 events", |e| e.len() == 4)
+        .await;
+    running.stop().await;
+    let events = delivered.events();
+    let truncate = position(&events, |e| e.action() == Action::Truncate);
+    let insert = |id: i64| position(&events, |e| id_of(e) == Some(id));
+    assert!(
+        insert(1) < truncate,
+        "TRUNCATE waited for the failing INSERT"
+    );
+    assert!(
+        insert(2) < truncate,
+        "TRUNCATE waited for every earlier event"
+    );
+    assert!(
+        truncate < insert(3),
+        "the later INSERT waited for the TRUNCATE"
+    );
+    assert_eq!(events.len(), 4, "no duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_a_key_is_refused_per_row_and_ordered_per_table() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE loose (id int, v int)")
+        .await
+        .expect("schema");
+    let error = Listener::builder(&db.url)
+        .on("loose", Collector::default().handler())
+        .build()
+        .await
+        .expect_err("per-row order needs a key");
+    let message = error.to_string();
+    assert!(error.is_usage(), "{message}");
+    assert!(
+        message.contains("public.loose") && message.contains("ordering = \"table\""),
+        "{message}"
+    );
+
+    let delivered = Collector::default();
+    let handler = failing_first(&delivered, 3, |e| v_of(e) == Some(0) && id_of(e) == Some(1));
+    let running = start(
+        Listener::builder(&db.url)
+            .retry(fast_retry(10, 300))
+            .on_with(
+                "loose",
+                handler,
+                TableOptions {
+                    ordering: Ordering::Table,
+                    ..TableOptions::default()
+                },
+            ),
+    )
+    .await;
+    db.client
+        .batch_execute(
+            "INSERT INTO loose VALUES (1, 0);
+             INSERT INTO loose VALUES (2, 1);
+             UPDATE loose SET v = 2 WHERE id = 1;
+             INSERT INTO loose VALUES (3, 3);",
+        )
+        .await
+        .expect("writes");
+    delivered
+        .wait_until(WAIT, "4 events", |e| e.len() == 4)
+        .await;
+    running.stop().await;
+    let versions: Vec<Option<i64>> = delivered.events().iter().map(v_of).collect();
+    assert_eq!(
+        versions,
+        vec![Some(0), Some(1), Some(2), Some(3)],
+        "every event of the table in commit order, the failing first one holding back all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_keeps_slow_deliveries_leased() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE slow (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let delivered = Collector::default();
+    let started = Arc::new(Notify::new());
+    let slow = {
+        let delivered = delivered.clone();
+        let started = started.clone();
+        move |e: Event| {
+            let delivered = delivered.clone();
+            let started = started.clone();
+            async move {
+                started.notify_one();
+                // Four leases long: the drain must keep renewing it.
+                tokio::time::sleep(Duration::from_millis(4000)).await;
+                delivered.push(e);
+                Ok::<_, std::convert::Infallible>(())
+            }
+        }
+    };
+    let lease = Duration::from_secs(1);
+    let first = start(Listener::builder(&db.url).lease(lease).on("slow", slow)).await;
+    db.client
+        .batch_execute("INSERT INTO slow VALUES (1)")
+        .await
+        .expect("insert");
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the delivery started");
+    // A rolling restart: the next instance starts while the first drains.
+    let second = start(
+        Listener::builder(&db.url)
+            .lease(lease)
+            .on("slow", delivered.handler()),
+    )
+    .await;
+    first.stop().await;
+    delivered
+        .wait_until(WAIT, "the event", |e| !e.is_empty())
+        .await;
+    // Longer than a lease: a takeover would have delivered it again by now.
+    let settled = Instant::now();
+    eventually(WAIT, "the event settled", || async {
+        db.client
+            .query_one(
+                "SELECT count(*) FROM pgevents.event WHERE status = 'd'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    eventually(WAIT, "more than two leases", || async {
+        settled.elapsed() > lease * 2
+    })
+    .await;
+    second.stop().await;
+    assert_eq!(delivered.len(), 1, "delivered once, not taken over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_table_cannot_take_every_slot() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE stuck (id int PRIMARY KEY);
+             CREATE TABLE flowing (id int PRIMARY KEY);",
+        )
+        .await
+        .expect("schema");
+    let release = Arc::new(Notify::new());
+    let stuck = Collector::default();
+    let hang = {
+        let stuck = stuck.clone();
+        let release = release.clone();
+        move |e: Event| {
+            let stuck = stuck.clone();
+            let release = release.clone();
+            async move {
+                stuck.push(e);
+                release.notified().await;
+                Ok::<_, std::convert::Infallible>(())
+            }
+        }
+    };
+    let flowing = Collector::default();
+    let slow_policy = RetryPolicy {
+        timeout: Duration::from_secs(300),
+        ..fast_retry(1, 100)
+    };
+    let running = start(
+        Listener::builder(&db.url)
+            .max_in_flight(40)
+            .on_with(
+                "stuck",
+                hang,
+                TableOptions {
+                    retry: Some(slow_policy),
+                    ..TableOptions::default()
+                },
+            )
+            .on("flowing", flowing.handler()),
+    )
+    .await;
+    db.client
+        .batch_execute("INSERT INTO stuck SELECT generate_series(1, 200)")
+        .await
+        .expect("stuck rows");
+    stuck
+        .wait_until(WAIT, "the slow table's deliveries", |e| e.len() >= 30)
+        .await;
+    db.client
+        .batch_execute("INSERT INTO flowing SELECT generate_series(1, 50)")
+        .await
+        .expect("flowing rows");
+    flowing
+        .wait_until(WAIT, "the other table's 50 events", |e| e.len() == 50)
+        .await;
+    assert!(
+        stuck.len() < 40,
+        "the slow table holds fewer than every slot ({})",
+        stuck.len()
+    );
+    release.notify_waiters();
+    // Stop without waiting for the 200 hung events: release them as they come.
+    let releaser = {
+        let release = release.clone();
+        tokio::spawn(async move {
+            loop {
+                release.notify_waiters();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    running.stop().await;
+    releaser.abort();
+}
+
+/// A Store on the log of `db`, installed, and the id of a trigger for manual events.
+async fn store(url: &str) -> (Store, LogSchema, i32) {
+    let schema = LogSchema::default();
+    let mut client = pgevents_log::connect(url, None).await.expect("connect");
+    pgevents_log::install(&mut client, &schema)
+        .await
+        .expect("install");
+    let table = pgevents_log::QualifiedName::parse("manual").expect("name");
+    let trigger = pgevents_log::store::register_trigger(
+        &client,
+        &schema,
+        "manual",
+        &table,
+        &serde_json::json!({}),
+    )
+    .await
+    .expect("trigger");
+    (
+        Store::open(client, &schema).await.expect("store"),
+        schema,
+        trigger,
+    )
+}
+
+fn outcome(claim: ClaimToken, verdict: Verdict, response: Option<&str>) -> Settlement {
+    Settlement {
+        claim,
+        verdict,
+        started_at: chrono::Utc::now(),
+        duration: Duration::from_millis(1),
+        status: Some(200),
+        error: None,
+        response: response.map(str::to_string),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_outcome_of_an_expired_claim_changes_nothing() {
+    let db = db().await;
+    let (store, schema, trigger) = store(&db.url).await;
+    pgevents_log::store::invoke(
+        store.client(),
+        &schema,
+        trigger,
+        &serde_json::json!({"n": 1}),
+    )
+    .await
+    .expect("invoke");
+    let owner = 42;
+    let lease = Duration::from_millis(100);
+    let first = store
+        .claim(&[trigger], &[10], 10, 1 << 20, lease, owner)
+        .await
+        .expect("claim");
+    assert_eq!(first.len(), 1);
+    // The lease runs out; the same dispatcher claims the event again.
+    let deadline = Instant::now() + WAIT;
+    let second = loop {
+        let again = store
+            .claim(&[trigger], &[10], 10, 1 << 20, lease * 100, owner)
+            .await
+            .expect("claim");
+        if !again.is_empty() {
+            break again;
+        }
+        assert!(Instant::now() < deadline, "the expired claim came due");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(second[0].seq, first[0].seq);
+    assert_ne!(second[0].token(), first[0].token());
+    // The first attempt's outcome arrives late: it must not settle the second claim.
+    let late = outcome(first[0].token(), Verdict::Delivered, None);
+    assert_eq!(store.settle(&[late], owner).await.expect("settle"), 0);
+    assert_eq!(
+        store
+            .renew(&[first[0].token()], lease, owner)
+            .await
+            .expect("renew"),
+        0
+    );
+    let status: i8 = store
+        .client()
+        .query_one("SELECT status FROM pgevents.event", &[])
+        .await
+        .expect("status")
+        .get(0);
+    assert_eq!(status as u8, b'p', "still pending under the newer claim");
+    // Outcome texts PostgreSQL's text type refuses (NUL) are stored all the same.
+    let current = outcome(
+        second[0].token(),
+        Verdict::Delivered,
+        Some("binary\0body\u{1}"),
+    );
+    assert_eq!(store.settle(&[current], owner).await.expect("settle"), 1);
+    let row = store
+        .client()
+        .query_one("SELECT status, last_status FROM pgevents.event", &[])
+        .await
+        .expect("status");
+    assert_eq!(row.get::<_, i8>(0) as u8, b'd');
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_with_binary_responses_are_logged() {
+    let db = db().await;
+    let (store, schema, trigger) = store(&db.url).await;
+    for n in 0..3 {
+        pgevents_log::store::invoke(
+            store.client(),
+            &schema,
+            trigger,
+            &serde_json::json!({ "n": n }),
+        )
+        .await
+        .expect("invoke");
+    }
+    let claimed = store
+        .claim(&[trigger], &[10], 10, 1 << 20, Duration::from_secs(10), 7)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let outcomes: Vec<Settlement> = claimed
+        .iter()
+        .map(|c| Settlement {
+            error: Some("HTTP 500\0".into()),
+            ..outcome(
+                c.token(),
+                Verdict::Retry(Duration::ZERO),
+                Some("\0\0\u{fffd}"),
+            )
+        })
+        .collect();
+    assert_eq!(store.settle(&outcomes, 7).await.expect("settle"), 3);
+    let logged: i64 = store
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pgevents.attempt WHERE response LIKE '%\u{fffd}%'",
+            &[],
+        )
+        .await
+        .expect("attempts")
+        .get(0);
+    assert_eq!(logged, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_log_schema_name_and_no_notify_writers_work_while_idle() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE quiet (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let long = "l".repeat(60);
+    for (schema, notify) in [(long.as_str(), true), ("pgevents_polled", false)] {
+        let delivered = Collector::default();
+        let running = start(
+            Listener::builder(&db.url)
+                .log_schema(schema)
+                .notify(notify)
+                .on("quiet", delivered.handler()),
+        )
+        .await;
+        if notify {
+            // Wait until the listener sleeps: writers then send a NOTIFY on its channel.
+            eventually(WAIT, "the listener asleep", || async {
+                db.client
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' AND granted",
+                        &[],
+                    )
+                    .await
+                    .map(|r| r.get::<_, i64>(0) > 0)
+                    .unwrap_or(false)
+            })
+            .await;
+        } else {
+            let source: String = db
+                .client
+                .query_one(
+                    "SELECT string_agg(prosrc, '') FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                      WHERE n.nspname = 'pgevents_polled' AND proname LIKE 'capture_%'",
+                    &[],
+                )
+                .await
+                .expect("capture functions")
+                .get(0);
+            assert!(!source.contains("pg_notify"), "writers never NOTIFY");
+        }
+        db.client
+            .batch_execute("INSERT INTO quiet VALUES (1); DELETE FROM quiet")
+            .await
+            .expect("the application's writes succeed");
+        delivered
+            .wait_until(WAIT, "both events", |e| e.len() == 2)
+            .await;
+        running.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_the_previous_release_upgrades_in_place_and_drains_in_order() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE legacy (id int PRIMARY KEY, v int)")
+        .await
+        .expect("schema");
+    // The previous release's log, filled: per-row histories pending (one row's first event
+    // retrying), a failed event, and captured rows not yet moved.
+    let v1 = include_str!("fixtures/log_schema_v1.sql")
+        .replace("@schema@", "\"pgevents\"")
+        .replace("@ingest_key@", "4242");
+    db.client.batch_execute(&v1).await.expect("version 1 log");
+    db.client
+        .batch_execute(
+            "INSERT INTO pgevents.meta (version, salt) VALUES (1, 7);
+             INSERT INTO pgevents.trigger (id, name, schema_name, table_name)
+                  VALUES (1, 'public.legacy', 'public', 'legacy');
+             INSERT INTO pgevents.event (trigger_id, op, row_key, new_row, status, attempts, next_attempt_at)
+             SELECT 1, 'I', hashtextextended(r::text, 1), json_build_object('id', r, 'v', 0), 'p',
+                    CASE WHEN r = 1 THEN 2 ELSE 0 END, now()
+               FROM generate_series(1, 20) r;
+             INSERT INTO pgevents.event (trigger_id, op, row_key, old_row, new_row)
+             SELECT 1, 'U', hashtextextended(r::text, 1), json_build_object('id', r, 'v', v - 1),
+                    json_build_object('id', r, 'v', v)
+               FROM generate_series(1, 20) r, generate_series(1, 5) v ORDER BY v, r;
+             INSERT INTO pgevents.event (trigger_id, op, row_key, new_row, status, attempts, finished_at)
+                  VALUES (1, 'I', hashtextextended('99', 1), '{\"id\": 99, \"v\": 0}', 'f', 6, now());
+             INSERT INTO pgevents.capture (trigger_id, op, row_key, old_row, new_row)
+             SELECT 1, 'U', hashtextextended(r::text, 1), json_build_object('id', r, 'v', 5),
+                    json_build_object('id', r, 'v', 6)
+               FROM generate_series(1, 20) r;",
+        )
+        .await
+        .expect("version 1 events");
+    let delivered = Collector::default();
+    let running = start(
+        Listener::builder(&db.url)
+            .retry(fast_retry(3, 100))
+            .on("legacy", delivered.handler()),
+    )
+    .await;
+    delivered
+        .wait_until(WAIT, "140 events", |e| e.len() >= 140)
+        .await;
+    running.stop().await;
+    let events = delivered.events();
+    assert_eq!(events.len(), 140, "nothing lost, nothing twice");
+    for id in 1..=20 {
+        let versions: Vec<Option<i64>> = events
+            .iter()
+            .filter(|e| id_of(e) == Some(id))
+            .map(v_of)
+            .collect();
+        assert_eq!(
+            versions,
+            (0..=6).map(Some).collect::<Vec<_>>(),
+            "row {id} in commit order"
+        );
+    }
+    let row = db
+        .client
+        .query_one(
+            "SELECT (SELECT version FROM pgevents.meta),
+                    (SELECT count(*) FROM pgevents.event WHERE status = 'f'),
+                    (SELECT salt FROM pgevents.meta)",
+            &[],
+        )
+        .await
+        .expect("upgraded");
+    assert_eq!(row.get::<_, i32>(0), pgevents_log::SCHEMA_VERSION);
+    assert_eq!(row.get::<_, i64>(1), 1, "the failed event is kept");
+    assert_eq!(row.get::<_, i32>(2), 7, "ids stay stable: the salt is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_stop_at_their_byte_budget() {
+    let db = db().await;
+    let (store, schema, trigger) = store(&db.url).await;
+    let big = "x".repeat(10_000);
+    for _ in 0..5 {
+        pgevents_log::store::invoke(
+            store.client(),
+            &schema,
+            trigger,
+            &serde_json::json!({ "big": big }),
+        )
+        .await
+        .expect("invoke");
+    }
+    let lease = Duration::from_secs(60);
+    // A budget smaller than one row still claims one; each claim stops once it is reached.
+    let one = store
+        .claim(&[trigger], &[10], 10, 100, lease, 1)
+        .await
+        .expect("claim");
+    assert_eq!(one.len(), 1);
+    assert!(one[0].size() > 10_000);
+    let two = store
+        .claim(&[trigger], &[10], 10, 15_000, lease, 1)
+        .await
+        .expect("claim");
+    assert_eq!(two.len(), 2, "the second row starts below the budget");
+    let rest = store
+        .claim(&[trigger], &[10], 10, 1 << 30, lease, 1)
+        .await
+        .expect("claim");
+    assert_eq!(rest.len(), 2);
+}
