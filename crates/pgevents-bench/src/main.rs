@@ -4,6 +4,7 @@
 //! cargo run --release -p pgevents-bench -- all            # every scenario, 3 runs each
 //! cargo run --release -p pgevents-bench -- writer --runs 5
 //! cargo run --release -p pgevents-bench -- all --quick    # small sizes: a CI smoke run
+//! cargo run --release -p pgevents-bench -- kafka          # needs scripts/start-kafka.sh
 //! ```
 //!
 //! Each scenario runs several times against a throwaway cluster (fsync on,
@@ -15,6 +16,8 @@
 
 mod cluster;
 mod isolation;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod latency;
 mod listening;
 mod load;
@@ -75,8 +78,17 @@ enum Scenario {
     /// Drain rate and latency of a trigger alone and beside another trigger's backlog, dead
     /// webhook, or millions of delivered events, in the same log.
     Isolation(Common),
-    /// Every scenario, one after the other, in one table.
+    /// Every scenario but `kafka`, one after the other, in one table.
     All(Common),
+    /// Backlog drain to a Kafka topic (needs a broker: `scripts/start-kafka.sh`).
+    #[cfg(feature = "kafka")]
+    Kafka {
+        #[command(flatten)]
+        common: Common,
+        /// The broker to produce to.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
     /// (internal) The listener process whose memory the `memory` scenario measures.
     #[command(name = "__drain-child", hide = true)]
     DrainChild(memory::ChildArgs),
@@ -106,21 +118,23 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (common, which) = match cli.scenario {
+    let (common, which, kafka) = match cli.scenario {
         Scenario::DrainChild(args) => return memory::child(args).await,
-        Scenario::Writer(c) => (c, [true, false, false, false, false]),
-        Scenario::Throughput(c) => (c, [false, true, false, false, false]),
-        Scenario::Latency(c) => (c, [false, false, true, false, false]),
-        Scenario::Memory(c) => (c, [false, false, false, true, false]),
-        Scenario::Isolation(c) => (c, [false, false, false, false, true]),
-        Scenario::All(c) => (c, [true, true, true, true, true]),
+        Scenario::Writer(c) => (c, [true, false, false, false, false], None),
+        Scenario::Throughput(c) => (c, [false, true, false, false, false], None),
+        Scenario::Latency(c) => (c, [false, false, true, false, false], None),
+        Scenario::Memory(c) => (c, [false, false, false, true, false], None),
+        Scenario::Isolation(c) => (c, [false, false, false, false, true], None),
+        Scenario::All(c) => (c, [true, true, true, true, true], None),
+        #[cfg(feature = "kafka")]
+        Scenario::Kafka { common, brokers } => (common, [false; 5], Some(brokers)),
     };
     let sizes = Sizes::new(common.quick, common.runs, common.events);
     let options = common.listener_pg_options;
     // Ctrl-C drops the scenario future: every guard it holds (cluster, child processes)
     // cleans up on the way out.
     tokio::select! {
-        result = scenarios(sizes, options.as_deref(), which) => result,
+        result = scenarios(sizes, options.as_deref(), which, kafka.as_deref()) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; everything started was stopped and removed")),
     }
 }
@@ -129,6 +143,7 @@ async fn scenarios(
     sizes: Sizes,
     listener_options: Option<&str>,
     [writer, throughput, latency, memory, isolation]: [bool; 5],
+    kafka: Option<&str>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let bench = Bench::start(sizes.clone(), listener_options).await?;
@@ -157,6 +172,12 @@ async fn scenarios(
         if isolation {
             isolation::run(&bench, &mut report).await?;
         }
+        #[cfg(feature = "kafka")]
+        if let Some(brokers) = kafka {
+            kafka::run(&bench, &mut report, brokers).await?;
+        }
+        #[cfg(not(feature = "kafka"))]
+        let _ = kafka;
         anyhow::Ok(())
     }
     .await;

@@ -7,6 +7,7 @@ mod daemon;
 mod demo;
 mod faults;
 mod init;
+mod kafka_check;
 mod ordinary;
 mod retention;
 mod security;

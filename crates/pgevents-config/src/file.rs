@@ -91,6 +91,8 @@ pub(crate) struct Trigger {
     pub(crate) redis: Option<pgevents_sinks::RedisConfig>,
     #[cfg(feature = "amqp")]
     pub(crate) amqp: Option<pgevents_sinks::AmqpConfig>,
+    #[cfg(feature = "kafka")]
+    pub(crate) kafka: Option<pgevents_sinks::KafkaConfig>,
     #[cfg(feature = "stdout")]
     pub(crate) stdout: Option<pgevents_sinks::StdoutConfig>,
 }

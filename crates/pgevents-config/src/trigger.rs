@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgevents_event::{Action, Format};
 use pgevents_sink::{DynSink, RetryPolicy};
@@ -56,6 +57,9 @@ pub enum SinkConfig {
     /// `amqp = { ... }` (RabbitMQ, publisher confirms).
     #[cfg(feature = "amqp")]
     Amqp(pgevents_sinks::AmqpConfig),
+    /// `kafka = { ... }` (idempotent produce, `acks=all`).
+    #[cfg(feature = "kafka")]
+    Kafka(pgevents_sinks::KafkaConfig),
     /// `stdout = {}`.
     #[cfg(feature = "stdout")]
     Stdout(pgevents_sinks::StdoutConfig),
@@ -116,7 +120,7 @@ impl DeliveryOrdering {
 
 impl SinkConfig {
     /// The destination's key in the trigger table (`"webhook"`, `"nats"`, `"redis"`,
-    /// `"amqp"`, `"stdout"`).
+    /// `"amqp"`, `"kafka"`, `"stdout"`).
     pub fn key(&self) -> &'static str {
         match *self {
             #[cfg(feature = "webhook")]
@@ -127,6 +131,8 @@ impl SinkConfig {
             SinkConfig::Redis(_) => "redis",
             #[cfg(feature = "amqp")]
             SinkConfig::Amqp(_) => "amqp",
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(_) => "kafka",
             #[cfg(feature = "stdout")]
             SinkConfig::Stdout(_) => "stdout",
         }
@@ -142,6 +148,8 @@ impl SinkConfig {
             SinkConfig::Redis(ref settings) => settings,
             #[cfg(feature = "amqp")]
             SinkConfig::Amqp(ref settings) => settings,
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(ref settings) => settings,
             #[cfg(feature = "stdout")]
             SinkConfig::Stdout(ref settings) => settings,
         }
@@ -159,6 +167,8 @@ impl SinkConfig {
         found.extend(trigger.redis.take().map(SinkConfig::Redis));
         #[cfg(feature = "amqp")]
         found.extend(trigger.amqp.take().map(SinkConfig::Amqp));
+        #[cfg(feature = "kafka")]
+        found.extend(trigger.kafka.take().map(SinkConfig::Kafka));
         #[cfg(feature = "stdout")]
         found.extend(trigger.stdout.take().map(SinkConfig::Stdout));
         found
@@ -241,6 +251,28 @@ impl TriggerConfig {
             .settings()
             .build(&join_path(path, self.sink.key()), self.format, &self.env)
             .map_err(ConfigError::from)
+    }
+
+    /// Problems with the destination that only asking it shows, each naming the field at
+    /// fault below `path`: for Kafka, brokers that do not answer within `timeout` and a topic
+    /// that does not exist. Empty when all is well, and for destinations with nothing to ask.
+    #[allow(unused_variables)] // with the kafka feature off, there is nothing to ask
+    pub async fn reach_destination(&self, path: &str, timeout: Duration) -> Vec<ConfigError> {
+        let at = join_path(path, self.sink.key());
+        match self.sink {
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(ref settings) => {
+                match settings.resolve(&at, self.format, &self.env) {
+                    Ok(sink) => match sink.check(timeout).await {
+                        Ok(()) => Vec::new(),
+                        Err(problem) => vec![ConfigError::new(at, problem)],
+                    },
+                    Err(problem) => vec![ConfigError::from(problem)],
+                }
+            }
+            #[allow(unreachable_patterns)] // with only the kafka feature on
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -380,7 +412,7 @@ fn trigger(
         0 => {
             problems.push(
                 path,
-                "has no destination; add one (webhook, nats, redis, amqp or stdout), e.g. webhook = { url = \"https://...\" } or stdout = {}",
+                "has no destination; add one (webhook, nats, redis, amqp, kafka or stdout), e.g. webhook = { url = \"https://...\" } or stdout = {}",
             );
             None
         }

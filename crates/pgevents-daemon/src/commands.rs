@@ -289,7 +289,11 @@ pub async fn uninstall(config: &Config, drop_log: bool) -> Result<Vec<String>, D
     Ok(removed)
 }
 
-/// Checks the database against the config without changing anything; returns every problem.
+/// How long `check` waits for a destination (a Kafka broker) to answer.
+const DESTINATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks the database and the destinations that can be asked (Kafka: brokers reachable,
+/// topic present) against the config without changing anything; returns every problem.
 pub async fn check(config: &Config) -> Result<Vec<String>, DaemonError> {
     let schema = schema(config)?;
     let client = match pgevents_log::connect(config.database_url(), None).await {
@@ -357,6 +361,12 @@ pub async fn check(config: &Config) -> Result<Vec<String>, DaemonError> {
         {
             problems.push(format!("{}: {p}", problem_path(trigger, &p)));
         }
+    }
+    for trigger in &config.triggers {
+        let reached = trigger
+            .reach_destination(&trigger.path(), DESTINATION_TIMEOUT)
+            .await;
+        problems.extend(reached.iter().map(ToString::to_string));
     }
     Ok(problems)
 }

@@ -148,6 +148,7 @@ mod tests {
             action: pgevents_event::Action::Insert,
             old: None,
             new: None,
+            ordering_key: None,
         })
     }
 

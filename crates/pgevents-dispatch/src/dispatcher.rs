@@ -384,6 +384,7 @@ impl Dispatcher {
             action,
             old: claimed.old,
             new: claimed.new,
+            ordering_key: claimed.row_key,
         }))
     }
 }

@@ -110,6 +110,7 @@ mod tests {
             action: Action::Update,
             old: Some(r#"{"id":1}"#.into()),
             new: Some(r#"{"id":2}"#.into()),
+            ordering_key: None,
         });
         let body = Format::Hasura.encode(
             &e,

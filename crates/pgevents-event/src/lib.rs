@@ -17,8 +17,10 @@
 //!     action: Action::Insert,
 //!     old: None,
 //!     new: Some(r#"{"id":7,"total":12.50}"#.into()),
+//!     ordering_key: Some(-4_153_267_419_371_906_547),
 //! });
 //! assert!(event.payload_str().contains(r#""new":{"id":7,"total":12.50}"#));
+//! assert_eq!(event.ordering_key(), Some(-4_153_267_419_371_906_547));
 //! ```
 
 mod action;
@@ -55,6 +57,8 @@ pub struct EventParts {
     pub old: Option<String>,
     /// `to_json(NEW)` as PostgreSQL rendered it (the invoked JSON for a manual event).
     pub new: Option<String>,
+    /// The key events are ordered by (see [`Event::ordering_key`]), when the log gave one.
+    pub ordering_key: Option<i64>,
 }
 
 /// One captured change, cheap to clone.
@@ -115,6 +119,14 @@ impl Event {
     /// What happened to the row.
     pub fn action(&self) -> Action {
         self.inner.parts.action
+    }
+
+    /// The key the event log orders this event by: events with the same key (one row's, under
+    /// per-row ordering) are delivered in commit order. A hash, stable for a trigger and row
+    /// (or table, under per-table ordering); `None` for unordered events, manual events and
+    /// events not read from the dispatcher's claim.
+    pub fn ordering_key(&self) -> Option<i64> {
+        self.inner.parts.ordering_key
     }
 
     /// When the change was captured.
@@ -186,6 +198,7 @@ mod tests {
             action,
             old: old.map(Into::into),
             new: new.map(Into::into),
+            ordering_key: None,
         })
     }
 

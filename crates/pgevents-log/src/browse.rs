@@ -200,6 +200,7 @@ impl EventRecord {
             action: self.action.parse().unwrap_or(Action::Manual),
             old: self.old.clone(),
             new: self.new.clone(),
+            ordering_key: None,
         })
     }
 }

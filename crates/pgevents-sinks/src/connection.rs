@@ -90,7 +90,7 @@ impl<C> ConnectionSlot<C> {
 
     /// Drops `failed` if it is still the current connection, so that the next delivery
     /// opens a new one (deliveries still using it finish, or fail, on their own).
-    #[cfg(any(feature = "redis", feature = "amqp", test))]
+    #[cfg(any(feature = "redis", feature = "amqp", feature = "kafka", test))]
     pub(crate) fn discard(&self, failed: &Arc<C>) {
         let mut state = self.state();
         if state

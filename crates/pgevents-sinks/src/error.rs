@@ -31,7 +31,8 @@ impl SinkConfigError {
     feature = "webhook",
     feature = "nats",
     feature = "redis",
-    feature = "amqp"
+    feature = "amqp",
+    feature = "kafka"
 ))]
 pub(crate) fn first_problem(path: &str, problems: Vec<SinkConfigError>) -> SinkConfigError {
     // The fallback only avoids a panic path.

@@ -45,6 +45,7 @@ pub(crate) fn event(seq: i64, row: i64, n: i64) -> Event {
         new: Some(format!(
             r#"{{"id":{row},"n":{n},"total":12345678901234567890.50,"note":"caf\u00e9 \"q\""}}"#
         )),
+        ordering_key: Some(row),
     })
 }
 

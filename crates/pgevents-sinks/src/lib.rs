@@ -13,13 +13,14 @@
 //! | `nats` | `nats` | [`NatsSink`]: JetStream publish, `Nats-Msg-Id` = event id, delivered on the stream's ack |
 //! | `redis` | `redis` | [`RedisSink`]: `XADD` to a stream (fields `id`, `payload`), optionally `MAXLEN ~` |
 //! | `amqp` | `amqp` | [`AmqpSink`]: persistent, mandatory publish to an exchange, delivered on the broker's confirm |
+//! | `kafka` | `kafka` | [`KafkaSink`]: idempotent produce to a topic, keyed by row, delivered on `acks=all` |
 //! | `stdout` | `stdout` | [`StdoutSink`]: one JSON line per event on standard output |
 //!
 //! Broker sinks keep one connection each, opened on the first delivery (building a sink never
 //! connects) and shared by all deliveries, which pipeline over it; after a failure the next
 //! attempt reconnects. An event counts as delivered only on the broker's acknowledgement;
 //! every failure is an [`Outcome::Retry`](pgevents_sink::Outcome::Retry) under the trigger's
-//! retry policy, so a broker that goes away delays events but loses none. Streams and
+//! retry policy, so a broker that goes away delays events but loses none. Streams, topics and
 //! exchanges are never created by pgevents: see each sink for why, and for the error that
 //! says how to create them.
 //!
@@ -64,7 +65,12 @@
 
 #[cfg(feature = "amqp")]
 mod amqp;
-#[cfg(any(feature = "nats", feature = "redis", feature = "amqp"))]
+#[cfg(any(
+    feature = "nats",
+    feature = "redis",
+    feature = "amqp",
+    feature = "kafka"
+))]
 mod connection;
 #[cfg(any(
     feature = "webhook",
@@ -75,8 +81,18 @@ mod connection;
 mod endpoint;
 mod env;
 mod error;
-#[cfg(all(test, any(feature = "nats", feature = "redis", feature = "amqp")))]
+#[cfg(all(
+    test,
+    any(
+        feature = "nats",
+        feature = "redis",
+        feature = "amqp",
+        feature = "kafka"
+    )
+))]
 mod fixtures;
+#[cfg(feature = "kafka")]
+mod kafka;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "redis")]
@@ -92,6 +108,8 @@ mod webhook;
 pub use amqp::{AmqpConfig, AmqpSink};
 pub use env::Env;
 pub use error::{SinkConfigError, SinkConfigErrorKind};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaConfig, KafkaKey, KafkaSink, SaslConfig, SaslMechanism};
 #[cfg(feature = "nats")]
 pub use nats::{NatsConfig, NatsSink};
 #[cfg(feature = "redis")]

@@ -52,6 +52,7 @@ fn delivery(new: &str) -> Delivery {
             action: Action::Insert,
             old: None,
             new: Some(new.into()),
+            ordering_key: None,
         }),
         attempt: Attempt::default(),
         timeout: Duration::from_secs(5),

@@ -269,6 +269,7 @@ fn event() -> Event {
         action: Action::Update,
         old: Some(r#"{"id":7,"status":"new"}"#.into()),
         new: Some(r#"{"id":7,"status":"paid","total":12345678901234567890.50}"#.into()),
+        ordering_key: None,
     })
 }
 

@@ -7,6 +7,8 @@
 //! allowed, as at-least-once delivery allows them.
 
 pub mod brokers;
+pub mod kafka;
+pub mod kafka_topic;
 pub mod process;
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +49,11 @@ pub trait Broker {
     /// The sink that publishes to it.
     type Sink: Sink;
 
+    /// Whether messages survive [`Broker::stop`]. When they do not (a broker that keeps them
+    /// in memory), the restart waits until everything written before it arrived, and the
+    /// broker reads what it holds before it stops.
+    const KEEPS_MESSAGES: bool = true;
+
     /// A sink for this destination (connecting lazily).
     fn sink(&self) -> Self::Sink;
 
@@ -77,19 +84,18 @@ fn retry_policy() -> RetryPolicy {
     }
 }
 
-/// A fresh database with the test table, and a connection to it.
-async fn database() -> (String, Arc<Client>) {
+/// The workload's table.
+const TABLE_T: &str =
+    "CREATE TABLE t (id int PRIMARY KEY, n bigint NOT NULL, amount numeric NOT NULL, note text)";
+
+/// A fresh database with the tables `ddl` creates, and a connection to it.
+async fn database(ddl: &str) -> (String, Arc<Client>) {
     let url = pgevents_tempdb::testing::fresh_database("pgevents_sinks").expect("test database");
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("connect to the test database");
     tokio::spawn(connection);
-    client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, n bigint NOT NULL, amount numeric NOT NULL, note text)",
-        )
-        .await
-        .expect("create the table");
+    client.batch_execute(ddl).await.expect("create the tables");
     (url, Arc::new(client))
 }
 
@@ -296,7 +302,7 @@ impl<S: Sink> Sink for Observed<S> {
 /// whatever was in flight, can only arrive through retries and a reconnection.
 pub async fn deliver_all<B: Broker>(broker: &mut B, restart: bool) {
     let deadline = Instant::now() + WAIT;
-    let (url, client) = database().await;
+    let (url, client) = database(TABLE_T).await;
     let failures = Arc::new(Failures::default());
     let sink = Observed {
         inner: broker.sink(),
@@ -311,8 +317,9 @@ pub async fn deliver_all<B: Broker>(broker: &mut B, restart: bool) {
 
     write(&client, 0..STEPS / 2).await;
     if restart {
-        wait_for_count(broker, deadline, "100 events before the restart", |n| {
-            n >= 100
+        let before = if B::KEEPS_MESSAGES { 100 } else { EVENTS / 2 };
+        wait_for_count(broker, deadline, "the events before the restart", |n| {
+            n >= before
         })
         .await;
         let failed_before = failures.count();
