@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite with all its set-up: installs what this machine lacks (Debian packages),
 # starts the brokers that are not running, then runs `cargo test --workspace` (or, given
-# arguments, `cargo test` with them, e.g. `./test.sh -p pgevents-cli --test main demo`).
+# arguments, `cargo test` with them, e.g. `./test.sh -p pgevents-cli --test main demo`;
+# `./test.sh --setup-only` installs and starts without testing).
 #
 # Needs no input (CI=true and a closed stdin are fine). As root it installs with apt-get;
 # as another user it prints the apt-get line to run and stops.
@@ -25,6 +26,10 @@ have chromedriver || need_apt+=(chromium-driver)
 have nats-server || need_apt+=(nats-server)
 have redis-server || need_apt+=(redis-server)
 have rabbitmq-server || need_apt+=(rabbitmq-server)
+# The Kafka sink's client (librdkafka, built from its bundled sources) links OpenSSL.
+[ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+have pkg-config || need_apt+=(pkg-config)
+have make || need_apt+=(make)
 
 root=false
 [ "$(id -u)" = 0 ] && root=true
@@ -97,6 +102,11 @@ wait_port 4222 NATS 30
 wait_port 5672 RabbitMQ 180
 
 # ---- the suite ---------------------------------------------------------------------------
+# `--setup-only`: everything above (installs, brokers), no tests: CI lints first.
+if [ "${1:-}" = "--setup-only" ]; then
+  echo "set up: packages installed, brokers running"
+  exit 0
+fi
 if [ $# -eq 0 ]; then
   exec cargo test --workspace </dev/null
 fi
