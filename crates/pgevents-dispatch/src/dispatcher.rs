@@ -81,6 +81,11 @@ const AWAKE_POLL_MAX: Duration = Duration::from_millis(25);
 /// The longest wait between looks while another dispatcher sleeps on the wake-up lock (it
 /// is woken by writers and this one is only its backup) or a writer is mid-transaction.
 const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
+/// Rows moved through the capture table after which, once it is empty, its file is
+/// truncated (see `pgevents_log::store::Store::compact_capture`).
+const COMPACT_AFTER: u64 = 20_000;
+/// The least time between two attempts to compact the capture table.
+const COMPACT_EVERY: Duration = Duration::from_secs(1);
 /// How many outcomes one settle statement writes.
 const SETTLE_BATCH: usize = 1000;
 
@@ -315,6 +320,8 @@ impl Dispatcher {
             store: None,
             ingest_store: None,
             ingesting: None,
+            moved_since_compact: 0,
+            compact_tried: Instant::now(),
             waker: None,
             backoff: Backoff::default(),
             idle_since: None,
@@ -422,6 +429,10 @@ struct ClaimLoop<'a> {
     ingest_store: Option<Arc<Store>>,
     /// The ingest under way, if any.
     ingesting: Option<tokio::task::JoinHandle<Result<i32, Error>>>,
+    /// Rows moved through the capture table since it was last compacted.
+    moved_since_compact: u64,
+    /// When compacting the capture table was last tried.
+    compact_tried: Instant,
     waker: Option<Waker>,
     backoff: Backoff,
     /// Since when every look at the log found nothing (None: the last one found work).
@@ -565,7 +576,16 @@ impl ClaimLoop<'_> {
             self.ingesting.take()
         };
         let moved = match ingest {
-            Some(ingest) => joined(ingest).await?,
+            Some(ingest) => match joined(ingest).await? {
+                COMPACTED => {
+                    self.moved_since_compact = 0;
+                    0
+                }
+                moved => {
+                    self.moved_since_compact += u64::try_from(moved).unwrap_or(0);
+                    moved
+                }
+            },
             None => 0,
         };
         self.backoff.reset();
@@ -600,10 +620,20 @@ impl ClaimLoop<'_> {
         if self.ingesting.is_some() {
             return;
         }
+        let compact = self.moved_since_compact >= COMPACT_AFTER
+            && self.compact_tried.elapsed() >= COMPACT_EVERY;
+        if compact {
+            self.compact_tried = Instant::now();
+        }
         if let Some(ingest_store) = self.ingest_store.clone() {
+            let schema = self.dispatcher.schema.clone();
             self.ingesting = Some(tokio::spawn(async move {
                 let moved = ingest_store.ingest(INGEST_BATCH).await?;
                 crate::telemetry::captured(moved);
+                if moved == 0 && compact && ingest_store.compact_capture(&schema).await? {
+                    tracing::debug!("capture table compacted after a backlog");
+                    return Ok(COMPACTED);
+                }
                 Ok(moved)
             }));
         }
@@ -776,6 +806,9 @@ async fn keep_leases(
         }
     }
 }
+
+/// What an ingest task returns when it moved nothing and compacted the capture table.
+const COMPACTED: i32 = -1;
 
 /// The result of a finished (or awaited) ingest task. A task that did not complete moved
 /// nothing (its transaction rolled back): the next step ingests again.

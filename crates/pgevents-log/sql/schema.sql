@@ -137,6 +137,28 @@ BEGIN
 END
 $ingest$;
 
+-- Empties the capture table's file once a big backlog has passed through it: capture has no
+-- index (writers stay fast), so every ingest reads the whole file, and after a million rows
+-- moved it is a hundred megabytes of empty pages (measured: 15 ms per ingest instead of
+-- 0.6 ms, which put 60 ms on every event's latency). VACUUM cannot give the pages back while
+-- writers keep the table busy; TRUNCATE can, if the table is empty, under a lock held for a
+-- moment. It waits at most 20 ms for that lock (writers queue behind it no longer) and
+-- returns whether it truncated; the caller tries again later.
+CREATE OR REPLACE FUNCTION @schema@.compact_capture() RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $compact$
+BEGIN
+    PERFORM set_config('lock_timeout', '20ms', true);
+    LOCK TABLE @schema@.capture IN ACCESS EXCLUSIVE MODE;
+    IF EXISTS (SELECT 1 FROM @schema@.capture) THEN
+        RETURN false;
+    END IF;
+    TRUNCATE @schema@.capture;
+    RETURN true;
+EXCEPTION WHEN lock_not_available THEN
+    RETURN false;
+END
+$compact$;
+
 -- Claims due events for `claimant`, leased for `lease_ms`: up to `limits[i]` events of trigger
 -- `triggers[i]`, `max_events` in all (earlier triggers in the array first: callers rotate
 -- it), and no more rows once `max_bytes` of row text are claimed (the first always is: a row

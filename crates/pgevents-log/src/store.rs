@@ -208,6 +208,21 @@ impl Store {
         self.client.is_closed()
     }
 
+    /// Gives the capture table's empty pages back once a big backlog has passed through it
+    /// (every ingest reads the whole file): truncates it if it is empty and its lock can be
+    /// had within 20 ms; returns whether it did.
+    pub async fn compact_capture(&self, schema: &LogSchema) -> Result<bool, Error> {
+        let row = self
+            .client
+            .query_one(
+                &format!("SELECT {}()", schema.object("compact_capture")),
+                &[],
+            )
+            .await
+            .map_err(|e| Error::query("compacting the capture table", e))?;
+        Ok(row.get(0))
+    }
+
     /// Moves up to `max_rows` captured rows into the event log; returns how many moved.
     pub async fn ingest(&self, max_rows: i32) -> Result<i32, Error> {
         let row = self

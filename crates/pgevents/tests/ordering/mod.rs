@@ -684,3 +684,41 @@ async fn claims_stop_at_their_byte_budget() {
         .expect("claim");
     assert_eq!(rest.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_table_gives_its_pages_back_once_empty() {
+    let db = db().await;
+    let (store, schema, trigger) = store(&db.url).await;
+    let size = || async {
+        store
+            .client()
+            .query_one("SELECT pg_relation_size('pgevents.capture')", &[])
+            .await
+            .expect("size")
+            .get::<_, i64>(0)
+    };
+    store
+        .client()
+        .execute(
+            "INSERT INTO pgevents.capture (trigger_id, op, row_key, new_row)
+             SELECT $1, 'I', g, '{}' FROM generate_series(1, 30000) g",
+            &[&trigger],
+        )
+        .await
+        .expect("captured rows");
+    assert!(
+        !store.compact_capture(&schema).await.expect("compact"),
+        "a table holding rows is left alone"
+    );
+    assert_eq!(store.ingest(100_000).await.expect("ingest"), 30_000);
+    assert!(size().await > 0, "the moved rows' pages stay behind");
+    assert!(store.compact_capture(&schema).await.expect("compact"));
+    assert_eq!(size().await, 0, "the empty file is given back");
+    let events: i64 = store
+        .client()
+        .query_one("SELECT count(*) FROM pgevents.event", &[])
+        .await
+        .expect("events")
+        .get(0);
+    assert_eq!(events, 30_000, "nothing lost");
+}
