@@ -428,7 +428,7 @@ struct ClaimLoop<'a> {
     /// The connection ingests run on, beside claims.
     ingest_store: Option<Arc<Store>>,
     /// The ingest under way, if any.
-    ingesting: Option<tokio::task::JoinHandle<Result<i32, Error>>>,
+    ingesting: Option<tokio::task::JoinHandle<Result<Ingested, Error>>>,
     /// Rows moved through the capture table since it was last compacted.
     moved_since_compact: u64,
     /// When compacting the capture table was last tried.
@@ -576,16 +576,14 @@ impl ClaimLoop<'_> {
             self.ingesting.take()
         };
         let moved = match ingest {
-            Some(ingest) => match joined(ingest).await? {
-                COMPACTED => {
+            Some(ingest) => {
+                let ingested = joined(ingest).await?;
+                if ingested.compacted {
                     self.moved_since_compact = 0;
-                    0
                 }
-                moved => {
-                    self.moved_since_compact += u64::try_from(moved).unwrap_or(0);
-                    moved
-                }
-            },
+                self.moved_since_compact += u64::try_from(ingested.moved).unwrap_or(0);
+                ingested.moved
+            }
             None => 0,
         };
         self.backoff.reset();
@@ -630,11 +628,12 @@ impl ClaimLoop<'_> {
             self.ingesting = Some(tokio::spawn(async move {
                 let moved = ingest_store.ingest(INGEST_BATCH).await?;
                 crate::telemetry::captured(moved);
-                if moved == 0 && compact && ingest_store.compact_capture(&schema).await? {
+                let compacted =
+                    moved == 0 && compact && ingest_store.compact_capture(&schema).await?;
+                if compacted {
                     tracing::debug!("capture table compacted after a backlog");
-                    return Ok(COMPACTED);
                 }
-                Ok(moved)
+                Ok(Ingested { moved, compacted })
             }));
         }
     }
@@ -807,15 +806,23 @@ async fn keep_leases(
     }
 }
 
-/// What an ingest task returns when it moved nothing and compacted the capture table.
-const COMPACTED: i32 = -1;
+/// What one ingest task did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ingested {
+    /// Captured rows moved into the log.
+    moved: i32,
+    /// Whether it found the capture table empty and gave its pages back.
+    compacted: bool,
+}
 
 /// The result of a finished (or awaited) ingest task. A task that did not complete moved
 /// nothing (its transaction rolled back): the next step ingests again.
-async fn joined(ingest: tokio::task::JoinHandle<Result<i32, Error>>) -> Result<i32, Error> {
+async fn joined(
+    ingest: tokio::task::JoinHandle<Result<Ingested, Error>>,
+) -> Result<Ingested, Error> {
     ingest.await.unwrap_or_else(|error| {
         tracing::warn!(%error, "an ingest did not complete; it will be retried");
-        Ok(0)
+        Ok(Ingested::default())
     })
 }
 

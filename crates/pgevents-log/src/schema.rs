@@ -67,13 +67,7 @@ impl LogSchema {
 
     /// A stable advisory-lock key for `purpose` within this log schema.
     pub fn key(&self, purpose: &str) -> i64 {
-        // FNV-1a: stable across builds and platforms, unlike std's hasher.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in purpose.bytes().chain([0]).chain(self.name.bytes()) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        hash as i64
+        fnv1a(purpose.bytes().chain([0]).chain(self.name.bytes()))
     }
 }
 
@@ -100,15 +94,20 @@ fn render(schema: &LogSchema) -> String {
         .replace("@ingest_key@", &schema.key("ingest").to_string())
 }
 
-/// A stable hash of the install script (FNV-1a), recorded in `meta`: an install that finds
-/// the same hash has nothing to do, and takes no lock on the log's tables.
-fn script_hash(script: &str) -> i64 {
+/// FNV-1a of `bytes`: stable across builds and platforms, unlike std's hasher.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in script.bytes() {
+    for byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash as i64
+}
+
+/// A stable hash of the install script, recorded in `meta`: an install that finds the same
+/// hash has nothing to do, and takes no lock on the log's tables.
+fn script_hash(script: &str) -> i64 {
+    fnv1a(script.bytes())
 }
 
 /// Installs or upgrades the event log in `schema`, idempotently and safely against

@@ -47,6 +47,23 @@ pub(crate) fn failing_first(
     }
 }
 
+/// Runs `sql` (one transaction), waits until `delivered` holds `n` events, stops the
+/// listener and returns the events in the order they arrived.
+async fn write_and_deliver(
+    db: &crate::support::Db,
+    sql: &str,
+    delivered: &Collector,
+    n: usize,
+    running: crate::support::Running,
+) -> Vec<Event> {
+    db.client.batch_execute(sql).await.expect("writes");
+    delivered
+        .wait_until(WAIT, &format!("{n} events"), |e| e.len() == n)
+        .await;
+    running.stop().await;
+    delivered.events()
+}
+
 /// The position of the first delivered event `which` picks.
 pub(crate) fn position(events: &[Event], which: impl Fn(&Event) -> bool) -> usize {
     events
@@ -73,23 +90,20 @@ async fn a_key_change_waits_for_both_keys_and_later_events_wait_for_it() {
             .on("keyed", handler),
     )
     .await;
-    db.client
-        .batch_execute(
-            "INSERT INTO keyed VALUES (1, 0);
+    let events = write_and_deliver(
+        &db,
+        "INSERT INTO keyed VALUES (1, 0);
              INSERT INTO keyed VALUES (2, 0);
              DELETE FROM keyed WHERE id = 2;
              UPDATE keyed SET id = 2, v = 1 WHERE id = 1;
              UPDATE keyed SET v = 2 WHERE id = 2;
              INSERT INTO keyed VALUES (1, 3);
              INSERT INTO keyed VALUES (9, 0);",
-        )
-        .await
-        .expect("writes");
-    delivered
-        .wait_until(WAIT, "7 events", |e| e.len() == 7)
-        .await;
-    running.stop().await;
-    let events = delivered.events();
+        &delivered,
+        7,
+        running,
+    )
+    .await;
     let at = |action: Action, id: i64, v: i64| {
         position(&events, |e| {
             e.action() == action && id_of(e) == Some(id) && v_of(e) == Some(v)
@@ -147,20 +161,17 @@ async fn a_truncate_waits_for_earlier_events_and_later_events_wait_for_it() {
             .on_with("emptied", handler, options),
     )
     .await;
-    db.client
-        .batch_execute(
-            "INSERT INTO emptied VALUES (1, 0);
+    let events = write_and_deliver(
+        &db,
+        "INSERT INTO emptied VALUES (1, 0);
              INSERT INTO emptied VALUES (2, 0);
              TRUNCATE emptied;
              INSERT INTO emptied VALUES (3, 0);",
-        )
-        .await
-        .expect("writes");
-    delivered
-        .wait_until(WAIT, "4 events", |e| e.len() == 4)
-        .await;
-    running.stop().await;
-    let events = delivered.events();
+        &delivered,
+        4,
+        running,
+    )
+    .await;
     let truncate = position(&events, |e| e.action() == Action::Truncate);
     let insert = |id: i64| position(&events, |e| id_of(e) == Some(id));
     assert!(
@@ -212,20 +223,18 @@ async fn a_table_without_a_key_is_refused_per_row_and_ordered_per_table() {
             ),
     )
     .await;
-    db.client
-        .batch_execute(
-            "INSERT INTO loose VALUES (1, 0);
+    let events = write_and_deliver(
+        &db,
+        "INSERT INTO loose VALUES (1, 0);
              INSERT INTO loose VALUES (2, 1);
              UPDATE loose SET v = 2 WHERE id = 1;
              INSERT INTO loose VALUES (3, 3);",
-        )
-        .await
-        .expect("writes");
-    delivered
-        .wait_until(WAIT, "4 events", |e| e.len() == 4)
-        .await;
-    running.stop().await;
-    let versions: Vec<Option<i64>> = delivered.events().iter().map(v_of).collect();
+        &delivered,
+        4,
+        running,
+    )
+    .await;
+    let versions: Vec<Option<i64>> = events.iter().map(v_of).collect();
     assert_eq!(
         versions,
         vec![Some(0), Some(1), Some(2), Some(3)],
@@ -308,17 +317,17 @@ async fn a_slow_table_cannot_take_every_slot() {
         )
         .await
         .expect("schema");
-    let release = Arc::new(Notify::new());
+    // Deliveries of the slow table hang until the test lets them all go at once.
+    let (release, released) = tokio::sync::watch::channel(false);
     let stuck = Collector::default();
     let hang = {
         let stuck = stuck.clone();
-        let release = release.clone();
         move |e: Event| {
             let stuck = stuck.clone();
-            let release = release.clone();
+            let mut released = released.clone();
             async move {
                 stuck.push(e);
-                release.notified().await;
+                let _ = released.wait_for(|go| *go).await;
                 Ok::<_, std::convert::Infallible>(())
             }
         }
@@ -361,19 +370,9 @@ async fn a_slow_table_cannot_take_every_slot() {
         "the slow table holds fewer than every slot ({})",
         stuck.len()
     );
-    release.notify_waiters();
-    // Stop without waiting for the 200 hung events: release them as they come.
-    let releaser = {
-        let release = release.clone();
-        tokio::spawn(async move {
-            loop {
-                release.notify_waiters();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    // Every hung delivery (and any later one) goes through: the drain ends.
+    let _ = release.send(true);
     running.stop().await;
-    releaser.abort();
 }
 
 /// A Store on the log of `db`, installed, and the id of a trigger for manual events.
