@@ -13,6 +13,7 @@ use pgevents_sink::{DynSink, RetryPolicy};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::breaker::{Allowance, Breakers};
 use crate::deliver;
 use crate::wake::Waker;
 use crate::Health;
@@ -154,6 +155,8 @@ struct Shared {
     /// When the retries this dispatcher scheduled fall due (earliest first); at most one
     /// entry per in-flight event, so bounded like everything else.
     retries: Mutex<BinaryHeap<Reverse<Instant>>>,
+    /// Each trigger's circuit breaker.
+    breakers: Mutex<Breakers>,
 }
 
 struct Done {
@@ -230,22 +233,34 @@ impl InFlight {
 /// How many events each trigger may claim now, given `free` slots: every trigger may hold
 /// up to `max_in_flight` less what the others still need to reach their reserved share
 /// (`max_in_flight / (4 × triggers)` each), so a slow or failing destination can never
-/// take every slot, while a trigger that is alone busy may use nearly all of them.
+/// take every slot, while a trigger that is alone busy may use nearly all of them. A
+/// trigger whose breaker is open takes nothing and reserves nothing; one being probed takes
+/// one event when none of its events is in flight.
 fn claim_limits(
     triggers: &[i32],
     in_flight: &InFlight,
+    allowance: impl Fn(i32) -> Allowance,
     free: usize,
     batch: usize,
     max_in_flight: usize,
 ) -> Vec<i32> {
     let share = max_in_flight / (4 * triggers.len().max(1));
-    let shortfall = |t: i32| share.saturating_sub(in_flight.held(t));
+    let shortfall = |t: i32| match allowance(t) {
+        Allowance::Closed => share.saturating_sub(in_flight.held(t)),
+        Allowance::Probe | Allowance::Shut => 0,
+    };
     let total_shortfall: usize = triggers.iter().map(|t| shortfall(*t)).sum();
     triggers
         .iter()
         .map(|t| {
+            let held = in_flight.held(*t);
             let cap = max_in_flight.saturating_sub(total_shortfall - shortfall(*t));
-            let limit = cap.saturating_sub(in_flight.held(*t)).min(batch).min(free);
+            let limit = cap.saturating_sub(held).min(batch).min(free);
+            let limit = match allowance(*t) {
+                Allowance::Closed => limit,
+                Allowance::Probe if held == 0 => limit.min(1),
+                Allowance::Probe | Allowance::Shut => 0,
+            };
             i32::try_from(limit).unwrap_or(i32::MAX)
         })
         .collect()
@@ -288,6 +303,11 @@ impl Dispatcher {
             in_flight: Mutex::new(InFlight::default()),
             settled: Notify::new(),
             retries: Mutex::new(BinaryHeap::new()),
+            breakers: Mutex::new(Breakers::new(
+                self.routes
+                    .values()
+                    .map(|r| (r.trigger_id, &*r.name, &r.retry)),
+            )),
         });
         let permits = Arc::new(Semaphore::new(self.options.max_in_flight));
         let (done_tx, done_rx) = mpsc::channel::<Done>(self.options.max_in_flight);
@@ -656,9 +676,11 @@ impl ClaimLoop<'_> {
         self.rotation = (self.rotation + 1) % trigger_ids.len();
         let mut order = trigger_ids.to_vec();
         order.rotate_left(self.rotation);
+        let now = Instant::now();
         let limits = claim_limits(
             &order,
             &lock(&self.shared.in_flight),
+            |t| lock(&self.shared.breakers).allowance(t, now),
             free,
             d.options.batch_size,
             d.options.max_in_flight,
@@ -905,7 +927,19 @@ async fn settle_loop(
         {
             let mut in_flight = lock(&shared.in_flight);
             let mut retries = lock(&shared.retries);
+            let mut breakers = lock(&shared.breakers);
             for s in &settlements {
+                let delivered = match s.verdict {
+                    Verdict::Delivered => Some(true),
+                    Verdict::Retry(_) => Some(false),
+                    Verdict::Failed => None,
+                };
+                if let (Some(lease), Some(delivered)) = (in_flight.leases.get(&s.claim), delivered)
+                {
+                    if let Some(probe_at) = breakers.record(lease.trigger_id, delivered, now) {
+                        retries.push(Reverse(probe_at));
+                    }
+                }
                 in_flight.remove(&s.claim);
                 if let Verdict::Retry(after) = s.verdict {
                     retries.push(Reverse(now + after));
@@ -985,9 +1019,12 @@ mod tests {
 
     #[test]
     fn a_lone_trigger_may_use_every_slot() {
-        assert_eq!(claim_limits(&[1], &held(&[]), 1000, 500, 1000), vec![500]);
         assert_eq!(
-            claim_limits(&[1], &held(&[(1, 900)]), 100, 500, 1000),
+            claim_limits(&[1], &held(&[]), closed, 1000, 500, 1000),
+            vec![500]
+        );
+        assert_eq!(
+            claim_limits(&[1], &held(&[(1, 900)]), closed, 100, 500, 1000),
             vec![100]
         );
     }
@@ -997,17 +1034,56 @@ mod tests {
         // Two triggers, 1000 slots: each keeps a share of 125 the other cannot take.
         let in_flight = held(&[(1, 875)]);
         assert_eq!(
-            claim_limits(&[1, 2], &in_flight, 125, 500, 1000),
+            claim_limits(&[1, 2], &in_flight, closed, 125, 500, 1000),
             vec![0, 125]
         );
         // Once the other holds its share, the slow one may grow into what is free.
         let in_flight = held(&[(1, 700), (2, 125)]);
         assert_eq!(
-            claim_limits(&[1, 2], &in_flight, 175, 500, 1000),
+            claim_limits(&[1, 2], &in_flight, closed, 175, 500, 1000),
             vec![175, 175]
         );
         // Small bounds reserve nothing rather than deadlock.
-        assert_eq!(claim_limits(&[1, 2, 3], &held(&[]), 4, 4, 4), vec![4, 4, 4]);
+        assert_eq!(
+            claim_limits(&[1, 2, 3], &held(&[]), closed, 4, 4, 4),
+            vec![4, 4, 4]
+        );
+    }
+
+    fn closed(_: i32) -> Allowance {
+        Allowance::Closed
+    }
+
+    #[test]
+    fn an_open_breaker_takes_no_slot_and_reserves_none() {
+        let shut_1 = |t| {
+            if t == 1 {
+                Allowance::Shut
+            } else {
+                Allowance::Closed
+            }
+        };
+        // Trigger 2 may take everything: trigger 1 keeps no share while its breaker is open.
+        assert_eq!(
+            claim_limits(&[1, 2], &held(&[]), shut_1, 1000, 1000, 1000),
+            vec![0, 1000]
+        );
+        // Probing: one event, only while none of its events is in flight.
+        let probe_1 = |t| {
+            if t == 1 {
+                Allowance::Probe
+            } else {
+                Allowance::Closed
+            }
+        };
+        assert_eq!(
+            claim_limits(&[1, 2], &held(&[]), probe_1, 1000, 500, 1000),
+            vec![1, 500]
+        );
+        assert_eq!(
+            claim_limits(&[1, 2], &held(&[(1, 1)]), probe_1, 999, 500, 1000),
+            vec![0, 500]
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!
 //! It reports how it fares through a [`Health`] handle and the metrics of [`telemetry`].
 
+mod breaker;
 mod deliver;
 mod dispatcher;
 mod health;

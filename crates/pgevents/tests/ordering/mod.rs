@@ -1,7 +1,8 @@
 //! Order and once-only through what a row and a listener go through in ordinary operation:
 //! key changes, TRUNCATE, tables without a key, a graceful stop with slow deliveries, a slow
-//! table beside a fast one, late outcomes of expired claims, odd outcome texts, long log
-//! schema names, writers that never NOTIFY, and a log installed by the previous release.
+//! table beside a fast one, a failing destination beside a working one, late outcomes of
+//! expired claims, odd outcome texts, long log schema names, writers that never NOTIFY, and
+//! a log installed by the previous release.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -373,6 +374,106 @@ async fn a_slow_table_cannot_take_every_slot() {
     // Every hung delivery (and any later one) goes through: the drain ends.
     let _ = release.send(true);
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_destination_is_probed_not_hammered() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE down (id int PRIMARY KEY);
+             CREATE TABLE up (id int PRIMARY KEY, v int NOT NULL);",
+        )
+        .await
+        .expect("schema");
+    // The destination of `down` refuses every event until the test mends it.
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let recovered = Collector::default();
+    let refuse = {
+        let (broken, attempts, recovered) = (broken.clone(), attempts.clone(), recovered.clone());
+        move |e: Event| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let fail = broken.load(std::sync::atomic::Ordering::SeqCst);
+            if !fail {
+                recovered.push(e);
+            }
+            std::future::ready(if fail {
+                Err("connection refused")
+            } else {
+                Ok(())
+            })
+        }
+    };
+    let flowing = Collector::default();
+    let quick_retries = RetryPolicy {
+        max_interval: Duration::from_millis(100),
+        ..fast_retry(1_000, 20)
+    };
+    let running = start(
+        Listener::builder(&db.url)
+            .max_in_flight(8)
+            .on_with(
+                "down",
+                refuse,
+                TableOptions {
+                    retry: Some(quick_retries),
+                    ..TableOptions::default()
+                },
+            )
+            .on("up", flowing.handler()),
+    )
+    .await;
+    let started = Instant::now();
+    db.client
+        .batch_execute("INSERT INTO down SELECT generate_series(1, 500)")
+        .await
+        .expect("rows of the failing table");
+    let attempted = || attempts.load(std::sync::atomic::Ordering::SeqCst);
+    eventually(WAIT, "60 attempts at the failing destination", || async {
+        attempted() >= 60
+    })
+    .await;
+    // Retried one by one under their own backoff, 500 due events would be attempted
+    // hundreds of times a second; behind an open breaker only a probe goes out now and then.
+    let rate = attempted() as f64 / started.elapsed().as_secs_f64();
+    assert!(
+        rate < 40.0,
+        "the failing destination was attempted {rate:.0} times a second"
+    );
+    // Meanwhile the other table flows, in order.
+    db.client
+        .batch_execute(
+            "INSERT INTO up SELECT g, 0 FROM generate_series(1, 500) g;
+             UPDATE up SET v = 1;",
+        )
+        .await
+        .expect("rows of the other table");
+    flowing
+        .wait_until(WAIT, "the other table's 1,000 events", |e| e.len() == 1_000)
+        .await;
+    let mut seen = std::collections::HashMap::new();
+    for e in flowing.events() {
+        let id = id_of(&e).expect("an id");
+        let before = seen.insert(id, e.action());
+        assert_eq!(
+            (before, e.action()),
+            match before {
+                None => (None, Action::Insert),
+                Some(_) => (Some(Action::Insert), Action::Update),
+            },
+            "row {id}: its INSERT, then its UPDATE"
+        );
+    }
+    // Mended, the destination gets every waiting event, each once.
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    recovered
+        .wait_until(WAIT, "the 500 waiting events", |e| e.len() >= 500)
+        .await;
+    running.stop().await;
+    let mut ids: Vec<i64> = recovered.events().iter().filter_map(id_of).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=500).collect::<Vec<i64>>(), "each event once");
 }
 
 /// A Store on the log of `db`, installed, and the id of a trigger for manual events.
