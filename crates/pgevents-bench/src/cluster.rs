@@ -295,12 +295,17 @@ impl Bench {
             .context("running CHECKPOINT")
     }
 
-    /// Installs pgevents trigger capture on the benchmark table, the way a user does: by
-    /// building a listener (which installs the log and the triggers) without running it.
-    pub async fn install_capture(&self) -> anyhow::Result<()> {
+    /// Installs pgevents trigger capture on the benchmark table (filtered by the `where`
+    /// `condition`, when given), the way a user does: by building a listener (which
+    /// installs the log and the triggers) without running it.
+    pub async fn install_capture(&self, condition: Option<&str>) -> anyhow::Result<()> {
         let counter = Counter::new();
+        let options = pgevents::TableOptions {
+            condition: condition.map(str::to_string),
+            ..Default::default()
+        };
         pgevents::Listener::builder(&self.listener_url)
-            .on(TABLE, counter.handler())
+            .on_with(TABLE, counter.handler(), options)
             .build()
             .await
             .context("installing pgevents capture")?;

@@ -97,7 +97,8 @@ pub async fn child(args: ChildArgs) -> anyhow::Result<()> {
     let listener = builder.build().await.context("building the listener")?;
     let started = Instant::now();
     let running = RunningListener::start(listener);
-    let timeout = Duration::from_secs(120.max(args.expect / 1000));
+    // A deadline for a drain that is stuck, not a target: 2,000 rows of 10 MB take minutes.
+    let timeout = Duration::from_secs(600.max(args.expect / 1000));
     let last = counter.wait_for(args.expect, timeout).await?;
     running.stop().await?;
     let peak = vm_hwm()?;
@@ -136,7 +137,7 @@ pub async fn drain_in_child(
         cmd.arg("--payload");
     }
     let child = cmd.spawn().context("starting the listener child")?;
-    let timeout = Duration::from_secs(300.max(expect / 500));
+    let timeout = Duration::from_secs(900.max(expect / 500));
     let out = tokio::time::timeout(timeout, child.wait_with_output())
         .await
         .context("the listener child did not finish in time")?
@@ -188,7 +189,7 @@ pub async fn run(bench: &Bench, report: &mut Report, drains: Vec<Drain>) -> anyh
                 bench.sizes.runs
             );
             bench.reset(0).await?;
-            bench.install_capture().await?;
+            bench.install_capture(None).await?;
             bench.insert_rows(n, 10_000).await?;
             let drain = backlog_drain(bench, n).await?;
             eprintln!("    peak RSS {:.1} MB", drain.peak / 1e6);

@@ -194,7 +194,7 @@ async fn steady(bench: &Bench, to: Destination, rate: f64) -> anyhow::Result<Ste
 async fn handler_backlog(bench: &Bench, n: u64) -> anyhow::Result<(Drain, f64, f64)> {
     bench.reset(0).await?;
     bench.create_slot(REF_SLOT, "pgoutput").await?;
-    bench.install_capture().await?;
+    bench.install_capture(None).await?;
     let took = bench.insert_rows(n, BACKLOG_CHUNK).await?;
     let endpos = bench.wal_lsn().await?;
     let drain = memory::backlog_drain(bench, n).await?;

@@ -69,16 +69,23 @@ enum Mode {
     RecvLogical,
     /// pgevents logical capture with a listener delivering concurrently.
     LogicalDraining,
+    /// pgevents trigger capture with a `where` that no row matches: what a filter costs
+    /// writers whose rows it rejects.
+    TriggerRejecting,
 }
 
-const MODES: [Mode; 6] = [
+const MODES: [Mode; 7] = [
     Mode::None,
     Mode::TriggerIdle,
     Mode::TriggerDraining,
     Mode::Notify,
     Mode::RecvLogical,
     Mode::LogicalDraining,
+    Mode::TriggerRejecting,
 ];
+
+/// A `where` no benchmark row matches (`v` is never negative).
+const REJECT_ALL: &str = "v < 0";
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -91,6 +98,7 @@ impl Mode {
             Mode::LogicalDraining => {
                 "pgevents logical mode, listener capturing and delivering concurrently"
             }
+            Mode::TriggerRejecting => "pgevents trigger mode, a `where` that rejects every row",
         }
     }
 }
@@ -116,7 +124,11 @@ async fn set_up(bench: &Bench, mode: Mode) -> anyhow::Result<Running> {
     Ok(match mode {
         Mode::None => Running::Nothing,
         Mode::TriggerIdle => {
-            bench.install_capture().await?;
+            bench.install_capture(None).await?;
+            Running::Nothing
+        }
+        Mode::TriggerRejecting => {
+            bench.install_capture(Some(REJECT_ALL)).await?;
             Running::Nothing
         }
         Mode::TriggerDraining => {
@@ -318,6 +330,12 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
             overhead[5],
             Unit::Percent,
             Goal::AtMost(15.0),
+        );
+        report.check(
+            format!("writer overhead, trigger mode, {name} at 8 clients, a `where` rejecting every row: within 5 points of no capture"),
+            overhead[6],
+            Unit::Percent,
+            Goal::AtMost(5.0),
         );
         report.note(format!(
             "{name}: trigger mode with no dispatcher running costs {:.1}%; the NOTIFY-per-row trigger costs {:.1}%; a bare logical slot read by pg_recvlogical costs {:.1}%.",

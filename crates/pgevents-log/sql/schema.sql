@@ -75,6 +75,12 @@ CREATE TABLE IF NOT EXISTS @schema@.event (
     last_error       text
 ) WITH (fillfactor = 85);
 ALTER TABLE @schema@.event ADD COLUMN IF NOT EXISTS old_key bigint;
+-- The bytes of old_row and new_row as text, taken once when the event enters the log, so a
+-- claim can stop at its byte budget without reading the rows: `octet_length(row::text)`
+-- renders the whole value (a TOASTed 10 MB row is decompressed and copied for each of the
+-- up to 500 candidates a claim looks at). NULL (events logged without it) is measured when
+-- claimed.
+ALTER TABLE @schema@.event ADD COLUMN IF NOT EXISTS size integer;
 -- No statistics on `status`: the planner then takes pending events as a small but real share
 -- of the log whatever ANALYZE last saw. With them, a log whose sample held no pending event
 -- (millions delivered, the backlog formed since) made the ordering probes scan a whole
@@ -112,9 +118,11 @@ CREATE TABLE IF NOT EXISTS @schema@.attempt (
     PRIMARY KEY (event_seq, attempt)
 );
 
--- Moves up to `max_rows` captured rows, oldest first, into the event log. Returns how many
--- moved. One mover at a time (others return 0 at once), so rows of one table row always
--- reach the log in commit order.
+-- Moves up to `max_rows` captured rows, oldest first, into the event log, and no more rows
+-- once 32 MB of them (as stored: compressed values count compressed) have moved — the first
+-- always moves — so an ingest stays a short transaction whatever the rows' size. Records
+-- each event's size. Returns how many moved. One mover at a time (others return 0 at once),
+-- so rows of one table row always reach the log in commit order.
 CREATE OR REPLACE FUNCTION @schema@.ingest(max_rows integer) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $ingest$
 DECLARE
@@ -126,12 +134,22 @@ BEGIN
     WITH batch AS (
         DELETE FROM @schema@.capture c
         WHERE c.ctid = ANY (ARRAY(
-            SELECT x.ctid FROM @schema@.capture x ORDER BY x.seq LIMIT max_rows))
+            SELECT x.ctid FROM (
+                SELECT y.ctid, y.stored,
+                       sum(y.stored) OVER (ORDER BY y.seq ROWS UNBOUNDED PRECEDING) AS upto
+                  FROM (SELECT z.ctid, z.seq,
+                               coalesce(pg_column_size(z.old_row), 0)
+                               + coalesce(pg_column_size(z.new_row), 0) AS stored
+                          FROM @schema@.capture z ORDER BY z.seq LIMIT max_rows) y) x
+             WHERE x.upto - x.stored < 32 * 1024 * 1024))
         RETURNING c.seq, c.trigger_id, c.op, c.row_key, c.old_key, c.old_row, c.new_row, c.created_at
     )
     INSERT INTO @schema@.event
-        (seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at, next_attempt_at)
-    SELECT seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at, created_at FROM batch;
+        (seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at, next_attempt_at,
+         size)
+    SELECT seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at, created_at,
+           coalesce(octet_length(old_row::text), 0) + coalesce(octet_length(new_row::text), 0)
+      FROM batch;
     GET DIAGNOSTICS moved = ROW_COUNT;
     RETURN moved;
 END
@@ -163,8 +181,9 @@ $compact$;
 -- `triggers[i]`, `max_events` in all (earlier triggers in the array first: callers rotate
 -- it), and no more rows once `max_bytes` of row text are claimed (the first always is: a row
 -- bigger than the budget goes alone) — so memory is bounded by bytes, not only by count,
--- whatever the rows' size. Sizes come from the values' headers (no detoasting); each trigger on its own walk of its own due events, so a trigger's backlog
--- costs the others nothing and a slow trigger cannot take every slot.
+-- whatever the rows' size. Sizes are those recorded when the events entered the log (rows
+-- are not read to measure them). Each trigger has its own walk of its own due events, so a
+-- trigger's backlog costs the others nothing and a slow trigger cannot take every slot.
 -- Due: pending, its time has come, and not held back by an earlier pending event:
 --   * one with the same key, or whose key is e's old key (a key-changing UPDATE waits for
 --     both keys), or whose old key is either of e's keys (later events of either key wait
@@ -198,8 +217,8 @@ AS $claim$
         SELECT d.seq, d.size
           FROM unnest(triggers, limits) AS t(id, n)
           CROSS JOIN LATERAL (
-              SELECT e.seq, coalesce(octet_length(e.old_row::text), 0)
-                            + coalesce(octet_length(e.new_row::text), 0) AS size
+              SELECT e.seq, coalesce(e.size, coalesce(octet_length(e.old_row::text), 0)
+                                           + coalesce(octet_length(e.new_row::text), 0)) AS size
                 FROM @schema@.event e
                WHERE e.status = 'p' AND e.trigger_id = t.id AND e.next_attempt_at <= now()
                  AND NOT (

@@ -786,6 +786,81 @@ async fn claims_stop_at_their_byte_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_rows_enter_the_log_with_their_size() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE wide (id int PRIMARY KEY, body text NOT NULL)")
+        .await
+        .expect("schema");
+    // Capture installed, nobody delivering: the rows wait in the capture table.
+    Listener::builder(&db.url)
+        .on("wide", Collector::default().handler())
+        .build()
+        .await
+        .expect("install");
+    // Compressible rows: stored in a few kilobytes, a megabyte each as text.
+    db.client
+        .batch_execute(
+            "INSERT INTO wide SELECT g, repeat('abcdefgh', 131072) FROM generate_series(1, 3) g;
+             UPDATE wide SET body = 'short' WHERE id = 3;",
+        )
+        .await
+        .expect("rows");
+    let moved: i32 = db
+        .client
+        .query_one("SELECT pgevents.ingest(100)", &[])
+        .await
+        .expect("ingest")
+        .get(0);
+    assert_eq!(moved, 4);
+    let rows = db
+        .client
+        .query(
+            "SELECT size, coalesce(octet_length(old_row::text), 0)
+                          + coalesce(octet_length(new_row::text), 0)
+               FROM pgevents.event ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("sizes");
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        let (recorded, measured): (Option<i32>, i32) = (row.get(0), row.get(1));
+        assert_eq!(recorded, Some(measured), "the size of the row as text");
+        assert!(measured > 1_000_000, "old or new image of a megabyte row");
+    }
+    // Claims go by the recorded size: a budget of one row claims one...
+    let (store, _, _) = store(&db.url).await;
+    let wide: i32 = db
+        .client
+        .query_one(
+            "SELECT id FROM pgevents.trigger WHERE table_name = 'wide'",
+            &[],
+        )
+        .await
+        .expect("trigger id")
+        .get(0);
+    let lease = Duration::from_secs(60);
+    let claimed = store
+        .claim(&[wide], &[10], 10, 1_000_000, lease, 1)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert!(claimed[0].size() > 1_000_000);
+    // ...and they do not read the rows to measure them: told the rows are tiny, a small
+    // budget claims every due one (row 3's UPDATE waits for its INSERT).
+    db.client
+        .batch_execute("UPDATE pgevents.event SET size = 1")
+        .await
+        .expect("sizes");
+    let claimed = store
+        .claim(&[wide], &[10], 10, 1_000, lease, 1)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_capture_table_gives_its_pages_back_once_empty() {
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
