@@ -76,6 +76,8 @@ fn vm_hwm() -> anyhow::Result<u64> {
 
 /// The hidden child: deliver `expect` events of `table`, then report.
 pub async fn child(args: ChildArgs) -> anyhow::Result<()> {
+    // As the daemon does at start.
+    pgevents::release_large_allocations();
     let baseline = vm_hwm()?;
     let counter = Counter::new();
     let builder = pgevents::Listener::builder(&args.url).drain_timeout(Duration::from_secs(5));

@@ -32,6 +32,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Big rows' buffers go back to the system once delivered (see the function's docs).
+    pgevents::release_large_allocations();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

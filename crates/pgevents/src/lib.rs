@@ -23,10 +23,12 @@
 mod error;
 mod handler;
 mod listener;
+mod memory;
 
 pub use error::Error;
 pub use handler::{BoxError, Handler};
 pub use listener::{Listener, ListenerBuilder, TableOptions};
+pub use memory::{release_large_allocations, LARGE_ALLOCATION};
 pub use pgevents_event::{Action, Event, Format};
 pub use pgevents_log::Ordering;
 pub use pgevents_sink::{Delivery, Outcome, Report, RetryPolicy, Sink, Slot};
