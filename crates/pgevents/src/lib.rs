@@ -28,5 +28,6 @@ pub use error::Error;
 pub use handler::{BoxError, Handler};
 pub use listener::{Listener, ListenerBuilder, TableOptions};
 pub use pgevents_event::{Action, Event, Format};
+pub use pgevents_log::backfill::{Backfill, State as BackfillState};
 pub use pgevents_log::Ordering;
 pub use pgevents_sink::{Delivery, Outcome, Report, RetryPolicy, Sink, Slot};
