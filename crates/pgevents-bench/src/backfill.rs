@@ -7,7 +7,8 @@
 //! clients, first alone (the baseline, the listener delivering its UPDATEs), then again with
 //! a backfill of the whole table started at the same moment. The figures: the writers' TPS
 //! in each window, their ratio, and the backfill's rate from its start to the `N`-th `READ`
-//! delivered (writers running for the first part of it).
+//! delivered (writers running for the first part of it), beside the rate at which its chunks
+//! wrote the rows into the log (from its start to its last chunk's commit).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,7 +36,10 @@ const WRITERS_TARGET: f64 = 0.90;
 struct Run {
     tps_alone: f64,
     tps_during: f64,
+    /// READ events delivered per second, from the start to the last one delivered.
     rows_per_sec: f64,
+    /// Rows read into the log per second, from the start to the last chunk's commit.
+    written_per_sec: f64,
 }
 
 /// A handler counting only `READ` events into `reads`.
@@ -94,10 +98,21 @@ async fn measure(bench: &Bench, script: &std::path::Path, rows: u64) -> anyhow::
         all.load(Ordering::Relaxed)
     );
     running.stop().await?;
+    let written = starter
+        .backfills()
+        .await
+        .context("reading the backfill's record")?
+        .into_iter()
+        .next()
+        .and_then(|b| Some((b.finished_at? - b.started_at).num_milliseconds()))
+        .context("the backfill has no end time")?;
+    let written_per_sec = rows as f64 / (written.max(1) as f64 / 1000.0);
+    eprintln!("    rows read into the log at {written_per_sec:.0}/s");
     Ok(Run {
         tps_alone: alone.tps,
         tps_during: during.tps,
         rows_per_sec: rows as f64 / secs,
+        written_per_sec,
     })
 }
 
@@ -111,6 +126,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let mut alone = Vec::new();
     let mut during = Vec::new();
     let mut rates = Vec::new();
+    let mut written = Vec::new();
     let mut ratios = Vec::new();
     for run in 1..=runs {
         eprintln!("backfill: run {run}/{runs}: {rows} rows, pgbench UPDATE at {CLIENTS} clients");
@@ -118,6 +134,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         alone.push(r.tps_alone);
         during.push(r.tps_during);
         rates.push(r.rows_per_sec);
+        written.push(r.written_per_sec);
         ratios.push(r.tps_during / r.tps_alone);
     }
     let ratio = median(&ratios);
@@ -127,6 +144,13 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         Unit::PerSec,
         rates.clone(),
         "",
+    );
+    report.row(
+        SECTION,
+        "rows read into the event log per second (chunks committed), writers running",
+        Unit::PerSec,
+        written,
+        "what the chunks alone sustain; delivery follows",
     );
     report.row(
         SECTION,

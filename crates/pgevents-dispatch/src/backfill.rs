@@ -112,7 +112,11 @@ fn chunk_rows(rows: i64, bytes: i64) -> i64 {
 /// true; looks for new ones every second. Database faults are logged and retried.
 pub async fn run(url: String, schema: LogSchema, mut stop: watch::Receiver<bool>) {
     while !*stop.borrow() {
-        match pgevents_log::connect(&url, None).await {
+        let connected = tokio::select! {
+            _ = stop.changed() => break,
+            connected = pgevents_log::connect(&url, None) => connected,
+        };
+        match connected {
             Ok(mut client) => {
                 if let Err(error) = serve(&mut client, &schema, &mut stop).await {
                     tracing::warn!(%error, "backfills: database unavailable; trying again");

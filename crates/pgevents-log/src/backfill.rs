@@ -14,7 +14,10 @@
 //!    each row's order exactly where its image belongs;
 //! 2. moves every captured row already committed into the log (trigger capture appends to
 //!    the index-free `capture` table first): an earlier change of a chunk's row then reaches
-//!    `event` in the same commit as the `READ`, and per-row ordering delivers it first;
+//!    `event` in the same commit as the `READ`, and per-row ordering delivers it first. In
+//!    logical capture the writer of decoded changes is kept out for the chunk's duration
+//!    (its position rows are locked `FOR SHARE`): a decoded change lands wholly before the
+//!    chunk's `READ`s in the log or wholly after them;
 //! 3. moves `last_key` with a compare-and-set: when another process wrote that chunk first
 //!    (or the backfill was cancelled) nothing is written.
 //!
@@ -33,8 +36,9 @@ use crate::{quote_ident, wake_channel, Error, LogSchema, Ordering, QualifiedName
 /// How long a chunk waits for a row lock before it gives way.
 pub const CHUNK_LOCK_TIMEOUT_MS: u64 = 100;
 
-/// How long a chunk waits for the log's ingest lock (held by a dispatcher moving a batch of
-/// captured rows, before the chunk locks any row).
+/// How long a chunk waits for the log's ingest lock and logical capture's positions (held
+/// by a dispatcher moving a batch of captured rows, or the logical writer writing a batch),
+/// before the chunk locks any row.
 const INGEST_LOCK_TIMEOUT_MS: u64 = 5_000;
 
 /// Captured rows moved into the log per ingest call while a chunk catches up.
@@ -378,14 +382,25 @@ pub async fn run_chunk(
         .transaction()
         .await
         .map_err(|e| Error::query("starting a backfill chunk", e))?;
-    // The log's ingest lock first, before any row is locked (a dispatcher's ingest may hold
-    // it a while; writers must not wait meanwhile): no one else moves captured rows until
-    // this chunk commits, and this chunk moves them itself (step 2).
+    // The locks of everything else that writes events, before any row is locked (they may
+    // be held a while; writers must not wait meanwhile). The ingest lock: no one else moves
+    // captured rows until this chunk commits, and this chunk moves them itself (step 2).
+    // Logical capture's positions: its writer inserts decoded changes under them, so none
+    // gets a position between this chunk's first and last READ and commits before it (a
+    // change of a chunk's row then goes to the log before the chunk or after it, never
+    // delivered ahead of a READ that precedes it in the log).
+    let progress = schema.object("logical_progress");
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = '{INGEST_LOCK_TIMEOUT_MS}ms';
          SELECT pg_advisory_xact_lock({ingest_key});
+         DO $lock$ BEGIN
+             IF to_regclass({progress_name}) IS NOT NULL THEN
+                 PERFORM 1 FROM {progress} FOR SHARE;
+             END IF;
+         END $lock$;
          SET LOCAL lock_timeout = '{CHUNK_LOCK_TIMEOUT_MS}ms'",
-        ingest_key = schema.key("ingest")
+        ingest_key = schema.key("ingest"),
+        progress_name = crate::quote_literal(&progress),
     ))
     .await
     .map_err(|e| Error::query("locking for a backfill chunk", e))?;
@@ -407,7 +422,15 @@ pub async fn run_chunk(
     let written = tx
         .query_one(chunk_sql.as_str(), &[&last_key, &max_rows])
         .await
-        .map_err(|e| Error::query(format!("writing backfill {id}'s next chunk"), e))?;
+        .map_err(|e| match e.code() {
+            Some(code) if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+                Error::NotPermitted(format!(
+                    "the role writing backfill {id}'s chunks may not read and lock its table's rows ({}): GRANT SELECT, UPDATE ON the table TO this role (rows are locked FOR SHARE, never changed), or run `pgevents backfill` as the table's owner",
+                    e.as_db_error().map_or("", |db| db.message())
+                ))
+            }
+            _ => Error::query(format!("writing backfill {id}'s next chunk"), e),
+        })?;
     let rows: i64 = written.get(0);
     let bytes: i64 = written.get(1);
     let next_key: Option<Vec<String>> = written.get(2);
