@@ -87,7 +87,8 @@ pub struct Backfill {
     pub state: State,
     /// Rows read so far.
     pub rows_done: i64,
-    /// The planner's estimate of the rows to read (at least `rows_done`).
+    /// The planner's estimate of the rows to read (at least `rows_done`; once done, the rows
+    /// read).
     pub rows_estimated: i64,
     /// When it started.
     pub started_at: DateTime<Utc>,
@@ -222,7 +223,10 @@ pub async fn list(client: &Client, schema: &LogSchema, limit: i64) -> Result<Vec
         .query(
             &format!(
                 "SELECT b.id, t.name, t.schema_name, t.table_name, b.where_sql, b.state,
-                        b.rows_done, greatest(b.rows_estimated, b.rows_done), b.started_at,
+                        b.rows_done,
+                        CASE WHEN b.state = 'done' THEN b.rows_done
+                             ELSE greatest(b.rows_estimated, b.rows_done) END,
+                        b.started_at,
                         b.updated_at, b.finished_at, b.error
                    FROM {} b JOIN {} t ON t.id = b.trigger_id
                   ORDER BY b.id DESC LIMIT $1",
