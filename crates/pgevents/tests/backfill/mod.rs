@@ -65,7 +65,7 @@ impl Replica {
 }
 
 /// A writer: every couple of milliseconds, one transaction updating, deleting or inserting
-/// a random row; counts its commits.
+/// a row (half of them just ahead of the backfill); counts its commits.
 struct Writer {
     stop: Arc<AtomicBool>,
     commits: Arc<AtomicI64>,
@@ -82,11 +82,29 @@ impl Writer {
             let mut next_id = ROWS + 1;
             let mut tick = tokio::time::interval(Duration::from_millis(2));
             let mut n: u64 = 0;
+            let mut cursor = 0i64;
             while !s.load(Ordering::Relaxed) {
                 tick.tick().await;
                 n += 1;
-                // A cheap deterministic spread over the table.
-                let id = ((n.wrapping_mul(2_654_435_761)) % ROWS as u64) as i64 + 1;
+                if n % 50 == 0 {
+                    // Where a backfill stands: the rows it reads next are the likeliest to
+                    // race a chunk.
+                    cursor = client
+                        .query_one(
+                            "SELECT coalesce((SELECT max(rows_done) FROM pgevents.backfill), 0)",
+                            &[],
+                        )
+                        .await
+                        .map_or(0, |r| r.get(0));
+                }
+                // A cheap deterministic spread: odd writes over the whole table, even ones
+                // over the next few thousand rows the backfill reads.
+                let spread = (n.wrapping_mul(2_654_435_761) % ROWS as u64) as i64;
+                let id = if n % 2 == 0 {
+                    (cursor + spread % 6000) % ROWS + 1
+                } else {
+                    spread + 1
+                };
                 let sql = match n % 10 {
                     0 => format!("DELETE FROM items WHERE id = {id}"),
                     1 => {
