@@ -86,7 +86,7 @@ impl Writer {
             while !s.load(Ordering::Relaxed) {
                 tick.tick().await;
                 n += 1;
-                if n % 50 == 0 {
+                if n.is_multiple_of(50) {
                     // Where a backfill stands: the rows it reads next are the likeliest to
                     // race a chunk.
                     cursor = client
@@ -100,7 +100,7 @@ impl Writer {
                 // A cheap deterministic spread: odd writes over the whole table, even ones
                 // over the next few thousand rows the backfill reads.
                 let spread = (n.wrapping_mul(2_654_435_761) % ROWS as u64) as i64;
-                let id = if n % 2 == 0 {
+                let id = if n.is_multiple_of(2) {
                     (cursor + spread % 6000) % ROWS + 1
                 } else {
                     spread + 1
