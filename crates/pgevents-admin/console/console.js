@@ -1,5 +1,5 @@
-// pgevents console: watches triggers, browses events and their attempts, redelivers and
-// invokes, through the admin API of the server that served this page. Plain JavaScript, no
+// pgevents console: watches triggers, browses events and their attempts, redelivers,
+// invokes and backfills, through the admin API of the server that served this page. Plain JavaScript, no
 // framework, no build step, nothing loaded from elsewhere. Every value from the API is put
 // on the page as text (textContent), never as HTML.
 'use strict';
@@ -202,10 +202,17 @@ async function loadTriggers() {
       count(t.failed, 'failed'),
       el('td', { class: 'num', text: duration(t.oldest_pending_seconds) }),
       el('td', { class: 'num', text: rate === undefined ? '—' : rate.toFixed(1) + '/s', title: 'events delivered or failed per second' }),
-      el('td', {}, el('button', {
-        type: 'button', class: 'ghost small invoke', text: 'Invoke',
-        onclick: () => openInvoke(t.name),
-      })),
+      el('td', { class: 'actions-cell' }, [
+        el('button', {
+          type: 'button', class: 'ghost small invoke', text: 'Invoke',
+          onclick: () => openInvoke(t.name),
+        }),
+        el('button', {
+          type: 'button', class: 'ghost small backfill', text: 'Backfill',
+          title: 'send every existing row as a READ event',
+          onclick: () => openBackfill(t.name),
+        }),
+      ]),
     ]);
   });
   $('triggers').tBodies[0].replaceChildren(...rows);
@@ -423,6 +430,54 @@ async function submitInvoke(e) {
   }
 }
 
+// ---------- backfills ----------
+
+async function loadBackfills() {
+  const { body } = await api('/api/v1/backfills');
+  const rows = body.backfills.map((b) => {
+    const estimated = Math.max(b.rows_estimated, b.rows_done);
+    const percent = estimated > 0 ? Math.floor((b.rows_done * 100) / estimated) : 100;
+    return el('tr', { dataset: { backfill: String(b.id), state: b.state } }, [
+      el('td', { class: 'num', text: String(b.id) }),
+      el('td', {}, el('strong', { text: b.trigger })),
+      el('td', {}, el('code', { text: b.where || '—' })),
+      el('td', { title: b.error || '' }, el('span', { class: `badge ${b.state}`, text: b.state })),
+      el('td', { class: 'num rows-done', text: String(b.rows_done) }),
+      el('td', { class: 'num', text: String(estimated) }),
+      el('td', { class: 'num' }, el('progress', { max: '100', value: String(b.state === 'done' ? 100 : percent) })),
+      timeCell(b.started_at),
+    ]);
+  });
+  $('backfills').tBodies[0].replaceChildren(...rows);
+  $('backfills-section').hidden = rows.length === 0;
+}
+
+function openBackfill(trigger) {
+  $('backfill-trigger').textContent = trigger;
+  $('backfill-error').hidden = true;
+  $('backfill-dialog').showModal();
+  $('backfill-where').focus();
+}
+
+async function submitBackfill(e) {
+  e.preventDefault();
+  const trigger = $('backfill-trigger').textContent;
+  const where = $('backfill-where').value.trim();
+  const error = $('backfill-error');
+  try {
+    const { body } = await api('/api/v1/triggers/' + encodeURIComponent(trigger) + '/backfill', {
+      method: 'POST',
+      body: JSON.stringify(where ? { where } : {}),
+    });
+    $('backfill-dialog').close();
+    toast('Backfill ' + body.id + ' of ' + trigger + ' started');
+    refresh();
+  } catch (err) {
+    error.textContent = err.message;
+    error.hidden = false;
+  }
+}
+
 // ---------- refreshing ----------
 
 function showRefreshError(e) {
@@ -433,7 +488,7 @@ async function refresh() {
   if (state.refreshing) return;
   state.refreshing = true;
   try {
-    await Promise.all([loadTriggers(), loadEvents(), loadDetail()]);
+    await Promise.all([loadTriggers(), loadBackfills(), loadEvents(), loadDetail()]);
     $('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
   } catch (e) {
     showRefreshError(e);
@@ -464,6 +519,8 @@ function start() {
   $('close').addEventListener('click', closeDetail);
   $('invoke-form').addEventListener('submit', submitInvoke);
   $('invoke-cancel').addEventListener('click', () => $('invoke-dialog').close());
+  $('backfill-form').addEventListener('submit', submitBackfill);
+  $('backfill-cancel').addEventListener('click', () => $('backfill-dialog').close());
   $('token-dialog').addEventListener('cancel', (e) => e.preventDefault());
   setInterval(() => {
     if ($('auto').checked && !document.hidden) refresh();

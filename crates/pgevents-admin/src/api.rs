@@ -1,5 +1,5 @@
 //! The JSON API under `/api/v1`: triggers with their counts, event pages, one event with its
-//! attempts, redelivery and manual events.
+//! attempts, redelivery, manual events and backfills.
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -245,6 +245,56 @@ pub(crate) async fn invoke(
     let id = pgevents_event::event_id(created_at, state.salt(), seq);
     tracing::info!(event_id = %id, trigger = %trigger.name, "manual event written");
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+/// The body of `POST /api/v1/triggers/{name}/backfill`: optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackfillBody {
+    /// Only rows matching this SQL condition on the table's columns.
+    #[serde(rename = "where")]
+    condition: Option<String>,
+}
+
+/// `POST /api/v1/triggers/{name}/backfill`: starts a backfill (a `READ` event for every row
+/// of the trigger's table, or those matching `where`); 202 with its id. Daemons write its
+/// chunks (`GET /api/v1/backfills` shows the progress).
+pub(crate) async fn start_backfill(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let body: BackfillBody = if body.iter().all(u8::is_ascii_whitespace) {
+        BackfillBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the body must be empty or a JSON object like {{\"where\": \"status = 'paid'\"}}: {e}"
+            ))
+        })?
+    };
+    let conn = state.pool().get().await?;
+    let id =
+        pgevents_capture::backfill::start(&*conn, state.schema(), &name, body.condition.as_deref())
+            .await
+            .map_err(|e| match e {
+                pgevents_log::Error::NoSuchTrigger(_) => ApiError::NotFound(e.to_string()),
+                pgevents_log::Error::BadBackfillCondition { .. }
+                | pgevents_log::Error::NoPrimaryKey(_)
+                | pgevents_log::Error::NoSuchTable(_) => ApiError::BadRequest(e.to_string()),
+                other => other.into(),
+            })?;
+    tracing::info!(backfill = id, trigger = %name, "backfill started");
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id }))))
+}
+
+/// `GET /api/v1/backfills`: the latest backfills with their progress, newest first.
+pub(crate) async fn backfills(
+    State(state): State<AdminState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let conn = state.pool().get().await?;
+    let backfills = pgevents_log::backfill::list(&conn, state.schema(), MAX_LIMIT).await?;
+    Ok(Json(serde_json::json!({ "backfills": backfills })))
 }
 
 #[cfg(test)]

@@ -155,6 +155,11 @@ fn router(state: AdminState, hosts: Arc<Hosts>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/triggers", get(api::triggers))
         .route("/api/v1/triggers/{name}/invoke", post(api::invoke))
+        .route(
+            "/api/v1/triggers/{name}/backfill",
+            post(api::start_backfill),
+        )
+        .route("/api/v1/backfills", get(api::backfills))
         .route("/api/v1/events", get(api::list))
         .route("/api/v1/events/{id}", get(api::show))
         .route("/api/v1/events/{id}/payload", get(api::payload))

@@ -500,3 +500,74 @@ async fn metrics_move_as_events_flow() {
     assert!(sample(&text, "pgevents_events_captured_total") >= captured0 + 5.0);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_start_over_the_api_and_show_their_progress() {
+    let d = daemon(vec![Table::new("order_events", "orders")], None, true).await;
+    d.sql("INSERT INTO orders SELECT g, 'n' || g FROM generate_series(1, 300) g")
+        .await;
+    let (code, body) = d
+        .post(
+            "/api/v1/triggers/order_events/backfill",
+            r#"{"where": "id <= 100"}"#,
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["id"].as_i64().expect("the backfill's id");
+    eventually(WAIT, "the backfill done", || async {
+        let (_, body) = d.get("/api/v1/backfills").await;
+        body["backfills"][0]["state"] == "done"
+    })
+    .await;
+    let (code, body) = d.get("/api/v1/backfills").await;
+    assert_eq!(code, 200, "{body}");
+    let backfill = &body["backfills"][0];
+    assert_eq!(backfill["id"], id);
+    assert_eq!(backfill["trigger"], "order_events");
+    assert_eq!(backfill["where"], "id <= 100");
+    assert_eq!(backfill["rows_done"], 100);
+    assert!(backfill["rows_estimated"]
+        .as_i64()
+        .is_some_and(|n| n >= 100));
+    let delivered = d.wait_for_events("order_events", "delivered", 400).await;
+    let reads = delivered.iter().filter(|e| e["action"] == "READ").count();
+    assert_eq!(reads, 100, "one READ event per matching row");
+
+    for (path, body, status, needle) in [
+        ("/api/v1/triggers/no_such/backfill", "", 404, "no_such"),
+        (
+            "/api/v1/triggers/order_events/backfill",
+            r#"{"where": "nope = 1"}"#,
+            400,
+            "nope",
+        ),
+        (
+            "/api/v1/triggers/order_events/backfill",
+            "[1",
+            400,
+            "JSON object",
+        ),
+        (
+            "/api/v1/triggers/order_events/backfill",
+            r#"{"limit": 5}"#,
+            400,
+            "limit",
+        ),
+    ] {
+        let (code, answer) = d.post(path, body).await;
+        assert_eq!(code, status, "{path} {body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(needle)),
+            "{path} {body}: {answer} names {needle:?}"
+        );
+    }
+    let (_, body) = d.get("/api/v1/backfills").await;
+    assert_eq!(
+        body["backfills"].as_array().map(Vec::len),
+        Some(1),
+        "refused requests start nothing"
+    );
+    let (code, body) = d.post("/api/v1/triggers/order_events/backfill", "").await;
+    assert_eq!(code, 202, "no body: every row: {body}");
+    d.stop().await;
+}

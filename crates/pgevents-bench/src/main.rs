@@ -4,6 +4,7 @@
 //! cargo run --release -p pgevents-bench -- all            # every scenario, 3 runs each
 //! cargo run --release -p pgevents-bench -- writer --runs 5
 //! cargo run --release -p pgevents-bench -- all --quick    # small sizes: a CI smoke run
+//! cargo run --release -p pgevents-bench -- backfill       # READ rows/s and writers' TPS beside
 //! cargo run --release -p pgevents-bench -- kafka          # needs scripts/start-kafka.sh
 //! ```
 //!
@@ -14,6 +15,7 @@
 //! output. Everything the tool starts (the cluster, pgbench, pg_recvlogical, its own child
 //! processes) is stopped and removed when it ends, also on error or Ctrl-C.
 
+mod backfill;
 mod cluster;
 mod isolation;
 #[cfg(feature = "kafka")]
@@ -37,7 +39,7 @@ use clap::{Parser, Subcommand};
 use crate::cluster::{Bench, Sizes};
 use crate::report::Report;
 
-/// Benchmarks of pgevents: writer overhead, throughput, latency and memory.
+/// Benchmarks of pgevents: writer overhead, throughput, latency, memory, isolation and backfill.
 #[derive(Debug, Parser)]
 #[command(name = "pgevents-bench", version)]
 struct Cli {
@@ -78,6 +80,9 @@ enum Scenario {
     /// Drain rate and latency of a trigger alone and beside another trigger's backlog, dead
     /// webhook, or millions of delivered events, in the same log.
     Isolation(Common),
+    /// READ events/s backfilling a 1,000,000-row table to a handler, and the writers' TPS
+    /// (pgbench UPDATE, 8 clients) with and without the backfill.
+    Backfill(Common),
     /// Every scenario but `kafka`, one after the other, in one table.
     All(Common),
     /// Backlog drain to a Kafka topic (needs a broker: `scripts/start-kafka.sh`).
@@ -120,14 +125,15 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (common, which, kafka) = match cli.scenario {
         Scenario::DrainChild(args) => return memory::child(args).await,
-        Scenario::Writer(c) => (c, [true, false, false, false, false], None),
-        Scenario::Throughput(c) => (c, [false, true, false, false, false], None),
-        Scenario::Latency(c) => (c, [false, false, true, false, false], None),
-        Scenario::Memory(c) => (c, [false, false, false, true, false], None),
-        Scenario::Isolation(c) => (c, [false, false, false, false, true], None),
-        Scenario::All(c) => (c, [true, true, true, true, true], None),
+        Scenario::Writer(c) => (c, [true, false, false, false, false, false], None),
+        Scenario::Throughput(c) => (c, [false, true, false, false, false, false], None),
+        Scenario::Latency(c) => (c, [false, false, true, false, false, false], None),
+        Scenario::Memory(c) => (c, [false, false, false, true, false, false], None),
+        Scenario::Isolation(c) => (c, [false, false, false, false, true, false], None),
+        Scenario::Backfill(c) => (c, [false, false, false, false, false, true], None),
+        Scenario::All(c) => (c, [true; 6], None),
         #[cfg(feature = "kafka")]
-        Scenario::Kafka { common, brokers } => (common, [false; 5], Some(brokers)),
+        Scenario::Kafka { common, brokers } => (common, [false; 6], Some(brokers)),
     };
     let sizes = Sizes::new(common.quick, common.runs, common.events);
     let options = common.listener_pg_options;
@@ -142,7 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn scenarios(
     sizes: Sizes,
     listener_options: Option<&str>,
-    [writer, throughput, latency, memory, isolation]: [bool; 5],
+    [writer, throughput, latency, memory, isolation, backfill]: [bool; 6],
     kafka: Option<&str>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -171,6 +177,9 @@ async fn scenarios(
         }
         if isolation {
             isolation::run(&bench, &mut report).await?;
+        }
+        if backfill {
+            backfill::run(&bench, &mut report).await?;
         }
         #[cfg(feature = "kafka")]
         if let Some(brokers) = kafka {

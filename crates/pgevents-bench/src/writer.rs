@@ -28,7 +28,7 @@ const CLIENTS: u32 = 8;
 const SLOT: &str = "bench_writer";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Workload {
+pub(crate) enum Workload {
     Insert,
     Update,
 }
@@ -41,7 +41,8 @@ impl Workload {
         }
     }
 
-    fn script(self) -> String {
+    /// The pgbench script (`:rows` rows for UPDATE).
+    pub(crate) fn script(self) -> String {
         match self {
             Workload::Insert => format!(
                 "\\set r random(1, 1000000)\nINSERT INTO {TABLE} (v, note) VALUES (:r, '{}');\n",

@@ -19,6 +19,8 @@ pub struct TableInfo {
     /// The primary key, else the replica identity index: what identifies "the same row" for
     /// per-row ordering.
     pub key_columns: Vec<String>,
+    /// The SQL types of `key_columns` (`format_type`), in the same order.
+    pub key_types: Vec<String>,
 }
 
 /// Reads `table` from the catalog; `None` when it does not exist (or is not a table).
@@ -52,9 +54,9 @@ pub async fn describe_table(
         .into_iter()
         .map(|r| r.get(0))
         .collect();
-    let key_columns = client
+    let (key_columns, key_types) = client
         .query(
-            "SELECT a.attname::text
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
                FROM pg_index i
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
@@ -68,13 +70,14 @@ pub async fn describe_table(
         .await
         .map_err(|e| Error::query(format!("reading the primary key of {table}"), e))?
         .into_iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .unzip();
     Ok(Some(TableInfo {
         oid,
         replica_identity: replica_identity as u8,
         identity_index: row.get(2),
         columns,
         key_columns,
+        key_types,
     }))
 }

@@ -3,8 +3,10 @@
 //! [`trigger`] installs, for each watched table, AFTER ROW triggers (and a statement-level
 //! TRUNCATE trigger when asked) whose function appends the change to the log's `capture`
 //! table inside the writer's own transaction: a rolled-back write leaves no event, and a
-//! committed one cannot be lost, whatever the dispatcher is doing.
+//! committed one cannot be lost, whatever the dispatcher is doing. [`backfill`] starts
+//! backfills: a `READ` event for every existing row, with the same keys and images.
 
+pub mod backfill;
 pub mod catalog;
 pub mod condition;
 pub mod trigger;

@@ -1,4 +1,5 @@
-//! The daemon's commands: `run`, `check`, `install`, `uninstall`, `status`, `events`, `invoke`.
+//! The daemon's commands: `run`, `check`, `install`, `uninstall`, `status`, `events`, `invoke`,
+//! `backfill`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,25 @@ pub enum Command {
         /// The event's data, as JSON.
         #[arg(long, value_name = "JSON")]
         data: String,
+    },
+    /// An event (action READ) for every existing row of the trigger's table, or those matching
+    /// --where, woven into the live stream; prints progress. If stopped, `pgevents run`
+    /// continues it.
+    Backfill {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The trigger's name.
+        #[arg(required_unless_present_any = ["status", "cancel"])]
+        trigger: Option<String>,
+        /// Only rows matching this SQL condition on the table's columns.
+        #[arg(long = "where", value_name = "SQL", conflicts_with_all = ["status", "cancel"])]
+        condition: Option<String>,
+        /// List backfills and their progress.
+        #[arg(long, conflicts_with_all = ["trigger", "cancel"])]
+        status: bool,
+        /// Stop a running backfill (its id), or every running backfill of a trigger (its name).
+        #[arg(long, value_name = "ID|TRIGGER", conflicts_with = "trigger")]
+        cancel: Option<String>,
     },
 }
 
@@ -224,6 +244,57 @@ async fn execute(command: Command) -> Result<(), DaemonError> {
             Ok(())
         }
         Command::Events { command } => events(command).await,
+        Command::Backfill {
+            config,
+            trigger,
+            condition,
+            status,
+            cancel,
+        } => {
+            let config = load(&config)?;
+            match (trigger, cancel) {
+                (_, Some(target)) => {
+                    let ids = pgevents_daemon::cancel_backfill(&config, &target).await?;
+                    println!(
+                        "cancelled backfill {}",
+                        ids.iter()
+                            .map(i64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    Ok(())
+                }
+                (Some(trigger), None) if !status => {
+                    crate::progress::backfill(&config, &trigger, condition.as_deref()).await
+                }
+                _ => {
+                    let mut rows = vec![[
+                        "ID".to_string(),
+                        "TRIGGER".into(),
+                        "STATE".into(),
+                        "ROWS".into(),
+                        "ESTIMATED".into(),
+                        "STARTED".into(),
+                        "WHERE".into(),
+                        "ERROR".into(),
+                    ]];
+                    for b in pgevents_daemon::backfills(&config).await? {
+                        rows.push([
+                            b.id.to_string(),
+                            b.trigger.clone(),
+                            word(b.state),
+                            b.rows_done.to_string(),
+                            b.rows_estimated.to_string(),
+                            b.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            b.condition.clone().unwrap_or_else(|| "-".into()),
+                            b.error.clone().unwrap_or_default(),
+                        ]);
+                    }
+                    print_table(&rows);
+                    Ok(())
+                }
+            }
+        }
         Command::Invoke {
             config,
             trigger,
@@ -280,10 +351,7 @@ async fn events(command: EventsCommand) -> Result<(), DaemonError> {
                     e.id.to_string(),
                     e.trigger.clone(),
                     e.action.clone(),
-                    serde_json::to_value(e.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(String::from))
-                        .unwrap_or_default(),
+                    word(e.status),
                     e.attempts.to_string(),
                     e.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                     e.last_error
@@ -330,6 +398,14 @@ async fn events(command: EventsCommand) -> Result<(), DaemonError> {
             Ok(())
         }
     }
+}
+
+/// A state or status as its JSON spelling (`pending`, `done`, ...).
+fn word(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 fn names(config: &Config) -> String {

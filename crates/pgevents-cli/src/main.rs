@@ -4,6 +4,7 @@
 mod daemon;
 mod demo;
 mod init;
+mod progress;
 mod signals;
 
 use std::process::ExitCode;

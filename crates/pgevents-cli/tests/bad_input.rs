@@ -266,7 +266,7 @@ async fn missing_privileges_are_named_with_the_grant_that_fixes_them() {
         &[],
         &[
             "USAGE on schema pgevents",
-            "SELECT, INSERT, UPDATE, DELETE on tables pgevents.attempt, pgevents.capture, pgevents.event",
+            "SELECT, INSERT, UPDATE, DELETE on tables pgevents.attempt, pgevents.backfill, pgevents.capture, pgevents.event",
             "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"pgevents\" TO pgevents_noacl_",
         ],
     );

@@ -1,6 +1,7 @@
 //! Integration tests of the `pgevents` binary, in one test binary: the real daemon against a
 //! real PostgreSQL, real HTTP receivers, and injected faults.
 
+mod backfill;
 mod bad_input;
 mod console;
 mod daemon;

@@ -463,9 +463,9 @@ fn operations(texts: Option<Vec<String>>, path: &str, problems: &mut Problems) -
     let mut found = Vec::new();
     for (i, text) in texts.iter().enumerate() {
         match text.trim().parse::<Action>() {
-            Ok(Action::Manual) => problems.push(
+            Ok(action) if !action.is_captured() => problems.push(
                 format!("{path}[{i}]"),
-                "MANUAL events are made by `pgevents invoke`, not captured; remove it from operations",
+                format!("{action} events are made by `pgevents invoke` and `pgevents backfill`, not captured; remove it from operations"),
             ),
             Ok(action) => found.push(action),
             Err(_) => problems.push(

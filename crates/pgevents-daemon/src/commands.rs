@@ -455,7 +455,23 @@ pub async fn status(config: &Config) -> Result<Status, DaemonError> {
     })
 }
 
-async fn open(config: &Config) -> Result<(Client, LogSchema, u16), DaemonError> {
+/// Fails with a usage error naming the config's triggers when it has none named `trigger`.
+pub(crate) fn known_trigger(config: &Config, trigger: &str) -> Result<(), DaemonError> {
+    if config.trigger(trigger).is_some() {
+        return Ok(());
+    }
+    Err(DaemonError::Usage(format!(
+        "no trigger named {trigger:?} in {}: use one of {:?}",
+        config.source,
+        config
+            .triggers
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+    )))
+}
+
+pub(crate) async fn open(config: &Config) -> Result<(Client, LogSchema, u16), DaemonError> {
     let schema = schema(config)?;
     let client = connect(config).await?;
     let salt = pgevents_log::salt(&client, &schema).await?;
@@ -517,17 +533,7 @@ pub async fn invoke(
     trigger: &str,
     data: &serde_json::Value,
 ) -> Result<uuid::Uuid, DaemonError> {
-    if config.trigger(trigger).is_none() {
-        return Err(DaemonError::Usage(format!(
-            "no trigger named {trigger:?} in {}: use one of {:?}",
-            config.source,
-            config
-                .triggers
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>()
-        )));
-    }
+    known_trigger(config, trigger)?;
     let (client, schema, salt) = open(config).await?;
     let id = pgevents_log::store::triggers(&client, &schema)
         .await?

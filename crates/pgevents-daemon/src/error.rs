@@ -69,6 +69,9 @@ impl From<pgevents_log::Error> for DaemonError {
             | E::NoSuchTable(_)
             | E::NoSuchColumn { .. }
             | E::BadCondition { .. }
+            | E::NoSuchTrigger(_)
+            | E::BadBackfillCondition { .. }
+            | E::NoPrimaryKey(_)
             | E::Unorderable(_)
             | E::TooNew { .. }
             | E::NotInstalled(_)

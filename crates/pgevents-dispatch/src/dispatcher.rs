@@ -331,6 +331,14 @@ impl Dispatcher {
             shared.clone(),
             stop_settler_rx,
         ));
+        // Backfills are written beside delivery, on a connection of their own; a chunk is short,
+        // so the worker stops between two of them at shutdown.
+        let (stop_backfills, backfills_stopped) = watch::channel(false);
+        let backfills = tokio::spawn(crate::backfill::run(
+            self.url.clone(),
+            self.schema.clone(),
+            backfills_stopped,
+        ));
         let mut deliveries = JoinSet::new();
         let mut claim = ClaimLoop {
             dispatcher: &self,
@@ -349,6 +357,10 @@ impl Dispatcher {
         };
         tokio::pin!(shutdown);
         claim.run(&mut deliveries, &mut shutdown).await;
+        let _ = stop_backfills.send(true);
+        if let Err(error) = backfills.await {
+            tracing::error!(%error, "the backfill task failed");
+        }
 
         // Drain: let in-flight deliveries finish (bounded), then give back what is left.
         let deadline = tokio::time::Instant::now() + self.options.drain_timeout;

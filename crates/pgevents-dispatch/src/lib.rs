@@ -9,8 +9,11 @@
 //! It learns of new events within milliseconds through a notification, but never depends on
 //! one: it looks at the log after start, after every reconnect and on a timer.
 //!
+//! Beside delivery, it writes the chunks of running backfills ([`backfill`]).
+//!
 //! It reports how it fares through a [`Health`] handle and the metrics of [`telemetry`].
 
+pub mod backfill;
 mod breaker;
 mod deliver;
 mod dispatcher;

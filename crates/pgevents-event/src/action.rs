@@ -15,6 +15,8 @@ pub enum Action {
     Truncate,
     /// An event created by hand (`invoke`), not by a row change.
     Manual,
+    /// A row as it was when a backfill read it (`backfill`), not a change.
+    Read,
 }
 
 /// A string or code that names no [`Action`].
@@ -25,7 +27,7 @@ impl fmt::Display for UnknownAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown action {:?}: expected INSERT, UPDATE, DELETE, TRUNCATE or MANUAL",
+            "unknown action {:?}: expected INSERT, UPDATE, DELETE, TRUNCATE, MANUAL or READ",
             self.0
         )
     }
@@ -42,6 +44,7 @@ impl Action {
             Action::Delete => "DELETE",
             Action::Truncate => "TRUNCATE",
             Action::Manual => "MANUAL",
+            Action::Read => "READ",
         }
     }
 
@@ -53,7 +56,15 @@ impl Action {
             Action::Delete => b'D',
             Action::Truncate => b'T',
             Action::Manual => b'M',
+            Action::Read => b'R',
         }) as i8
+    }
+
+    /// True for the row changes capture records (INSERT, UPDATE, DELETE, TRUNCATE); false
+    /// for the events pgevents makes itself (MANUAL by `invoke`, READ by `backfill`), which
+    /// a trigger's `operations` cannot name.
+    pub fn is_captured(self) -> bool {
+        !matches!(self, Action::Manual | Action::Read)
     }
 
     /// The action for a one-letter log code.
@@ -64,6 +75,7 @@ impl Action {
             b'D' => Ok(Action::Delete),
             b'T' => Ok(Action::Truncate),
             b'M' => Ok(Action::Manual),
+            b'R' => Ok(Action::Read),
             other => Err(UnknownAction(char::from(other).to_string())),
         }
     }
@@ -85,6 +97,7 @@ impl std::str::FromStr for Action {
             Action::Delete,
             Action::Truncate,
             Action::Manual,
+            Action::Read,
         ]
         .into_iter()
         .find(|a| a.as_str().eq_ignore_ascii_case(s))
@@ -104,9 +117,11 @@ mod tests {
             Action::Delete,
             Action::Truncate,
             Action::Manual,
+            Action::Read,
         ] {
             assert_eq!(Action::from_code(a.code()), Ok(a));
             assert_eq!(a.as_str().parse::<Action>(), Ok(a));
+            assert_eq!(a.is_captured(), !matches!(a, Action::Manual | Action::Read));
         }
         assert!(Action::from_code(b'x' as i8).is_err());
         assert!("upsert".parse::<Action>().is_err());

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::Event;
+use crate::{Action, Event};
 
 /// Which JSON body an event is delivered as.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -68,7 +68,11 @@ impl Format {
                 out.push_str(",\"max_retries\":");
                 out.push_str(&attempt.max_retries.to_string());
                 out.push_str("},\"event\":{\"op\":\"");
-                out.push_str(event.action().as_str());
+                // Hasura sends a row read by hand as a manual invocation on that row.
+                out.push_str(match event.action() {
+                    Action::Read => Action::Manual.as_str(),
+                    action => action.as_str(),
+                });
                 out.push_str("\",\"session_variables\":null,\"trace_context\":{\"trace_id\":\"");
                 out.push_str(&simple);
                 out.push_str("\",\"span_id\":\"");
@@ -95,23 +99,27 @@ fn push_json_str(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Action, EventParts};
+    use crate::EventParts;
     use serde_json::Value;
 
-    #[test]
-    fn hasura_body_has_hasuras_keys() {
-        let e = Event::from_parts(EventParts {
+    fn event(action: Action, old: Option<&str>, new: Option<&str>) -> Event {
+        Event::from_parts(EventParts {
             seq: 1,
             salt: 1,
             created_at: chrono::Utc::now(),
             trigger: "order_events".into(),
             schema: "public".into(),
             table: "orders".into(),
-            action: Action::Update,
-            old: Some(r#"{"id":1}"#.into()),
-            new: Some(r#"{"id":2}"#.into()),
+            action,
+            old: old.map(String::from),
+            new: new.map(String::from),
             ordering_key: None,
-        });
+        })
+    }
+
+    #[test]
+    fn hasura_body_has_hasuras_keys() {
+        let e = event(Action::Update, Some(r#"{"id":1}"#), Some(r#"{"id":2}"#));
         let body = Format::Hasura.encode(
             &e,
             &Attempt {
@@ -130,5 +138,19 @@ mod tests {
         assert_eq!(v["delivery_info"]["current_retry"], 2);
         assert_eq!(v["delivery_info"]["max_retries"], 5);
         assert!(v["event"]["trace_context"]["trace_id"].is_string());
+    }
+
+    #[test]
+    fn a_read_row_is_a_manual_op_for_hasura_and_read_in_the_seed() {
+        let e = event(Action::Read, None, Some(r#"{"id":2}"#));
+        let hasura: Value = serde_json::from_slice(&Format::Hasura.encode(&e, &Attempt::default()))
+            .unwrap_or_default();
+        assert_eq!(hasura["event"]["op"], "MANUAL");
+        assert_eq!(hasura["event"]["data"]["new"]["id"], 2);
+        assert!(hasura["event"]["data"]["old"].is_null());
+        let seed: Value = serde_json::from_slice(&Format::Seed.encode(&e, &Attempt::default()))
+            .unwrap_or_default();
+        assert_eq!(seed["action"], "READ");
+        assert!(seed["data"]["old"].is_null());
     }
 }

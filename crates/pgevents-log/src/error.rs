@@ -65,6 +65,22 @@ pub enum Error {
         /// What PostgreSQL (or pgevents) said about it.
         detail: String,
     },
+    /// No trigger of that name is registered in the log (or its capture was removed).
+    #[error("no trigger named {0:?} is installed: name one of the config's triggers and run `pgevents install` if it is new")]
+    NoSuchTrigger(String),
+    /// A backfill's condition is not a valid condition on its table's rows.
+    #[error("the backfill condition {condition:?} on table {table} cannot select its rows: {detail}; give an SQL condition on the table's columns (without subqueries), e.g. \"status = 'paid'\"")]
+    BadBackfillCondition {
+        /// The table.
+        table: String,
+        /// The condition as written.
+        condition: String,
+        /// What PostgreSQL (or pgevents) said about it.
+        detail: String,
+    },
+    /// A backfill was asked of a table without a primary key.
+    #[error("table {0} has no primary key (nor a replica identity index): a backfill reads rows in key order, chunk after chunk; add a primary key to backfill it")]
+    NoPrimaryKey(String),
     /// Per-row ordering was asked of a table that cannot tell its rows apart.
     #[error("table {0} has neither a primary key nor a replica identity index, so its events cannot be ordered per row: add a primary key, or set the trigger's ordering = \"table\" (all its events in commit order) or ordering = \"none\" (no order)")]
     Unorderable(String),
@@ -115,6 +131,12 @@ impl Error {
     /// and a later attempt may succeed.
     pub fn is_lock_timeout(&self) -> bool {
         self.code() == Some("55P03")
+    }
+
+    /// True when a statement gave way to another transaction's lock: a lock timeout, or
+    /// the deadlock detector chose it. A later attempt may succeed.
+    pub fn is_lock_conflict(&self) -> bool {
+        matches!(self.code(), Some("55P03" | "40P01"))
     }
 
     /// The SQLSTATE of a database error, if any.

@@ -6,6 +6,7 @@
 //! [`store::settle`] the outcomes in batches. Everything lives in one schema (default
 //! `pgevents`), installed idempotently by [`install`] and versioned by [`SCHEMA_VERSION`].
 
+pub mod backfill;
 pub mod browse;
 mod connect;
 mod error;

@@ -56,6 +56,19 @@ impl Ordering {
             other => other.as_str().into(),
         }
     }
+
+    /// The ordering [`Ordering::to_json`] recorded, or `None` for JSON it does not write.
+    pub fn from_json(value: &serde_json::Value) -> Option<Ordering> {
+        match value.as_str() {
+            Some("row") => Some(Ordering::Row),
+            Some("table") => Some(Ordering::Table),
+            Some("none") => Some(Ordering::None),
+            Some(_) => None,
+            None => serde_json::from_value(value.get("columns")?.clone())
+                .ok()
+                .map(Ordering::Columns),
+        }
+    }
 }
 
 impl std::fmt::Display for Ordering {
@@ -187,5 +200,9 @@ mod tests {
             serde_json::json!({"columns": ["account_id"]})
         );
         assert_eq!(Ordering::Row.to_json(), serde_json::json!("row"));
+        for ordering in [Ordering::Row, Ordering::Table, Ordering::None, group] {
+            assert_eq!(Ordering::from_json(&ordering.to_json()), Some(ordering));
+        }
+        assert_eq!(Ordering::from_json(&serde_json::json!("rows")), None);
     }
 }

@@ -9,7 +9,9 @@ use crate::{quote_ident, quote_literal, Error};
 ///
 /// Version 2: per-trigger due index and claims, key-change (`old_key`) and TRUNCATE ordering,
 /// removed triggers, the installed script's hash.
-pub const SCHEMA_VERSION: i32 = 2;
+///
+/// Version 3: backfills (the `backfill` table).
+pub const SCHEMA_VERSION: i32 = 3;
 
 const SCHEMA_SQL: &str = include_str!("../sql/schema.sql");
 

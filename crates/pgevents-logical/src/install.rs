@@ -5,7 +5,6 @@
 //! replica identity back.
 
 use pgevents_capture::TriggerSpec;
-use pgevents_event::Action;
 use pgevents_log::{quote_ident, LogSchema, QualifiedName};
 use tokio_postgres::{Client, GenericClient};
 
@@ -68,7 +67,7 @@ pub async fn register_table(
     {
         return Err(missing.into());
     }
-    if let Some(bad) = spec.operations.iter().find(|a| **a == Action::Manual) {
+    if let Some(bad) = spec.operations.iter().find(|a| !a.is_captured()) {
         return Err(Error::Invalid(format!(
             "trigger {:?}: {bad} is not a capturable operation; use INSERT, UPDATE, DELETE or TRUNCATE",
             spec.name

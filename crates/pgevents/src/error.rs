@@ -33,7 +33,7 @@ impl Error {
 
     /// True when the error is about the caller's input (a table or column that does not
     /// exist, a bad name, a table registered twice, per-row order asked of a table without a
-    /// key) rather than the database.
+    /// key, a backfill of an unknown table or with a bad condition) rather than the database.
     pub fn is_usage(&self) -> bool {
         matches!(
             &self.0,
@@ -44,6 +44,9 @@ impl Error {
                         | pgevents_log::Error::NoSuchColumn { .. }
                         | pgevents_log::Error::BadCondition { .. }
                         | pgevents_log::Error::Unorderable(_)
+                        | pgevents_log::Error::NoSuchTrigger(_)
+                        | pgevents_log::Error::BadBackfillCondition { .. }
+                        | pgevents_log::Error::NoPrimaryKey(_)
                 )
         )
     }

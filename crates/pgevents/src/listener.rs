@@ -7,6 +7,7 @@ use std::time::Duration;
 use pgevents_capture::TriggerSpec;
 use pgevents_dispatch::{Dispatcher, Options, Route};
 use pgevents_event::Action;
+use pgevents_log::backfill::Backfill;
 use pgevents_log::{LogSchema, Ordering, QualifiedName};
 use pgevents_sink::{DynSink, RetryPolicy, Sink};
 
@@ -78,6 +79,10 @@ impl std::fmt::Debug for ListenerBuilder {
 
 /// Handlers bound to an installed event log, ready to [`run`](Listener::run).
 pub struct Listener {
+    url: String,
+    schema: LogSchema,
+    /// The registered tables' trigger names (`schema.table`).
+    triggers: Vec<String>,
     dispatcher: Dispatcher,
     /// The WAL reader, in logical capture mode.
     capture: Option<pgevents_logical::LogicalCapture>,
@@ -100,6 +105,38 @@ impl Listener {
             entries: Vec::new(),
             logical: None,
         }
+    }
+
+    /// Starts a backfill of `table` (as given to [`on`](ListenerBuilder::on)): an event with
+    /// action [`Action::Read`] (`new` = the row) for every row of the table, or every row
+    /// matching `condition` (SQL on the table's columns), delivered to the table's handler in
+    /// primary-key order, woven into its live events so that each row's last event carries
+    /// its current state. Returns the backfill's id ([`backfills`](Self::backfills) shows its
+    /// progress). The chunks are written by [`run`](Self::run) — by any listener or daemon on
+    /// this log — in short transactions, and a backfill interrupted by a restart continues
+    /// where it was.
+    ///
+    /// Fails, starting nothing, with an error for which [`Error::is_usage`] holds when the
+    /// table is not one of this listener's, has no primary key, or `condition` is not a valid
+    /// condition on its rows.
+    pub async fn backfill(&self, table: &str, condition: Option<&str>) -> Result<i64, Error> {
+        let name = QualifiedName::parse(table)
+            .map_err(|e| Error::usage(e.to_string()))?
+            .to_string();
+        if !self.triggers.contains(&name) {
+            return Err(Error::usage(format!(
+                "table {name} has no handler on this listener: backfill one of {:?}",
+                self.triggers
+            )));
+        }
+        let client = pgevents_log::connect(&self.url, None).await?;
+        Ok(pgevents_capture::backfill::start(&client, &self.schema, &name, condition).await?)
+    }
+
+    /// Every backfill of this event log with its progress, newest first.
+    pub async fn backfills(&self) -> Result<Vec<Backfill>, Error> {
+        let client = pgevents_log::connect(&self.url, None).await?;
+        Ok(pgevents_log::backfill::list(&client, &self.schema, i64::MAX).await?)
     }
 
     /// Delivers events until `shutdown` completes, then drains: in-flight deliveries finish
@@ -236,12 +273,7 @@ impl ListenerBuilder {
                     "table {name} is registered twice: give it one handler"
                 )));
             }
-            if let Some(bad) = entry
-                .options
-                .operations
-                .iter()
-                .find(|a| matches!(a, Action::Manual))
-            {
+            if let Some(bad) = entry.options.operations.iter().find(|a| !a.is_captured()) {
                 return Err(Error::usage(format!(
                     "table {name}: {bad} is not a capturable operation; use INSERT, UPDATE, DELETE or TRUNCATE"
                 )));
@@ -315,7 +347,16 @@ impl ListenerBuilder {
             None => None,
         };
         Ok(Listener {
-            dispatcher: Dispatcher::new(self.url, schema, salt, routes, self.options),
+            triggers: specs.iter().map(|(spec, _)| spec.name.clone()).collect(),
+            dispatcher: Dispatcher::new(
+                self.url.clone(),
+                schema.clone(),
+                salt,
+                routes,
+                self.options,
+            ),
+            url: self.url,
+            schema,
             capture,
         })
     }

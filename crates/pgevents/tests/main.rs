@@ -1,5 +1,6 @@
 //! Integration tests of the pgevents library against a real PostgreSQL.
 
+mod backfill;
 mod filters;
 mod ordering;
 mod support;

@@ -1,7 +1,8 @@
 //! The console in a real browser: headless Chromium (Debian's `chromium`), driven through
 //! `chromedriver` (Debian's `chromium-driver`) over the W3C WebDriver protocol, finds a
-//! failed event, redelivers it and sees it delivered; the screenshot is saved as
-//! `<target>/console-redeliver.png`.
+//! failed event, redelivers it and sees it delivered, then backfills a trigger's rows and sees
+//! the backfill done; the screenshots are saved as `<target>/console-redeliver.png` and
+//! `<target>/console-backfill.png`.
 
 use crate::support::{daemon, Mode, Table};
 
@@ -84,7 +85,17 @@ async fn the_console_redelivers_a_failed_event_in_chromium() {
                 "0",
             )
             .await?;
-        browser.screenshot("console-redeliver.png").await
+        browser.screenshot("console-redeliver.png").await?;
+        // A backfill of two invoices, started from the trigger's row, shows up done.
+        browser
+            .click("#triggers tr[data-trigger='invoice_events'] .backfill")
+            .await?;
+        browser.type_into("#backfill-where", "id <= 2").await?;
+        browser.click("#backfill-submit").await?;
+        browser
+            .wait_for_text("#backfills tbody tr[data-state='done'] .rows-done", "2")
+            .await?;
+        browser.screenshot("console-backfill.png").await
     };
     let steps = steps.await;
     browser.finish(steps, "console").await;

@@ -106,6 +106,7 @@ async fn cross_site_posts_are_refused(token: Option<&str>) {
     let paths = [
         format!("/api/v1/events/{id}/redeliver"),
         "/api/v1/triggers/order_events/invoke".to_string(),
+        "/api/v1/triggers/order_events/backfill".to_string(),
     ];
     let before = log_state(&d).await;
 

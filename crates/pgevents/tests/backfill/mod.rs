@@ -1,0 +1,302 @@
+//! Backfills through the library: a table of 100,000 rows read while a writer updates,
+//! deletes and inserts random rows at a steady rate, in trigger and in logical capture mode.
+//! The handler keeps a copy of the table by applying events in delivery order (READ, INSERT
+//! and UPDATE as an upsert, DELETE as a delete); at the end the copy equals the table, and
+//! every row's events arrived in log order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgevents::{Action, BackfillState, Event, Listener};
+
+use crate::support::{connect, db, eventually, Db};
+
+const ROWS: i64 = 100_000;
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// The consumer: a copy of the table built from events, and what it saw of their order.
+#[derive(Default)]
+struct Replica {
+    rows: HashMap<i64, String>,
+    /// Each row's last delivered event position.
+    last_seq: HashMap<i64, i64>,
+    /// Events delivered after a later event of their row (should stay empty).
+    out_of_order: Vec<String>,
+    reads: i64,
+    changes: i64,
+}
+
+impl Replica {
+    fn apply(&mut self, event: &Event) {
+        let image = match event.action() {
+            Action::Delete => event.old(),
+            _ => event.new(),
+        };
+        let Some(id) = image.and_then(|row| row["id"].as_i64()) else {
+            self.out_of_order
+                .push(format!("event {} without a row id", event.id()));
+            return;
+        };
+        let seq = event.seq();
+        if let Some(last) = self.last_seq.insert(id, seq) {
+            if last >= seq {
+                self.out_of_order.push(format!(
+                    "row {id}: {} at {seq} after an event at {last}",
+                    event.action()
+                ));
+            }
+        }
+        match event.action() {
+            Action::Delete => {
+                self.rows.remove(&id);
+            }
+            _ => {
+                self.rows
+                    .insert(id, event.new_json().unwrap_or_default().to_string());
+            }
+        }
+        match event.action() {
+            Action::Read => self.reads += 1,
+            _ => self.changes += 1,
+        }
+    }
+}
+
+/// A writer: every couple of milliseconds, one transaction updating, deleting or inserting
+/// a row (half of them just ahead of the backfill); counts its commits.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    commits: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    async fn start(url: &str) -> Writer {
+        let client = connect(url).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(AtomicI64::new(0));
+        let (s, c) = (stop.clone(), commits.clone());
+        let task = tokio::spawn(async move {
+            let mut next_id = ROWS + 1;
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            let mut n: u64 = 0;
+            let mut cursor = 0i64;
+            while !s.load(Ordering::Relaxed) {
+                tick.tick().await;
+                n += 1;
+                if n.is_multiple_of(50) {
+                    // Where a backfill stands: the rows it reads next are the likeliest to
+                    // race a chunk.
+                    cursor = client
+                        .query_one(
+                            "SELECT coalesce((SELECT max(rows_done) FROM pgevents.backfill), 0)",
+                            &[],
+                        )
+                        .await
+                        .map_or(0, |r| r.get(0));
+                }
+                // A cheap deterministic spread: odd writes over the whole table, even ones
+                // over the next few thousand rows the backfill reads.
+                let spread = (n.wrapping_mul(2_654_435_761) % ROWS as u64) as i64;
+                let id = if n.is_multiple_of(2) {
+                    (cursor + spread % 6000) % ROWS + 1
+                } else {
+                    spread + 1
+                };
+                let sql = match n % 10 {
+                    0 => format!("DELETE FROM items WHERE id = {id}"),
+                    1 => {
+                        next_id += 1;
+                        format!("INSERT INTO items (id, v, note) VALUES ({next_id}, 0, 'new')")
+                    }
+                    _ => format!("UPDATE items SET v = v + 1, note = 'w{n}' WHERE id = {id}"),
+                };
+                client.batch_execute(&sql).await.expect("writer statement");
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Writer {
+            stop,
+            commits,
+            task,
+        }
+    }
+
+    async fn stop(self) -> i64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("writer task");
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+async fn table(db: &Db) -> HashMap<i64, String> {
+    db.client
+        .query("SELECT id, to_json(t)::text FROM items t", &[])
+        .await
+        .expect("read the table")
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn consistent_while_writers_write(logical: Option<&str>) {
+    let db = db().await;
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, v bigint NOT NULL, note text);
+             INSERT INTO items SELECT g, 0, 'seed ' || g FROM generate_series(1, {ROWS}) g;
+             ANALYZE items"
+        ))
+        .await
+        .expect("table");
+    let copy = Arc::new(Mutex::new(Replica::default()));
+    let c = copy.clone();
+    let mut builder = Listener::builder(&db.url).on("items", move |event: Event| {
+        c.lock().expect("copy").apply(&event);
+        std::future::ready(Ok::<_, std::convert::Infallible>(()))
+    });
+    if let Some(name) = logical {
+        builder = builder.capture_logical(name, name);
+    }
+    let listener = builder.build().await.expect("listener");
+    let writer = Writer::start(&db.url).await;
+    eventually(LIMIT, "the writer writing", || {
+        let n = writer.commits.load(Ordering::Relaxed);
+        async move { n >= 50 }
+    })
+    .await;
+    let id = listener.backfill("items", None).await.expect("backfill");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(listener.run(async move {
+        let _ = stopped.await;
+    }));
+    let started = Instant::now();
+    let during = writer.commits.load(Ordering::Relaxed);
+    eventually(LIMIT, "the backfill done", || {
+        let client = &db.client;
+        async move {
+            client
+                .query_one("SELECT state FROM pgevents.backfill WHERE id = $1", &[&id])
+                .await
+                .expect("backfill state")
+                .get::<_, String>(0)
+                == "done"
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    let written = writer.stop().await;
+    assert!(
+        written - during >= 20,
+        "the writer kept writing during the backfill ({} commits in {took:?})",
+        written - during
+    );
+    let expected = table(&db).await;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let same = copy.lock().expect("copy").rows == expected;
+        if same {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the consumer's copy never equalled the table: {} rows in the copy, {} in the table",
+            copy.lock().expect("copy").rows.len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = stop.send(());
+    running.await.expect("listener task").expect("listener run");
+    let rows_done: i64 = db
+        .client
+        .query_one(
+            "SELECT rows_done FROM pgevents.backfill WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("rows done")
+        .get(0);
+    let copy = copy.lock().expect("copy");
+    assert!(
+        copy.out_of_order.is_empty(),
+        "every row's events in log order: {:?}",
+        &copy.out_of_order[..copy.out_of_order.len().min(10)]
+    );
+    assert_eq!(copy.reads, rows_done, "one READ per row read, none twice");
+    assert!(
+        copy.reads >= ROWS * 8 / 10,
+        "most rows were read ({} READ events)",
+        copy.reads
+    );
+    assert!(copy.changes > 0, "live changes were delivered too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_under_writes_leaves_the_consumer_equal_to_the_table_in_trigger_mode() {
+    consistent_while_writers_write(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_under_writes_leaves_the_consumer_equal_to_the_table_in_logical_mode() {
+    consistent_while_writers_write(Some("pgevents_backfill_test")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_refuses_bad_input_and_starts_nothing() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE keyed (id int PRIMARY KEY, status text);
+             CREATE TABLE loose (n int, status text);",
+        )
+        .await
+        .expect("tables");
+    let listener = Listener::builder(&db.url)
+        .on("keyed", |_: Event| async {
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .on_with(
+            "loose",
+            |_: Event| async { Ok::<_, std::convert::Infallible>(()) },
+            pgevents::TableOptions {
+                ordering: pgevents::Ordering::None,
+                ..Default::default()
+            },
+        )
+        .build()
+        .await
+        .expect("listener");
+    for (table, condition, needle) in [
+        ("elsewhere", None, "no handler"),
+        ("loose", None, "no primary key"),
+        ("keyed", Some("colour = 'red'"), "colour"),
+        ("keyed", Some("status = "), "syntax error"),
+        ("keyed", Some("true; DROP TABLE keyed"), "cannot select"),
+    ] {
+        let e = listener
+            .backfill(table, condition)
+            .await
+            .expect_err("refused");
+        assert!(e.is_usage(), "{table} {condition:?}: a usage error: {e}");
+        assert!(
+            e.to_string().contains(needle),
+            "{table} {condition:?}: {e} names {needle:?}"
+        );
+    }
+    assert!(
+        listener.backfills().await.expect("list").is_empty(),
+        "nothing started"
+    );
+    let id = listener
+        .backfill("keyed", Some("status = 'paid'"))
+        .await
+        .expect("a good condition");
+    let all = listener.backfills().await.expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].id, id);
+    assert_eq!(all[0].state, BackfillState::Running);
+    assert_eq!(all[0].condition.as_deref(), Some("status = 'paid'"));
+}
