@@ -8,7 +8,10 @@
 //! trigger's breaker opens:
 //! its events stay pending, untouched (no attempt is spent on them), while the claim step
 //! gives it no slot. When the cool-down ends one event is let through as a probe; a
-//! delivery closes the breaker, a failure opens it again for twice as long. Cool-downs
+//! delivery closes the breaker, a failure opens it again for twice as long. Until a
+//! trigger's first delivery, and while failures run on with no delivery between them, it
+//! has at most [`TRIP_AFTER`] events in flight ([`Allowance::Trial`]): a dead destination
+//! costs that many failed attempts before its breaker opens, not a whole claim's worth. Cool-downs
 //! follow the trigger's own retry policy, from `initial_interval` up to `max_interval`, so
 //! a destination that comes back is used again no later than its events' own retries would
 //! have found it.
@@ -28,6 +31,9 @@ pub(crate) const TRIP_AFTER: u32 = 20;
 pub(crate) enum Allowance {
     /// Its share, as usual.
     Closed,
+    /// Up to [`TRIP_AFTER`] events in flight: it has not delivered yet, or its last
+    /// attempts failed.
+    Trial,
     /// One event, and only while none of its events is in flight.
     Probe,
     /// Nothing until the cool-down ends.
@@ -40,6 +46,8 @@ struct Breaker {
     first: Duration,
     longest: Duration,
     failures: u32,
+    /// Whether it delivered anything yet.
+    proven: bool,
     open: Option<Open>,
 }
 
@@ -71,6 +79,7 @@ impl Breakers {
                         first,
                         longest: policy.max_interval.max(first),
                         failures: 0,
+                        proven: false,
                         open: None,
                     },
                 )
@@ -81,10 +90,14 @@ impl Breakers {
 
     /// What `trigger` may claim at `now`.
     pub(crate) fn allowance(&self, trigger: i32, now: Instant) -> Allowance {
-        match self.by_trigger.get(&trigger).and_then(|b| b.open) {
-            None => Allowance::Closed,
+        let Some(breaker) = self.by_trigger.get(&trigger) else {
+            return Allowance::Closed;
+        };
+        match breaker.open {
             Some(open) if now < open.until => Allowance::Shut,
             Some(_) => Allowance::Probe,
+            None if !breaker.proven || breaker.failures > 0 => Allowance::Trial,
+            None => Allowance::Closed,
         }
     }
 
@@ -104,6 +117,7 @@ impl Breakers {
                 tracing::info!(trigger = %breaker.name, "destination delivers again; its events flow at their usual pace");
             }
             breaker.failures = 0;
+            breaker.proven = true;
             return None;
         }
         breaker.failures = breaker.failures.saturating_add(1);
@@ -144,15 +158,18 @@ mod tests {
         let p = policy(100, 1_000);
         let mut b = Breakers::new([(1, "t", &p)]);
         let now = Instant::now();
+        // On trial until its first delivery.
+        assert_eq!(b.allowance(1, now), Allowance::Trial);
         for _ in 0..TRIP_AFTER - 1 {
             assert_eq!(b.record(1, false, now), None);
         }
         // A delivery between failures: the count starts again.
         assert_eq!(b.record(1, true, now), None);
+        assert_eq!(b.allowance(1, now), Allowance::Closed);
         for _ in 0..TRIP_AFTER - 1 {
             assert_eq!(b.record(1, false, now), None);
         }
-        assert_eq!(b.allowance(1, now), Allowance::Closed);
+        assert_eq!(b.allowance(1, now), Allowance::Trial);
         assert_eq!(
             b.record(1, false, now),
             Some(now + Duration::from_millis(100))
@@ -204,7 +221,7 @@ mod tests {
             b.record(1, false, now);
         }
         assert_eq!(b.allowance(1, now), Allowance::Shut);
-        assert_eq!(b.allowance(2, now), Allowance::Closed);
+        assert_eq!(b.allowance(2, now), Allowance::Trial);
         // Unknown triggers are never held back.
         assert_eq!(b.record(3, false, now), None);
         assert_eq!(b.allowance(3, now), Allowance::Closed);

@@ -13,7 +13,7 @@ use pgevents_sink::{DynSink, RetryPolicy};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::breaker::{Allowance, Breakers};
+use crate::breaker::{Allowance, Breakers, TRIP_AFTER};
 use crate::deliver;
 use crate::wake::Waker;
 use crate::Health;
@@ -159,6 +159,23 @@ struct Shared {
     breakers: Mutex<Breakers>,
 }
 
+impl Shared {
+    /// Tells `trigger_id`'s breaker how an attempt went, as soon as it ended (not when the
+    /// outcome is written: a dead destination is found within a claim); when that opens the
+    /// breaker, the claim loop wakes for the probe.
+    fn record_outcome(&self, trigger_id: i32, verdict: &Verdict) {
+        let delivered = match verdict {
+            Verdict::Delivered => true,
+            Verdict::Retry(_) => false,
+            Verdict::Failed => return,
+        };
+        let probe_at = lock(&self.breakers).record(trigger_id, delivered, Instant::now());
+        if let Some(at) = probe_at {
+            lock(&self.retries).push(Reverse(at));
+        }
+    }
+}
+
 struct Done {
     settlement: Settlement,
     _permit: OwnedSemaphorePermit,
@@ -235,7 +252,8 @@ impl InFlight {
 /// (`max_in_flight / (4 × triggers)` each), so a slow or failing destination can never
 /// take every slot, while a trigger that is alone busy may use nearly all of them. A
 /// trigger whose breaker is open takes nothing and reserves nothing; one being probed takes
-/// one event when none of its events is in flight.
+/// one event when none of its events is in flight; one on trial holds at most
+/// [`TRIP_AFTER`].
 fn claim_limits(
     triggers: &[i32],
     in_flight: &InFlight,
@@ -246,7 +264,7 @@ fn claim_limits(
 ) -> Vec<i32> {
     let share = max_in_flight / (4 * triggers.len().max(1));
     let shortfall = |t: i32| match allowance(t) {
-        Allowance::Closed => share.saturating_sub(in_flight.held(t)),
+        Allowance::Closed | Allowance::Trial => share.saturating_sub(in_flight.held(t)),
         Allowance::Probe | Allowance::Shut => 0,
     };
     let total_shortfall: usize = triggers.iter().map(|t| shortfall(*t)).sum();
@@ -258,6 +276,7 @@ fn claim_limits(
             let limit = cap.saturating_sub(held).min(batch).min(free);
             let limit = match allowance(*t) {
                 Allowance::Closed => limit,
+                Allowance::Trial => limit.min((TRIP_AFTER as usize).saturating_sub(held)),
                 Allowance::Probe if held == 0 => limit.min(1),
                 Allowance::Probe | Allowance::Shut => 0,
             };
@@ -729,9 +748,11 @@ impl ClaimLoop<'_> {
                 Ok(event) => {
                     let sink = route.sink.clone();
                     let policy = route.retry;
+                    let (shared, trigger_id) = (self.shared.clone(), route.trigger_id);
                     deliveries.spawn(async move {
                         let settlement =
                             deliver::attempt(sink, policy, event, current_retry, claim).await;
+                        shared.record_outcome(trigger_id, &settlement.verdict);
                         let _ = done_tx
                             .send(Done {
                                 settlement,
@@ -939,19 +960,7 @@ async fn settle_loop(
         {
             let mut in_flight = lock(&shared.in_flight);
             let mut retries = lock(&shared.retries);
-            let mut breakers = lock(&shared.breakers);
             for s in &settlements {
-                let delivered = match s.verdict {
-                    Verdict::Delivered => Some(true),
-                    Verdict::Retry(_) => Some(false),
-                    Verdict::Failed => None,
-                };
-                if let (Some(lease), Some(delivered)) = (in_flight.leases.get(&s.claim), delivered)
-                {
-                    if let Some(probe_at) = breakers.record(lease.trigger_id, delivered, now) {
-                        retries.push(Reverse(probe_at));
-                    }
-                }
                 in_flight.remove(&s.claim);
                 if let Verdict::Retry(after) = s.verdict {
                     retries.push(Reverse(now + after));
@@ -1095,6 +1104,19 @@ mod tests {
         assert_eq!(
             claim_limits(&[1, 2], &held(&[(1, 1)]), probe_1, 999, 500, 1000),
             vec![0, 500]
+        );
+        // On trial (no delivery yet, or failing): no more than TRIP_AFTER in flight.
+        let trial_1 = |t| {
+            if t == 1 {
+                Allowance::Trial
+            } else {
+                Allowance::Closed
+            }
+        };
+        let trip = TRIP_AFTER as i32;
+        assert_eq!(
+            claim_limits(&[1, 2], &held(&[(1, 5)]), trial_1, 995, 500, 1000),
+            vec![trip - 5, 500]
         );
     }
 
