@@ -152,8 +152,10 @@ struct Shared {
     in_flight: Mutex<InFlight>,
     /// Signalled after each settled batch: capacity is free, later events of a row may be due.
     settled: Notify,
-    /// When the retries this dispatcher scheduled fall due (earliest first); at most one
-    /// entry per in-flight event, so bounded like everything else.
+    /// When the retries this dispatcher scheduled, and its breakers' probes, fall due
+    /// (earliest first), so an idle loop wakes for them. One entry per retry verdict or
+    /// opened breaker, dropped once due: at most the retries of the longest retry interval,
+    /// and a failing destination's breaker keeps those to a trickle.
     retries: Mutex<BinaryHeap<Reverse<Instant>>>,
     /// Each trigger's circuit breaker.
     breakers: Mutex<Breakers>,
@@ -579,7 +581,9 @@ impl ClaimLoop<'_> {
         }
     }
 
-    /// Cancels the ingest under way, if any (its transaction rolls back: nothing is lost).
+    /// Cancels the ingest task under way, if any. Its statement may still finish on the
+    /// server (the rows it moved are found by the next claims) or roll back (the next ingest
+    /// moves them): either way nothing is lost or moved twice.
     fn stop_ingest(&mut self) {
         if let Some(ingest) = self.ingesting.take() {
             ingest.abort();
@@ -870,8 +874,9 @@ struct Ingested {
     compacted: bool,
 }
 
-/// The result of a finished (or awaited) ingest task. A task that did not complete moved
-/// nothing (its transaction rolled back): the next step ingests again.
+/// The result of a finished (or awaited) ingest task. A task that did not complete (aborted,
+/// or panicked) reports nothing moved: whatever its statement did on the server is found by
+/// the next claims, and the next step ingests again.
 async fn joined(
     ingest: tokio::task::JoinHandle<Result<Ingested, Error>>,
 ) -> Result<Ingested, Error> {
