@@ -265,18 +265,25 @@ fn claim_limits(
     max_in_flight: usize,
 ) -> Vec<i32> {
     let share = max_in_flight / (4 * triggers.len().max(1));
-    let shortfall = |t: i32| match allowance(t) {
+    // Each trigger's allowance, asked once: it is read under the breakers' lock.
+    let allowances: Vec<Allowance> = triggers.iter().map(|t| allowance(*t)).collect();
+    let shortfall = |t: i32, allowance: Allowance| match allowance {
         Allowance::Closed | Allowance::Trial => share.saturating_sub(in_flight.held(t)),
         Allowance::Probe | Allowance::Shut => 0,
     };
-    let total_shortfall: usize = triggers.iter().map(|t| shortfall(*t)).sum();
+    let total_shortfall: usize = triggers
+        .iter()
+        .zip(&allowances)
+        .map(|(t, a)| shortfall(*t, *a))
+        .sum();
     triggers
         .iter()
-        .map(|t| {
+        .zip(&allowances)
+        .map(|(t, a)| {
             let held = in_flight.held(*t);
-            let cap = max_in_flight.saturating_sub(total_shortfall - shortfall(*t));
+            let cap = max_in_flight.saturating_sub(total_shortfall - shortfall(*t, *a));
             let limit = cap.saturating_sub(held).min(batch).min(free);
-            let limit = match allowance(*t) {
+            let limit = match a {
                 Allowance::Closed => limit,
                 Allowance::Trial => limit.min((TRIP_AFTER as usize).saturating_sub(held)),
                 Allowance::Probe if held == 0 => limit.min(1),
@@ -711,15 +718,18 @@ impl ClaimLoop<'_> {
         self.rotation = (self.rotation + 1) % trigger_ids.len();
         let mut order = trigger_ids.to_vec();
         order.rotate_left(self.rotation);
-        let now = Instant::now();
-        let limits = claim_limits(
-            &order,
-            &lock(&self.shared.in_flight),
-            |t| lock(&self.shared.breakers).allowance(t, now),
-            free,
-            d.options.batch_size,
-            d.options.max_in_flight,
-        );
+        let limits = {
+            let now = Instant::now();
+            let breakers = lock(&self.shared.breakers);
+            claim_limits(
+                &order,
+                &lock(&self.shared.in_flight),
+                |t| breakers.allowance(t, now),
+                free,
+                d.options.batch_size,
+                d.options.max_in_flight,
+            )
+        };
         store
             .claim(
                 &order,
