@@ -58,7 +58,7 @@ struct Open {
 }
 
 /// The breakers of every trigger a dispatcher serves.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Breakers {
     by_trigger: HashMap<i32, Breaker>,
 }
