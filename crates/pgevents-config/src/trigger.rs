@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgevents_event::{Action, Format};
-use pgevents_sink::{DynSink, RetryPolicy};
+use pgevents_delivery::{DynSink, RetryPolicy};
 use pgevents_sinks::{join_path, Env, ResolveSink, SinkConfigError};
 use serde::Deserialize;
 
@@ -224,7 +224,7 @@ pub struct TriggerConfig {
     /// DELETE the old one, UPDATE fires when either matches); checked against the database
     /// by `check` and `install`.
     pub condition: Option<String>,
-    /// Retries and the attempt timeout (defaults from `pgevents_sink`).
+    /// Retries and the attempt timeout (defaults from `pgevents_delivery`).
     pub retry: RetryPolicy,
     /// Where events are delivered.
     pub sink: SinkConfig,
@@ -511,7 +511,7 @@ fn column_list(
     Some(columns)
 }
 
-/// Checks `retry = { ... }`, filling in `pgevents_sink`'s defaults.
+/// Checks `retry = { ... }`, filling in `pgevents_delivery`'s defaults.
 fn retry(file: Option<file::Retry>, path: &str, problems: &mut Problems) -> RetryPolicy {
     let defaults = RetryPolicy::default();
     let Some(file) = file else {

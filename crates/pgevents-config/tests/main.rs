@@ -17,7 +17,7 @@ use pgevents_config::{
     DEFAULT_ADMIN_LISTEN,
 };
 use pgevents_event::{Action, Format};
-use pgevents_sink::RetryPolicy;
+use pgevents_delivery::RetryPolicy;
 
 /// The example of PRODUCT.md §4, verbatim.
 const PRODUCT_EXAMPLE: &str = r#"

@@ -14,7 +14,7 @@ use pgevents_config::{
     DEFAULT_RETENTION_DELIVERED, DEFAULT_RETENTION_FAILED, DEFAULT_SLOT,
 };
 use pgevents_log::QualifiedName;
-use pgevents_sink::RetryPolicy;
+use pgevents_delivery::RetryPolicy;
 
 use crate::DaemonError;
 

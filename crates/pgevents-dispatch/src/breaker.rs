@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pgevents_sink::RetryPolicy;
+use pgevents_delivery::RetryPolicy;
 
 /// Failed attempts in a row, with no delivery between them, after which a trigger's
 /// breaker opens: enough that a flaky destination (the demo's fails two attempts of three)

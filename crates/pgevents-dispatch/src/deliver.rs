@@ -8,7 +8,7 @@ use std::time::Instant;
 use futures::FutureExt;
 use pgevents_event::{Attempt, Event};
 use pgevents_log::store::{ClaimToken, Settlement, Verdict};
-use pgevents_sink::{Delivery, DynSink, Outcome, RetryPolicy};
+use pgevents_delivery::{Delivery, DynSink, Outcome, RetryPolicy};
 use tracing::Instrument;
 
 /// Runs one attempt of `event`, claimed as `claim`, and returns what to record.
@@ -110,7 +110,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgevents_sink::Report;
+    use pgevents_delivery::Report;
     use std::time::Duration;
 
     #[test]
@@ -155,13 +155,13 @@ mod tests {
     #[tokio::test]
     async fn panics_and_timeouts_are_failed_attempts() {
         struct Panics;
-        impl pgevents_sink::Sink for Panics {
+        impl pgevents_delivery::Sink for Panics {
             async fn deliver(&self, _: Delivery) -> Outcome {
                 panic!("boom")
             }
         }
         struct Hangs;
-        impl pgevents_sink::Sink for Hangs {
+        impl pgevents_delivery::Sink for Hangs {
             async fn deliver(&self, _: Delivery) -> Outcome {
                 std::future::pending().await
             }
@@ -186,11 +186,11 @@ mod tests {
         /// Has room only after a minute; delivers only once it was asked for room.
         #[derive(Default)]
         struct Busy(AtomicBool);
-        impl pgevents_sink::Sink for Busy {
-            async fn ready(&self) -> pgevents_sink::Slot {
+        impl pgevents_delivery::Sink for Busy {
+            async fn ready(&self) -> pgevents_delivery::Slot {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 self.0.store(true, Ordering::SeqCst);
-                pgevents_sink::Slot::unlimited()
+                pgevents_delivery::Slot::unlimited()
             }
             async fn deliver(&self, _: Delivery) -> Outcome {
                 if self.0.load(Ordering::SeqCst) {

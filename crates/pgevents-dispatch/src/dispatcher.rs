@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pgevents_event::{Action, Event, EventParts};
 use pgevents_log::store::{ClaimToken, Claimed, Settlement, Store, Verdict};
 use pgevents_log::{Error, LogSchema};
-use pgevents_sink::{DynSink, RetryPolicy};
+use pgevents_delivery::{DynSink, RetryPolicy};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 

@@ -23,4 +23,4 @@ mod wake;
 
 pub use dispatcher::{Dispatcher, Options, Route};
 pub use health::Health;
-pub use pgevents_sink::{Delivery, DynSink, Outcome, Report, RetryPolicy, Sink};
+pub use pgevents_delivery::{Delivery, DynSink, Outcome, Report, RetryPolicy, Sink};

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pgevents_event::{Action, Attempt, Event, EventParts};
-use pgevents_sink::Delivery;
+use pgevents_delivery::Delivery;
 
 /// How long a test waits for a broker before it fails.
 pub(crate) const WAIT: Duration = Duration::from_secs(20);

@@ -2,7 +2,7 @@
 //!
 //! Every destination is a folder of the same shape behind a cargo feature (all on by default):
 //! `config.rs` holds the plain-data, `serde` settings of one `[[trigger]]` destination key,
-//! `sink.rs` the runtime [`pgevents_sink::Sink`] those settings resolve into, and `tests.rs`
+//! `sink.rs` the runtime [`pgevents_delivery::Sink`] those settings resolve into, and `tests.rs`
 //! its tests. Settings become a sink in one step, [`ResolveSink::resolve`], which reads the
 //! `*_from_env` variables from an [`Env`] and reports problems as a [`SinkConfigError`] that
 //! names the field path; [`ResolveSink::validate`] runs the same checks and returns all of them.
@@ -19,7 +19,7 @@
 //! Broker sinks keep one connection each, opened on the first delivery (building a sink never
 //! connects) and shared by all deliveries, which pipeline over it; after a failure the next
 //! attempt reconnects. An event counts as delivered only on the broker's acknowledgement;
-//! every failure is an [`Outcome::Retry`](pgevents_sink::Outcome::Retry) under the trigger's
+//! every failure is an [`Outcome::Retry`](pgevents_delivery::Outcome::Retry) under the trigger's
 //! retry policy, so a broker that goes away delays events but loses none. Streams, topics and
 //! exchanges are never created by pgevents: see each sink for why, and for the error that
 //! says how to create them.
@@ -120,7 +120,7 @@ pub use stdout::{StdoutConfig, StdoutSink};
 pub use webhook::{HeaderValueConfig, WebhookConfig, WebhookSink};
 
 use pgevents_event::Format;
-use pgevents_sink::Sink;
+use pgevents_delivery::Sink;
 
 /// Destination settings that turn into a runtime sink: implemented by every `*Config` here.
 ///

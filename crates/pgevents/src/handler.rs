@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use pgevents_event::Event;
-use pgevents_sink::{Delivery, Outcome, Report, Sink};
+use pgevents_delivery::{Delivery, Outcome, Report, Sink};
 
 /// Any error a handler returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

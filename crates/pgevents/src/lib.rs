@@ -32,4 +32,4 @@ pub use memory::{release_large_allocations, LARGE_ALLOCATION};
 pub use pgevents_event::{Action, Event, Format};
 pub use pgevents_log::backfill::{Backfill, State as BackfillState};
 pub use pgevents_log::Ordering;
-pub use pgevents_sink::{Delivery, Outcome, Report, RetryPolicy, Sink, Slot};
+pub use pgevents_delivery::{Delivery, Outcome, Report, RetryPolicy, Sink, Slot};

@@ -9,7 +9,7 @@ use pgevents_dispatch::{Dispatcher, Options, Route};
 use pgevents_event::Action;
 use pgevents_log::backfill::Backfill;
 use pgevents_log::{LogSchema, Ordering, QualifiedName};
-use pgevents_sink::{DynSink, RetryPolicy, Sink};
+use pgevents_delivery::{DynSink, RetryPolicy, Sink};
 
 use crate::handler::HandlerSink;
 use crate::{Error, Handler};

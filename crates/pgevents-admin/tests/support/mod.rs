@@ -14,7 +14,7 @@ use pgevents_admin::{AdminState, Health};
 use pgevents_capture::TriggerSpec;
 use pgevents_dispatch::{Dispatcher, Options, Route};
 use pgevents_log::{LogSchema, QualifiedName};
-use pgevents_sink::{Delivery, Outcome, Report, RetryPolicy, Sink};
+use pgevents_delivery::{Delivery, Outcome, Report, RetryPolicy, Sink};
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;

@@ -7,7 +7,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 use pgevents_event::Format;
-use pgevents_sink::{Delivery, Outcome, Report, Sink};
+use pgevents_delivery::{Delivery, Outcome, Report, Sink};
 use tokio::time::Instant;
 
 use crate::connection::ConnectionSlot;

@@ -9,7 +9,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use pgevents_event::Format;
-use pgevents_sink::{Outcome, Sink};
+use pgevents_delivery::{Outcome, Sink};
 
 use super::{AmqpConfig, AmqpSink};
 use crate::fixtures::{closed_port, delivery, event, unique, AMQP_URL, WAIT};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgevents_event::{Event, Format};
-use pgevents_sink::{Delivery, Outcome, Report, Sink};
+use pgevents_delivery::{Delivery, Outcome, Report, Sink};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pgevents_event::Format;
-use pgevents_sink::{Outcome, Sink};
+use pgevents_delivery::{Outcome, Sink};
 
 use super::config::{check_brokers, check_topic};
 use super::{KafkaConfig, KafkaSink};

@@ -10,7 +10,7 @@ use async_nats::jetstream::context::{Context, PublishErrorKind};
 use async_nats::{jetstream, ConnectOptions};
 use bytes::Bytes;
 use pgevents_event::Format;
-use pgevents_sink::{Delivery, Outcome, Report, Sink};
+use pgevents_delivery::{Delivery, Outcome, Report, Sink};
 use tokio::time::Instant;
 
 use crate::connection::ConnectionSlot;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use pgevents_event::Format;
-use pgevents_sink::{Outcome, Sink};
+use pgevents_delivery::{Outcome, Sink};
 
 use super::config::check_subject;
 use super::{NatsConfig, NatsSink};

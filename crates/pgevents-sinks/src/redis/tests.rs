@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use pgevents_event::Format;
-use pgevents_sink::{Outcome, Sink};
+use pgevents_delivery::{Outcome, Sink};
 use redis::AsyncCommands;
 
 use super::{RedisConfig, RedisSink};

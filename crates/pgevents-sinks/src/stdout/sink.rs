@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use pgevents_event::Format;
-use pgevents_sink::{Delivery, Outcome, Report, Sink};
+use pgevents_delivery::{Delivery, Outcome, Report, Sink};
 
 /// Writes each event's payload (in the trigger's format) to standard output as one line.
 ///

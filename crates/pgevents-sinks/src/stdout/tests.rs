@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use pgevents_event::{Action, Attempt, Event, EventParts, Format};
-use pgevents_sink::{Delivery, Outcome, Report, Sink};
+use pgevents_delivery::{Delivery, Outcome, Report, Sink};
 
 use super::StdoutConfig;
 use super::StdoutSink;

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use pgevents_event::Format;
-use pgevents_sink::{Delivery, Outcome, Report, Sink, Slot, RESPONSE_EXCERPT_BYTES};
+use pgevents_delivery::{Delivery, Outcome, Report, Sink, Slot, RESPONSE_EXCERPT_BYTES};
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use sha2::Sha256;
