@@ -27,7 +27,7 @@
 //!
 //! let url = "postgres://app@localhost/shop";
 //! let schema = pgevents_log::LogSchema::default();
-//! let client = pgevents_log::connect(url, None).await?;
+//! let client = pgevents_postgres::connect(url, None).await?;
 //! let salt = pgevents_log::salt(&client, &schema).await?;
 //! let health = Health::new(); // give a clone to `Dispatcher::with_health`
 //! let state = AdminState::new(url, schema, salt, std::env::var("PGEVENTS_ADMIN_TOKEN").ok(), health);

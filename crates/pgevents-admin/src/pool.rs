@@ -73,7 +73,9 @@ impl Pool {
         };
         let client = match reused {
             Some(client) => client,
-            None => pgevents_log::connect(&self.inner.url, None).await?,
+            None => pgevents_postgres::connect(&self.inner.url, None)
+                .await
+                .map_err(pgevents_log::Error::from)?,
         };
         Ok(Conn {
             client: Some(client),

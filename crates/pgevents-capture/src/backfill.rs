@@ -8,10 +8,11 @@
 
 use pgevents_log::backfill::{self as store, Source, ROW_ALIAS};
 use pgevents_log::image::in_table_order;
-use pgevents_log::{Error, LogSchema, Ordering, QualifiedName};
+use pgevents_log::{Error, LogSchema, Ordering};
+use pgevents_postgres::QualifiedName;
 use tokio_postgres::GenericClient;
 
-use crate::catalog::describe_table;
+use pgevents_postgres::catalog::describe_table;
 
 /// Starts a backfill of trigger `trigger` (its registered name): a `READ` event for every row
 /// of its table that matches its `where`, and `condition` when given. Returns the backfill's

@@ -11,7 +11,8 @@
 //! `WHEN` on a copy of the table's columns then proves it is a condition a trigger accepts
 //! (boolean, no subqueries), so both modes accept and refuse the same conditions.
 
-use pgevents_log::{Error, QualifiedName};
+use pgevents_log::Error;
+use pgevents_postgres::QualifiedName;
 use tokio_postgres::GenericClient;
 
 /// The alias the deparsed condition qualifies columns with.

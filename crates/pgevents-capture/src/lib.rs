@@ -7,7 +7,6 @@
 //! backfills: a `READ` event for every existing row, with the same keys and images.
 
 pub mod backfill;
-pub mod catalog;
 pub mod condition;
 pub mod trigger;
 

@@ -8,13 +8,12 @@
 use pgevents_event::Action;
 use pgevents_log::image::{image_sql, in_table_order};
 use pgevents_log::ordering::{key_sql, old_key_sql};
-use pgevents_log::{
-    quote_ident, quote_literal, wake_channel, wake_key, Error, LogSchema, Ordering, QualifiedName,
-};
+use pgevents_log::{wake_channel, wake_key, Error, LogSchema, Ordering};
+use pgevents_postgres::{quote_ident, quote_literal, QualifiedName};
 use tokio_postgres::{Client, GenericClient};
 
-use crate::catalog::{describe_table, TableInfo};
 use crate::condition::Condition;
+use pgevents_postgres::catalog::{describe_table, TableInfo};
 
 /// What to capture for one configured trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]

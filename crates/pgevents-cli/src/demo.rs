@@ -93,7 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     // The same connector as the daemon's: `sslmode` in a --database-url is honoured.
-    pgevents_log::connect(url, None)
+    pgevents_postgres::connect(url, None)
         .await
         .with_context(|| "connecting to the demo database")
 }

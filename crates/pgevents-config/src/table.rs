@@ -1,4 +1,4 @@
 //! Table names in the config: the same parser the library uses, so `table = "..."` and
 //! `Listener::builder(..).on("...", ..)` accept exactly the same names.
 
-pub use pgevents_log::{QualifiedName as TableName, TableNameError, DEFAULT_SCHEMA};
+pub use pgevents_postgres::{QualifiedName as TableName, TableNameError, DEFAULT_SCHEMA};

@@ -3,7 +3,8 @@
 use pgevents_capture::TriggerSpec;
 use pgevents_config::{CaptureMode, Config, TriggerConfig};
 use pgevents_log::browse::{self, AttemptRecord, EventRecord, Filter, TriggerCounts};
-use pgevents_log::{LogSchema, QualifiedName};
+use pgevents_log::LogSchema;
+use pgevents_postgres::QualifiedName;
 use tokio_postgres::Client;
 
 use crate::DaemonError;
@@ -15,7 +16,7 @@ pub(crate) fn schema(config: &Config) -> Result<LogSchema, DaemonError> {
 
 /// Connects to the configured database; errors name the config file and its `database`.
 pub(crate) async fn connect(config: &Config) -> Result<Client, DaemonError> {
-    pgevents_log::connect(config.database_url(), None)
+    pgevents_postgres::connect(config.database_url(), None)
         .await
         .map_err(|e| DaemonError::from(e).prefixed(&format!("{}: database", config.source)))
 }
@@ -296,7 +297,7 @@ const DESTINATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// topic present) against the config without changing anything; returns every problem.
 pub async fn check(config: &Config) -> Result<Vec<String>, DaemonError> {
     let schema = schema(config)?;
-    let client = match pgevents_log::connect(config.database_url(), None).await {
+    let client = match pgevents_postgres::connect(config.database_url(), None).await {
         Ok(c) => c,
         Err(e) => return Ok(vec![format!("database: {e}")]),
     };

@@ -52,9 +52,16 @@ impl DaemonError {
     }
 }
 
+impl From<pgevents_postgres::Error> for DaemonError {
+    fn from(e: pgevents_postgres::Error) -> DaemonError {
+        pgevents_log::Error::from(e).into()
+    }
+}
+
 impl From<pgevents_log::Error> for DaemonError {
     fn from(e: pgevents_log::Error) -> DaemonError {
         use pgevents_log::Error as E;
+        use pgevents_postgres::Error as P;
         if matches!(e, E::NotPermitted(_)) || e.code() == Some("42501") {
             return DaemonError::Privilege(e.to_string());
         }
@@ -75,11 +82,11 @@ impl From<pgevents_log::Error> for DaemonError {
             | E::Unorderable(_)
             | E::TooNew { .. }
             | E::NotInstalled(_)
-            | E::Tls { .. }
+            | E::Postgres(P::Tls { .. } | P::Url(_))
             | E::NotPermitted(_) => true,
-            E::ConnectTimeout { .. } => false,
+            E::Postgres(P::ConnectTimeout { .. }) => false,
             // undefined objects, invalid authorization, missing database
-            E::Query { .. } | E::Connect { .. } => matches!(
+            E::Postgres(P::Query { .. } | P::Connect { .. }) => matches!(
                 e.code(),
                 Some("42P01" | "42703" | "42704" | "28000" | "28P01" | "3D000")
             ),

@@ -217,7 +217,7 @@ async fn retention_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let client = match pgevents_log::connect(&url, None).await {
+        let client = match pgevents_postgres::connect(&url, None).await {
             Ok(c) => c,
             Err(error) => {
                 tracing::debug!(%error, "retention: database unavailable; trying later");

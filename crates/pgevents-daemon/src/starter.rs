@@ -13,8 +13,8 @@ use pgevents_config::{
     DEFAULT_ADMIN_LISTEN, DEFAULT_LOG_SCHEMA, DEFAULT_OPERATIONS, DEFAULT_PUBLICATION,
     DEFAULT_RETENTION_DELIVERED, DEFAULT_RETENTION_FAILED, DEFAULT_SLOT,
 };
-use pgevents_log::QualifiedName;
 use pgevents_delivery::RetryPolicy;
+use pgevents_postgres::QualifiedName;
 
 use crate::DaemonError;
 
@@ -37,7 +37,7 @@ struct Table {
 /// Every ordinary and partitioned table outside the system schemas and pgevents' own log
 /// schema is listed, in schema and name order.
 pub async fn starter_config(url: &str) -> Result<String, DaemonError> {
-    let client = pgevents_log::connect(url, None)
+    let client = pgevents_postgres::connect(url, None)
         .await
         .map_err(|e| DaemonError::from(e).prefixed("--database-url"))?;
     let query = |e| DaemonError::from(pgevents_log::Error::query("listing the tables", e));
@@ -174,7 +174,7 @@ failed = "{failed}"                         # how long failed events are kept
 /// A trigger name for `table`: `<table>_events`, with the schema in front outside `public`;
 /// characters a trigger name may not hold become `_`.
 fn trigger_name(table: &QualifiedName) -> String {
-    let base = if table.schema == pgevents_log::DEFAULT_SCHEMA {
+    let base = if table.schema == pgevents_postgres::DEFAULT_SCHEMA {
         format!("{}_events", table.name)
     } else {
         format!("{}_{}_events", table.schema, table.name)

@@ -114,7 +114,7 @@ pub async fn run(url: String, schema: LogSchema, mut stop: watch::Receiver<bool>
     while !*stop.borrow() {
         let connected = tokio::select! {
             _ = stop.changed() => break,
-            connected = pgevents_log::connect(&url, None) => connected,
+            connected = pgevents_postgres::connect(&url, None) => connected,
         };
         match connected {
             Ok(mut client) => {

@@ -6,10 +6,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pgevents_delivery::{DynSink, RetryPolicy};
 use pgevents_event::{Action, Event, EventParts};
 use pgevents_log::store::{ClaimToken, Claimed, Settlement, Store, Verdict};
 use pgevents_log::{Error, LogSchema};
-use pgevents_delivery::{DynSink, RetryPolicy};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -663,12 +663,12 @@ impl ClaimLoop<'_> {
             self.waker = Some(Waker::connect(&d.url, &d.schema, note_tx.clone()).await?);
         }
         if self.store.as_ref().is_none_or(Store::is_closed) {
-            let client = pgevents_log::connect(&d.url, None).await?;
+            let client = pgevents_postgres::connect(&d.url, None).await?;
             self.store = Some(Store::open(client, &d.schema).await?);
             tracing::debug!("connected to the event log");
         }
         if self.ingest_store.as_ref().is_none_or(|s| s.is_closed()) {
-            let client = pgevents_log::connect(&d.url, None).await?;
+            let client = pgevents_postgres::connect(&d.url, None).await?;
             self.ingest_store = Some(Arc::new(Store::open(client, &d.schema).await?));
         }
         Ok(())
@@ -854,7 +854,7 @@ async fn keep_leases(
         let result = async {
             // Connected ahead of need: the first renewal must not wait for a connection.
             if store.as_ref().is_none_or(Store::is_closed) {
-                let client = pgevents_log::connect(&url, None).await?;
+                let client = pgevents_postgres::connect(&url, None).await?;
                 store = Some(Store::open(client, &schema).await?);
             }
             match store.as_ref() {
@@ -932,7 +932,7 @@ async fn settle_loop(
         loop {
             let result = async {
                 if store.as_ref().is_none_or(Store::is_closed) {
-                    let client = pgevents_log::connect(&url, None).await?;
+                    let client = pgevents_postgres::connect(&url, None).await?;
                     store = Some(Store::open(client, &schema).await?);
                 }
                 match store.as_ref() {

@@ -1,7 +1,8 @@
 //! The wake-up connection: LISTEN for writers' notifications, and the advisory lock that
 //! tells writers a dispatcher is asleep (see `pgevents_log::wake_key`).
 
-use pgevents_log::{quote_ident, wake_channel, wake_key, Error, LogSchema};
+use pgevents_log::{wake_channel, wake_key, Error, LogSchema};
+use pgevents_postgres::quote_ident;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Notification};
 
@@ -19,7 +20,7 @@ impl Waker {
         schema: &LogSchema,
         tx: mpsc::Sender<Notification>,
     ) -> Result<Waker, Error> {
-        let client = pgevents_log::connect(url, Some(tx)).await?;
+        let client = pgevents_postgres::connect(url, Some(tx)).await?;
         client
             .batch_execute(&format!("LISTEN {}", quote_ident(&wake_channel(schema))))
             .await

@@ -31,7 +31,8 @@ use tokio_postgres::Client;
 
 use crate::image::image_sql;
 use crate::ordering::key_sql;
-use crate::{quote_ident, wake_channel, Error, LogSchema, Ordering, QualifiedName};
+use crate::{wake_channel, Error, LogSchema, Ordering};
+use pgevents_postgres::{quote_ident, QualifiedName};
 
 /// How long a chunk waits for a row lock before it gives way.
 pub const CHUNK_LOCK_TIMEOUT_MS: u64 = 100;
@@ -406,7 +407,7 @@ pub async fn run_chunk(
          END $lock$;
          SET LOCAL lock_timeout = '{CHUNK_LOCK_TIMEOUT_MS}ms'",
         ingest_key = schema.key("ingest"),
-        progress_name = crate::quote_literal(&progress),
+        progress_name = pgevents_postgres::quote_literal(&progress),
     ))
     .await
     .map_err(|e| Error::query("locking for a backfill chunk", e))?;

@@ -8,20 +8,13 @@
 
 pub mod backfill;
 pub mod browse;
-mod connect;
 mod error;
-mod ident;
 pub mod image;
 pub mod ordering;
 mod schema;
 pub mod store;
 
-pub use connect::{
-    cancel_query, connect, tls_connector, ConnectOptions, RootCerts, SslMode, TlsSettings,
-    APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT,
-};
 pub use error::Error;
-pub use ident::{quote_ident, quote_literal, QualifiedName, TableNameError, DEFAULT_SCHEMA};
 pub use ordering::Ordering;
 pub use schema::{
     install, salt, uninstall, wake_channel, wake_key, LogSchema, DEFAULT_LOG_SCHEMA,

@@ -7,7 +7,7 @@
 //! rows; both call [`key_sql`] and [`old_key_sql`], so the same row gets the same key in both
 //! modes, and a switch of mode keeps order.
 
-use crate::quote_ident;
+use pgevents_postgres::quote_ident;
 
 /// In which order a trigger's events are delivered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]

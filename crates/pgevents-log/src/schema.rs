@@ -2,7 +2,8 @@
 
 use tokio_postgres::Client;
 
-use crate::{quote_ident, quote_literal, Error};
+use crate::Error;
+use pgevents_postgres::{quote_ident, quote_literal};
 
 /// The version of the log schema this build installs. Install upgrades older logs in place
 /// and replaces every pgevents function, so old function bodies never linger.

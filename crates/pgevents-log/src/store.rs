@@ -385,7 +385,7 @@ pub async fn register_trigger(
     client: &impl tokio_postgres::GenericClient,
     schema: &LogSchema,
     name: &str,
-    table: &crate::QualifiedName,
+    table: &pgevents_postgres::QualifiedName,
     definition: &serde_json::Value,
 ) -> Result<i32, Error> {
     let row = client

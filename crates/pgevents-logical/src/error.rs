@@ -135,6 +135,12 @@ fn replication_is_transient(error: &PgWireError) -> bool {
     }
 }
 
+impl From<pgevents_postgres::Error> for Error {
+    fn from(error: pgevents_postgres::Error) -> Error {
+        Error::Log(error.into())
+    }
+}
+
 impl From<Error> for pgevents_log::Error {
     /// Folds a logical-capture error into the event log's error type (for callers that
     /// report both alike); database errors keep their source, others their message.

@@ -5,11 +5,13 @@
 //! replica identity back.
 
 use pgevents_capture::TriggerSpec;
-use pgevents_log::{quote_ident, LogSchema, QualifiedName};
+use pgevents_log::LogSchema;
+use pgevents_postgres::{quote_ident, QualifiedName};
 use tokio_postgres::{Client, GenericClient};
 
-use crate::catalog::{check_wal_level, table_info, TableInfo};
+use crate::catalog::check_wal_level;
 use crate::{Error, LogicalCapture, LogicalTable};
+use pgevents_postgres::catalog::{describe_table, TableInfo};
 
 /// Everything pgoutput can publish; each table's own operations are filtered while decoding.
 /// Partitions publish as their root, the table the configuration names.
@@ -58,7 +60,7 @@ pub async fn register_table(
     schema: &LogSchema,
     spec: &TriggerSpec,
 ) -> Result<LogicalTable, Error> {
-    let info = table_info(client, &spec.table)
+    let info = describe_table(client, &spec.table)
         .await?
         .ok_or_else(|| pgevents_log::Error::NoSuchTable(spec.table.to_string()))?;
     if let Some(missing) = pgevents_capture::missing_columns(spec, &info.columns)
@@ -240,7 +242,7 @@ impl LogicalCapture {
     /// whole old row to the WAL (more WAL, roughly the row size per change) and takes a brief
     /// ACCESS EXCLUSIVE lock on the table the first time it is set.
     pub async fn install(&self) -> Result<(), Error> {
-        let mut client = pgevents_log::connect(&self.url, None).await?;
+        let mut client = pgevents_postgres::connect(&self.url, None).await?;
         check_wal_level(&client).await?;
         let tx = client
             .transaction()
@@ -257,7 +259,7 @@ impl LogicalCapture {
             .map_err(|e| Error::query("creating the logical capture tables", e))?;
         let mut infos = Vec::with_capacity(self.tables.len());
         for t in &self.tables {
-            let info = table_info(&tx, &t.table)
+            let info = describe_table(&tx, &t.table)
                 .await?
                 .ok_or_else(|| pgevents_log::Error::NoSuchTable(t.table.to_string()))?;
             if !infos
@@ -437,7 +439,7 @@ impl LogicalCapture {
     /// replica identity of the tables pgevents changed, and forgets the capture position.
     /// Events already in the log stay.
     pub async fn uninstall(&self) -> Result<(), Error> {
-        let client = pgevents_log::connect(&self.url, None).await?;
+        let client = pgevents_postgres::connect(&self.url, None).await?;
         let active: Option<Option<i32>> = client
             .query_opt(
                 "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",

@@ -5,12 +5,13 @@
 //! ```no_run
 //! # async fn run() -> Result<(), pgevents_logical::Error> {
 //! use pgevents_capture::TriggerSpec;
-//! use pgevents_log::{LogSchema, QualifiedName};
+//! use pgevents_log::LogSchema;
+//! use pgevents_postgres::QualifiedName;
 //! use pgevents_logical::{register_table, LogicalCapture};
 //!
 //! let url = "postgres://app@localhost/shop";
 //! let schema = LogSchema::default();
-//! let mut client = pgevents_log::connect(url, None).await?;
+//! let mut client = pgevents_postgres::connect(url, None).await?;
 //! pgevents_log::install(&mut client, &schema).await?;
 //! let table = QualifiedName::parse("orders").map_err(|e| pgevents_logical::Error::Invalid(e.to_string()))?;
 //! let orders = TriggerSpec::new("order_events", table);
@@ -115,7 +116,8 @@ mod writer;
 use std::time::Duration;
 
 use pgevents_event::Action;
-use pgevents_log::{LogSchema, QualifiedName};
+use pgevents_log::LogSchema;
+use pgevents_postgres::QualifiedName;
 
 pub use catalog::check_wal_level;
 pub use error::Error;
@@ -262,7 +264,7 @@ impl LogicalCapture {
 
     /// The slot's health now (`None` when it does not exist), for status reports.
     pub async fn slot_health(&self) -> Result<Option<SlotHealth>, Error> {
-        let client = pgevents_log::connect(&self.url, None).await?;
+        let client = pgevents_postgres::connect(&self.url, None).await?;
         slots::slot_health(&client, &self.slot).await
     }
 }

@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 use crate::pgoutput::{self, Message, OldKind, Relation, Value};
 use crate::slots::slot_health;
 use crate::writer::{ordering_code, Batch, Cursor, Projection, Row, Shape, Writer, WHOLE};
-use crate::{catalog, Error, LogicalCapture, LogicalTable};
+use crate::{Error, LogicalCapture, LogicalTable};
 
 /// Shortest and longest wait before retrying after a transient failure.
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -99,7 +99,7 @@ impl LogicalCapture {
     /// Takes the slot's leadership, waiting for it while another process holds it; `None`
     /// when shutdown came first.
     async fn lead<F: Future>(&self, shutdown: Shutdown<'_, F>) -> Result<Option<Client>, Error> {
-        let client = pgevents_log::connect(&self.url, None).await?;
+        let client = pgevents_postgres::connect(&self.url, None).await?;
         let key = self.lead_key();
         let got: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
@@ -119,7 +119,7 @@ impl LogicalCapture {
         };
         match waited {
             None => {
-                pgevents_log::cancel_query(&cancel, &self.url).await;
+                pgevents_postgres::cancel_query(&cancel, &self.url).await;
                 Ok(None)
             }
             Some(r) => {
@@ -313,7 +313,8 @@ impl LogicalCapture {
     async fn watched(&self, client: &Client) -> Result<HashMap<u32, Watched>, Error> {
         let mut watched: HashMap<u32, Watched> = HashMap::new();
         for t in &self.tables {
-            let Some(info) = catalog::table_info(client, &t.table).await? else {
+            let Some(info) = pgevents_postgres::catalog::describe_table(client, &t.table).await?
+            else {
                 tracing::warn!(table = %t.table, "watched table does not exist; its changes are not captured");
                 continue;
             };
@@ -352,7 +353,7 @@ fn replication_config(
     ack_lsn: u64,
     options: &crate::Options,
 ) -> Result<ReplicationConfig, Error> {
-    let connect = pgevents_log::ConnectOptions::parse(url)?;
+    let connect = pgevents_postgres::ConnectOptions::parse(url)?;
     let config = &connect.config;
     let user = config.get_user().ok_or_else(|| {
         Error::Invalid(
@@ -396,7 +397,7 @@ fn replication_config(
         .with_application_name(
             config
                 .get_application_name()
-                .unwrap_or(pgevents_log::APPLICATION_NAME),
+                .unwrap_or(pgevents_postgres::APPLICATION_NAME),
         ))
 }
 
@@ -404,8 +405,8 @@ fn replication_config(
 /// the log connections (with libpq's rule that trusted roots, when given, are checked in
 /// every TLS mode). `sslrootcert=system` uses the Mozilla roots the replication client
 /// ships with.
-fn replication_tls(tls: &pgevents_log::TlsSettings) -> TlsConfig {
-    use pgevents_log::SslMode as Mode;
+fn replication_tls(tls: &pgevents_postgres::TlsSettings) -> TlsConfig {
+    use pgevents_postgres::SslMode as Mode;
     let mode = match tls.mode {
         Mode::Disable => SslMode::Disable,
         Mode::VerifyFull => SslMode::VerifyFull,
@@ -416,7 +417,7 @@ fn replication_tls(tls: &pgevents_log::TlsSettings) -> TlsConfig {
     TlsConfig {
         mode,
         ca_pem_path: match &tls.root_certs {
-            Some(pgevents_log::RootCerts::File(path)) => Some(path.clone()),
+            Some(pgevents_postgres::RootCerts::File(path)) => Some(path.clone()),
             _ => None,
         },
         client_cert_pem_path: tls.client_cert.clone(),
@@ -683,11 +684,11 @@ async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, Error> {
     let Some(name) = name else {
         return Ok(Vec::new());
     };
-    let table = pgevents_log::QualifiedName {
+    let table = pgevents_postgres::QualifiedName {
         schema: name.get(0),
         name: name.get(1),
     };
-    Ok(catalog::table_info(client, &table)
+    Ok(pgevents_postgres::catalog::describe_table(client, &table)
         .await?
         .map(|i| i.key_columns)
         .unwrap_or_default())

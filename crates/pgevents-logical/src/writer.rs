@@ -21,7 +21,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use pgevents_log::image::{image_sql, in_table_order};
 use pgevents_log::ordering::{key_sql, old_key_sql};
-use pgevents_log::{quote_ident, wake_channel, LogSchema, Ordering};
+use pgevents_log::{wake_channel, LogSchema, Ordering};
+use pgevents_postgres::quote_ident;
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{Client, Statement};
 
@@ -200,7 +201,7 @@ pub(crate) struct Progress {
 impl Writer {
     /// Connects and prepares the fixed statements.
     pub async fn open(url: &str, schema: &LogSchema, slot: &str) -> Result<Writer, Error> {
-        let client = pgevents_log::connect(url, None).await?;
+        let client = pgevents_postgres::connect(url, None).await?;
         let event = schema.object("event");
         let progress = schema.object("logical_progress");
         let prepare = |sql: String, what: &'static str| {

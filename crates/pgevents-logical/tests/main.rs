@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use pgevents_capture::TriggerSpec;
 use pgevents_event::Action;
-use pgevents_log::{LogSchema, QualifiedName};
+use pgevents_log::LogSchema;
 use pgevents_logical::{Error, LogicalCapture};
+use pgevents_postgres::QualifiedName;
 use support::{db, eventually, ChildCapture, Running, ALL_OPS};
 
 const WAIT: Duration = Duration::from_secs(45);

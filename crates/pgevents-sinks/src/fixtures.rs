@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pgevents_event::{Action, Attempt, Event, EventParts};
 use pgevents_delivery::Delivery;
+use pgevents_event::{Action, Attempt, Event, EventParts};
 
 /// How long a test waits for a broker before it fails.
 pub(crate) const WAIT: Duration = Duration::from_secs(20);

@@ -119,8 +119,8 @@ pub use stdout::{StdoutConfig, StdoutSink};
 #[cfg(feature = "webhook")]
 pub use webhook::{HeaderValueConfig, WebhookConfig, WebhookSink};
 
-use pgevents_event::Format;
 use pgevents_delivery::Sink;
+use pgevents_event::Format;
 
 /// Destination settings that turn into a runtime sink: implemented by every `*Config` here.
 ///

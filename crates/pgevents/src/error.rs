@@ -33,7 +33,7 @@ impl Error {
 
     /// True when the error is about the caller's input (a table or column that does not
     /// exist, a bad name, a table registered twice, per-row order asked of a table without a
-    /// key, a backfill of an unknown table or with a bad condition) rather than the database.
+    /// key, a backfill of an unknown table or with a bad condition, an unusable database URL) rather than the database.
     pub fn is_usage(&self) -> bool {
         matches!(
             &self.0,
@@ -47,6 +47,7 @@ impl Error {
                         | pgevents_log::Error::NoSuchTrigger(_)
                         | pgevents_log::Error::BadBackfillCondition { .. }
                         | pgevents_log::Error::NoPrimaryKey(_)
+                        | pgevents_log::Error::Postgres(pgevents_postgres::Error::Url(_))
                 )
         )
     }
@@ -55,5 +56,11 @@ impl Error {
 impl From<pgevents_log::Error> for Error {
     fn from(e: pgevents_log::Error) -> Error {
         Error(Kind::Log(e))
+    }
+}
+
+impl From<pgevents_postgres::Error> for Error {
+    fn from(e: pgevents_postgres::Error) -> Error {
+        Error(Kind::Log(e.into()))
     }
 }

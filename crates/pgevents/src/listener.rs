@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgevents_capture::TriggerSpec;
+use pgevents_delivery::{DynSink, RetryPolicy, Sink};
 use pgevents_dispatch::{Dispatcher, Options, Route};
 use pgevents_event::Action;
 use pgevents_log::backfill::Backfill;
-use pgevents_log::{LogSchema, Ordering, QualifiedName};
-use pgevents_delivery::{DynSink, RetryPolicy, Sink};
+use pgevents_log::{LogSchema, Ordering};
+use pgevents_postgres::QualifiedName;
 
 use crate::handler::HandlerSink;
 use crate::{Error, Handler};
@@ -129,13 +130,13 @@ impl Listener {
                 self.triggers
             )));
         }
-        let client = pgevents_log::connect(&self.url, None).await?;
+        let client = pgevents_postgres::connect(&self.url, None).await?;
         Ok(pgevents_capture::backfill::start(&client, &self.schema, &name, condition).await?)
     }
 
     /// Every backfill of this event log with its progress, newest first.
     pub async fn backfills(&self) -> Result<Vec<Backfill>, Error> {
-        let client = pgevents_log::connect(&self.url, None).await?;
+        let client = pgevents_postgres::connect(&self.url, None).await?;
         Ok(pgevents_log::backfill::list(&client, &self.schema, i64::MAX).await?)
     }
 
@@ -292,7 +293,7 @@ impl ListenerBuilder {
                 entry,
             ));
         }
-        let mut client = pgevents_log::connect(&self.url, None).await?;
+        let mut client = pgevents_postgres::connect(&self.url, None).await?;
         // Every table first: a mistake in one leaves nothing half-installed.
         for (spec, _) in &specs {
             pgevents_capture::validate_trigger(&client, spec, self.logical.is_none()).await?;

@@ -122,7 +122,7 @@ async fn enable_ssl(cluster: &TempCluster, certs: &Certs) {
         cluster.port()
     );
     let deadline = Instant::now() + WAIT;
-    while pgevents_log::connect(&url, None).await.is_err() {
+    while pgevents_postgres::connect(&url, None).await.is_err() {
         assert!(Instant::now() < deadline, "the server turns TLS on");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -165,16 +165,16 @@ async fn sslmode_is_honoured_like_libpq() {
     let other = root(&certs.path("other_ca.crt"));
 
     // require: encrypted, certificate not checked (no roots given).
-    let c = pgevents_log::connect(&url("127.0.0.1", port, "sslmode=require"), None)
+    let c = pgevents_postgres::connect(&url("127.0.0.1", port, "sslmode=require"), None)
         .await
         .expect("sslmode=require connects");
     assert!(uses_tls(&c).await, "sslmode=require uses TLS");
     // disable: plain; prefer (also the default): TLS since the server offers it.
-    let c = pgevents_log::connect(&url("127.0.0.1", port, "sslmode=disable"), None)
+    let c = pgevents_postgres::connect(&url("127.0.0.1", port, "sslmode=disable"), None)
         .await
         .expect("sslmode=disable connects");
     assert!(!uses_tls(&c).await, "sslmode=disable does not use TLS");
-    let c = pgevents_log::connect(&url("127.0.0.1", port, "application_name=x"), None)
+    let c = pgevents_postgres::connect(&url("127.0.0.1", port, "application_name=x"), None)
         .await
         .expect("default sslmode connects");
     assert!(
@@ -183,7 +183,7 @@ async fn sslmode_is_honoured_like_libpq() {
     );
 
     // verify-full with the right root and the certificate's host name.
-    let c = pgevents_log::connect(
+    let c = pgevents_postgres::connect(
         &url("localhost", port, &format!("sslmode=verify-full&{ca}")),
         None,
     )
@@ -191,7 +191,7 @@ async fn sslmode_is_honoured_like_libpq() {
     .expect("verify-full with the right root connects");
     assert!(uses_tls(&c).await);
     // verify-ca checks the chain only: an IP address the certificate does not name is fine...
-    let c = pgevents_log::connect(
+    let c = pgevents_postgres::connect(
         &url("127.0.0.1", port, &format!("sslmode=verify-ca&{ca}")),
         None,
     )
@@ -199,26 +199,29 @@ async fn sslmode_is_honoured_like_libpq() {
     .expect("verify-ca with the right root connects by IP");
     assert!(uses_tls(&c).await);
     // ... but not for verify-full.
-    let err = pgevents_log::connect(
+    let err = pgevents_postgres::connect(
         &url("127.0.0.1", port, &format!("sslmode=verify-full&{ca}")),
         None,
     )
     .await
     .expect_err("verify-full refuses a certificate for another name");
     assert!(
-        matches!(err, pgevents_log::Error::Tls { .. }) && err.to_string().contains("host"),
+        matches!(err, pgevents_postgres::Error::Tls { .. }) && err.to_string().contains("host"),
         "{err}"
     );
     // A wrong root: a clear error naming the mode and what to fix.
     for mode in ["verify-full", "verify-ca", "require"] {
-        let err = pgevents_log::connect(
+        let err = pgevents_postgres::connect(
             &url("localhost", port, &format!("sslmode={mode}&{other}")),
             None,
         )
         .await
         .expect_err("an untrusted certificate is refused");
         let text = err.to_string();
-        assert!(matches!(err, pgevents_log::Error::Tls { .. }), "{text}");
+        assert!(
+            matches!(err, pgevents_postgres::Error::Tls { .. }),
+            "{text}"
+        );
         assert!(
             text.contains(&format!("sslmode={mode}")) && text.contains("sslrootcert"),
             "{text}"
@@ -229,12 +232,12 @@ async fn sslmode_is_honoured_like_libpq() {
         );
     }
     // verify-full without any root says how to give one.
-    let err = pgevents_log::connect(&url("localhost", port, "sslmode=verify-full"), None)
+    let err = pgevents_postgres::connect(&url("localhost", port, "sslmode=verify-full"), None)
         .await
         .expect_err("verify-full needs roots");
     assert!(err.to_string().contains("sslrootcert="), "{err}");
     // Key=value strings take the same parameters.
-    let c = pgevents_log::connect(
+    let c = pgevents_postgres::connect(
         &format!(
             "host=localhost port={port} user=postgres dbname=postgres sslmode=verify-full sslrootcert='{}'",
             certs.path("ca.crt").display()
@@ -252,7 +255,7 @@ async fn sslmode_is_honoured_like_libpq() {
     }
     let deadline = Instant::now() + WAIT;
     let err = loop {
-        match pgevents_log::connect(&url("127.0.0.1", port, "sslmode=require"), None).await {
+        match pgevents_postgres::connect(&url("127.0.0.1", port, "sslmode=require"), None).await {
             Err(e) => break e,
             Ok(_) => {
                 assert!(Instant::now() < deadline, "the server turns TLS off");
@@ -261,10 +264,10 @@ async fn sslmode_is_honoured_like_libpq() {
         }
     };
     assert!(
-        matches!(err, pgevents_log::Error::Tls { .. }) && err.to_string().contains("ssl = on"),
+        matches!(err, pgevents_postgres::Error::Tls { .. }) && err.to_string().contains("ssl = on"),
         "{err}"
     );
-    let c = pgevents_log::connect(&url("127.0.0.1", port, "sslmode=prefer"), None)
+    let c = pgevents_postgres::connect(&url("127.0.0.1", port, "sslmode=prefer"), None)
         .await
         .expect("prefer falls back to plain");
     assert!(!uses_tls(&c).await);

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use pgevents_admin::{AdminState, Health};
 use pgevents_capture::TriggerSpec;
-use pgevents_dispatch::{Dispatcher, Options, Route};
-use pgevents_log::{LogSchema, QualifiedName};
 use pgevents_delivery::{Delivery, Outcome, Report, RetryPolicy, Sink};
+use pgevents_dispatch::{Dispatcher, Options, Route};
+use pgevents_log::LogSchema;
+use pgevents_postgres::QualifiedName;
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -214,7 +215,9 @@ pub async fn daemon_listening(
 ) -> Daemon {
     let db = db().await;
     let schema = LogSchema::default();
-    let mut client = pgevents_log::connect(&db.url, None).await.expect("connect");
+    let mut client = pgevents_postgres::connect(&db.url, None)
+        .await
+        .expect("connect");
     let salt = pgevents_log::install(&mut client, &schema)
         .await
         .expect("install the log");

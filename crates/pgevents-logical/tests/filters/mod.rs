@@ -3,7 +3,8 @@
 //! `ordering = { columns = [...] }`.
 
 use pgevents_capture::TriggerSpec;
-use pgevents_log::{Ordering, QualifiedName};
+use pgevents_log::Ordering;
+use pgevents_postgres::QualifiedName;
 
 use crate::support::{db, eventually, Db, Running, ALL_OPS};
 use crate::{logged, Logged, WAIT};

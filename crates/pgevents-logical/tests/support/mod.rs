@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use pgevents_capture::TriggerSpec;
 use pgevents_event::Action;
-use pgevents_log::{LogSchema, QualifiedName};
+use pgevents_log::LogSchema;
 use pgevents_logical::{LogicalCapture, LogicalTable, Options};
+use pgevents_postgres::QualifiedName;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;

@@ -8,8 +8,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use pgevents_event::Format;
 use pgevents_delivery::{Outcome, Sink};
+use pgevents_event::Format;
 
 use super::{AmqpConfig, AmqpSink};
 use crate::fixtures::{closed_port, delivery, event, unique, AMQP_URL, WAIT};

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use pgevents_event::Format;
 use pgevents_delivery::{Outcome, Sink};
+use pgevents_event::Format;
 
 use super::config::{check_brokers, check_topic};
 use super::{KafkaConfig, KafkaSink};

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use pgevents_event::Format;
 use pgevents_delivery::{Outcome, Sink};
+use pgevents_event::Format;
 
 use super::config::check_subject;
 use super::{NatsConfig, NatsSink};

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use pgevents_event::Format;
 use pgevents_delivery::{Outcome, Sink};
+use pgevents_event::Format;
 use redis::AsyncCommands;
 
 use super::{RedisConfig, RedisSink};

@@ -10,8 +10,8 @@ use axum::Router;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
-use pgevents_event::{Action, Attempt, Event, EventParts, Format};
 use pgevents_delivery::{Delivery, Outcome, Report, Sink};
+use pgevents_event::{Action, Attempt, Event, EventParts, Format};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 

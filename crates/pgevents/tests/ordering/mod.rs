@@ -485,11 +485,13 @@ async fn a_failing_destination_is_probed_not_hammered() {
 /// A Store on the log of `db`, installed, and the id of a trigger for manual events.
 async fn store(url: &str) -> (Store, LogSchema, i32) {
     let schema = LogSchema::default();
-    let mut client = pgevents_log::connect(url, None).await.expect("connect");
+    let mut client = pgevents_postgres::connect(url, None)
+        .await
+        .expect("connect");
     pgevents_log::install(&mut client, &schema)
         .await
         .expect("install");
-    let table = pgevents_log::QualifiedName::parse("manual").expect("name");
+    let table = pgevents_postgres::QualifiedName::parse("manual").expect("name");
     let trigger = pgevents_log::store::register_trigger(
         &client,
         &schema,

@@ -52,7 +52,7 @@ impl QualifiedName {
     /// quote; a name without schema is in [`DEFAULT_SCHEMA`].
     ///
     /// ```
-    /// use pgevents_log::QualifiedName;
+    /// use pgevents_postgres::QualifiedName;
     /// assert_eq!(QualifiedName::parse("orders"), Ok(QualifiedName::new("public", "orders")));
     /// assert_eq!(
     ///     QualifiedName::parse(r#""my schema"."Weird ""Name""""#),

@@ -89,7 +89,7 @@ impl SslMode {
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
             other => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Url(format!(
                     "sslmode={other:?} in the database URL is not a TLS mode; use disable, prefer, require, verify-ca or verify-full"
                 )))
             }
@@ -170,7 +170,7 @@ impl ConnectOptions {
             tls.root_certs = default_root_file().map(RootCerts::File);
         }
         if tls.client_cert.is_some() != tls.client_key.is_some() {
-            return Err(Error::Invalid(
+            return Err(Error::Url(
                 "the database URL sets only one of sslcert and sslkey: give both (the client certificate and its key) or neither".into(),
             ));
         }
@@ -344,7 +344,7 @@ fn percent_decode(text: &str) -> Result<String, Error> {
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| {
-                    Error::Invalid(
+                    Error::Url(
                         "the database URL has a malformed %-escape in a TLS parameter".into(),
                     )
                 })?;
@@ -355,9 +355,8 @@ fn percent_decode(text: &str) -> Result<String, Error> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| {
-        Error::Invalid("the database URL has a TLS parameter that is not UTF-8".into())
-    })
+    String::from_utf8(out)
+        .map_err(|_| Error::Url("the database URL has a TLS parameter that is not UTF-8".into()))
 }
 
 fn provider() -> Arc<CryptoProvider> {

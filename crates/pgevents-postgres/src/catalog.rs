@@ -2,7 +2,7 @@
 //! columns that identify a row, and its replica identity. Trigger and logical capture
 //! both use it, so "the same row" means the same thing in both modes.
 
-use pgevents_log::{Error, QualifiedName};
+use crate::{Error, QualifiedName};
 use tokio_postgres::GenericClient;
 
 /// A table as the catalog describes it now.
