@@ -20,7 +20,7 @@ async fn every_api_path_answers_json() {
             Table::new("note_events", "notes").capture(|spec| {
                 spec.condition = Some("note <> 'hidden'".into());
                 spec.payload_columns = Some(vec!["id".into()]);
-                spec.ordering = pgevents_log::Ordering::Columns(vec!["note".into()]);
+                spec.ordering = pgevents_trigger::Ordering::Columns(vec!["note".into()]);
             }),
         ],
         None,

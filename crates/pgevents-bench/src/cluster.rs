@@ -300,12 +300,10 @@ impl Bench {
     /// installs the log and the triggers) without running it.
     pub async fn install_capture(&self, condition: Option<&str>) -> anyhow::Result<()> {
         let counter = Counter::new();
-        let options = pgevents::TableOptions {
-            condition: condition.map(str::to_string),
-            ..Default::default()
-        };
+        let mut trigger = pgevents::Trigger::for_table(TABLE, counter.handler())?;
+        trigger.condition = condition.map(str::to_string);
         pgevents::Listener::builder(&self.listener_url)
-            .on_with(TABLE, counter.handler(), options)
+            .trigger(trigger)
             .build()
             .await
             .context("installing pgevents capture")?;

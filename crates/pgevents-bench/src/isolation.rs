@@ -169,14 +169,7 @@ fn failing_webhook(
         max_interval: Duration::from_secs(1),
         timeout: Duration::from_secs(5),
     };
-    Ok(builder.sink(
-        OTHER,
-        sink,
-        pgevents::TableOptions {
-            retry: Some(retry),
-            ..pgevents::TableOptions::default()
-        },
-    ))
+    Ok(builder.sink(pgevents::Trigger::for_table(OTHER, sink)?.retry(retry)))
 }
 
 #[cfg(not(feature = "webhook"))]

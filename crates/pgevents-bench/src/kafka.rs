@@ -84,14 +84,13 @@ async fn backlog(bench: &Bench, brokers: &str, n: u64, run: u32) -> anyhow::Resu
     .context("building the Kafka sink")?;
     let counter = Counter::new();
     let listener = pgevents::Listener::builder(&bench.listener_url)
-        .sink(
+        .sink(pgevents::Trigger::for_table(
             TABLE,
             Counted {
                 sink,
                 counter: counter.clone(),
             },
-            pgevents::TableOptions::default(),
-        )
+        )?)
         .drain_timeout(Duration::from_secs(5))
         .build()
         .await

@@ -75,11 +75,7 @@ impl Receiver {
             .resolve("bench.webhook", pgevents::Format::Seed, &Env::default())
             .context("building the webhook sink")?;
         pgevents::Listener::builder(&bench.listener_url)
-            .sink(
-                crate::cluster::TABLE,
-                sink,
-                pgevents::TableOptions::default(),
-            )
+            .sink(pgevents::Trigger::for_table(crate::cluster::TABLE, sink)?)
             .drain_timeout(std::time::Duration::from_secs(5))
             .build()
             .await

@@ -7,9 +7,11 @@
 //! `pgevents_log::backfill`.
 
 use pgevents_log::backfill::{self as store, Source, ROW_ALIAS};
-use pgevents_log::image::in_table_order;
-use pgevents_log::{Error, LogSchema, Ordering};
+use pgevents_log::{Error, LogSchema};
 use pgevents_postgres::QualifiedName;
+use pgevents_trigger::condition::qualify;
+use pgevents_trigger::image::in_table_order;
+use pgevents_trigger::{ConditionError, Ordering};
 use tokio_postgres::GenericClient;
 
 use pgevents_postgres::catalog::describe_table;
@@ -58,15 +60,15 @@ pub async fn start(
         serde_json::from_value(definition["payload_columns"].clone()).unwrap_or(None);
     let payload = in_table_order(payload_columns.as_deref(), &info.columns);
     let installed = match definition["where"].as_str() {
-        Some(text) => Some(crate::qualify(client, &table, text).await?.on(ROW_ALIAS)),
+        Some(text) => Some(qualify(client, &table, text).await?.on(ROW_ALIAS)),
         None => None,
     };
     let asked = match condition.map(str::trim).filter(|c| !c.is_empty()) {
         Some(text) => Some(
-            crate::qualify(client, &table, text)
+            qualify(client, &table, text)
                 .await
                 .map_err(|e| match e {
-                    Error::BadCondition {
+                    ConditionError::Bad {
                         table,
                         condition,
                         detail,
@@ -75,7 +77,7 @@ pub async fn start(
                         condition,
                         detail,
                     },
-                    other => other,
+                    ConditionError::Postgres(e) => Error::Postgres(e),
                 })?
                 .on(ROW_ALIAS),
         ),

@@ -7,11 +7,9 @@
 //! backfills: a `READ` event for every existing row, with the same keys and images.
 
 pub mod backfill;
-pub mod condition;
 pub mod trigger;
 
-pub use condition::{qualify, Condition};
 pub use trigger::{
     check_trigger, install_trigger, installed_trigger, missing_columns, trigger_problems,
-    uninstall_trigger, validate_trigger, TriggerSpec,
+    uninstall_trigger, validate_trigger,
 };

@@ -6,73 +6,15 @@
 //! advisory-lock probe that decides whether a sleeping dispatcher needs a `NOTIFY`.
 
 use pgevents_event::Action;
-use pgevents_log::image::{image_sql, in_table_order};
-use pgevents_log::ordering::{key_sql, old_key_sql};
-use pgevents_log::{wake_channel, wake_key, Error, LogSchema, Ordering};
+use pgevents_log::{wake_channel, wake_key, Error, LogSchema};
 use pgevents_postgres::{quote_ident, quote_literal, QualifiedName};
+use pgevents_trigger::image::{image_sql, in_table_order};
+use pgevents_trigger::ordering::{key_sql, old_key_sql};
+use pgevents_trigger::{Ordering, Trigger};
 use tokio_postgres::{Client, GenericClient};
 
-use crate::condition::Condition;
 use pgevents_postgres::catalog::{describe_table, TableInfo};
-
-/// What to capture for one configured trigger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TriggerSpec {
-    /// The trigger's name (any length; PostgreSQL object names are derived from it).
-    pub name: String,
-    /// The watched table.
-    pub table: QualifiedName,
-    /// Which of INSERT, UPDATE, DELETE, TRUNCATE to capture.
-    pub operations: Vec<Action>,
-    /// When set, an UPDATE is captured only if one of these columns changed.
-    pub columns: Option<Vec<String>>,
-    /// Which events are delivered in commit order (`Row` needs a primary key or a replica
-    /// identity index: without one, install refuses and `check` says what to do).
-    pub ordering: Ordering,
-    /// When set, `data.old` / `data.new` hold only these columns (in table order); the
-    /// others never reach the log.
-    pub payload_columns: Option<Vec<String>>,
-    /// When set (the config's `where`), an SQL condition on the row's columns: INSERT fires
-    /// when the new row matches, DELETE when the old row does, UPDATE when either does.
-    pub condition: Option<String>,
-    /// Whether writers wake a sleeping dispatcher with a `NOTIFY` (see
-    /// `pgevents_log::wake_key`); without, dispatchers poll.
-    pub notify: bool,
-}
-
-impl TriggerSpec {
-    /// A spec capturing INSERT, UPDATE and DELETE of `table`, ordered per row.
-    pub fn new(name: impl Into<String>, table: QualifiedName) -> TriggerSpec {
-        TriggerSpec {
-            name: name.into(),
-            table,
-            operations: vec![Action::Insert, Action::Update, Action::Delete],
-            columns: None,
-            ordering: Ordering::Row,
-            payload_columns: None,
-            condition: None,
-            notify: true,
-        }
-    }
-
-    fn captures(&self, action: Action) -> bool {
-        self.operations.contains(&action)
-    }
-
-    /// The log's record of how this trigger is captured (its `trigger.definition`), for a
-    /// table whose rows are identified by `key_columns`, in capture mode `capture`.
-    pub fn definition(&self, key_columns: &[String], capture: &str) -> serde_json::Value {
-        serde_json::json!({
-            "operations": self.operations.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-            "columns": self.columns,
-            "ordering": self.ordering.to_json(),
-            "payload_columns": self.payload_columns,
-            "where": self.condition,
-            "key": key_columns,
-            "capture": capture,
-        })
-    }
-}
+use pgevents_trigger::condition::Condition;
 
 /// The PostgreSQL trigger names used for `name` on its table (always within 63 bytes, and
 /// distinct for distinct names however long, so long names never collide).
@@ -123,7 +65,13 @@ fn dollar_quote(body: &str) -> String {
 }
 
 /// The body of trigger `id`'s capture function: the statements a writer runs.
-fn capture_body(schema: &LogSchema, id: i32, spec: &TriggerSpec, info: &TableInfo) -> String {
+fn capture_body<D>(
+    schema: &LogSchema,
+    id: i32,
+    spec: &Trigger<D>,
+    notify: bool,
+    info: &TableInfo,
+) -> String {
     let capture = schema.object("capture");
     let seed = id.to_string();
     let key_columns = info.key_columns.as_slice();
@@ -133,7 +81,7 @@ fn capture_body(schema: &LogSchema, id: i32, spec: &TriggerSpec, info: &TableInf
     let new_key = key_sql(&spec.ordering, "NEW", key_columns, &seed);
     let old_key = key_sql(&spec.ordering, "OLD", key_columns, &seed);
     let changed_key = old_key_sql(&spec.ordering, "OLD", "NEW", key_columns, &seed);
-    let wake = if spec.notify {
+    let wake = if notify {
         format!(
             "IF NOT pg_try_advisory_xact_lock_shared({}) THEN
         PERFORM pg_notify({}, '');
@@ -187,9 +135,9 @@ fn capture_function(schema: &LogSchema, id: i32, body: &str) -> String {
 /// `need_trigger_privilege` (trigger capture) — [`Error::NotPermitted`] when the role may not
 /// create triggers on the table, and [`Error::BadCondition`] for a `where` PostgreSQL rejects.
 /// Changes nothing (the condition is tried on temporary objects of the session only).
-pub async fn trigger_problems(
+pub async fn trigger_problems<D>(
     client: &impl GenericClient,
-    spec: &TriggerSpec,
+    spec: &Trigger<D>,
     need_trigger_privilege: bool,
 ) -> Result<Vec<Error>, Error> {
     let info = match table_info(client, &spec.table).await {
@@ -220,7 +168,10 @@ pub async fn trigger_problems(
     }
     // Last: a refused condition may leave a surrounding transaction failed.
     if let Some(condition) = &spec.condition {
-        match crate::condition::qualify(client, &spec.table, condition).await {
+        match pgevents_trigger::condition::qualify(client, &spec.table, condition)
+            .await
+            .map_err(Error::from)
+        {
             Ok(_) => {}
             Err(e @ Error::BadCondition { .. }) => problems.push(e),
             Err(e) => return Err(e),
@@ -231,7 +182,7 @@ pub async fn trigger_problems(
 
 /// A [`Error::NoSuchColumn`] for every column `spec` names (in `columns`,
 /// `payload_columns` or `ordering.columns`) that is not among `table_columns`.
-pub fn missing_columns(spec: &TriggerSpec, table_columns: &[String]) -> Vec<Error> {
+pub fn missing_columns<D>(spec: &Trigger<D>, table_columns: &[String]) -> Vec<Error> {
     [
         ("columns", spec.columns.as_deref()),
         ("payload_columns", spec.payload_columns.as_deref()),
@@ -255,9 +206,9 @@ pub fn missing_columns(spec: &TriggerSpec, table_columns: &[String]) -> Vec<Erro
 /// Checks, without changing anything, that `spec` can be installed: the table and the
 /// `columns` exist and the current role may create triggers on the table. Returns every
 /// problem found, each saying what to do.
-pub async fn check_trigger(
+pub async fn check_trigger<D>(
     client: &impl GenericClient,
-    spec: &TriggerSpec,
+    spec: &Trigger<D>,
 ) -> Result<Vec<String>, Error> {
     Ok(trigger_problems(client, spec, true)
         .await?
@@ -269,9 +220,9 @@ pub async fn check_trigger(
 /// Fails with the first of [`trigger_problems`], changing nothing: callers installing
 /// several triggers check them all first, so that a mistake in one leaves no other
 /// half-installed.
-pub async fn validate_trigger(
+pub async fn validate_trigger<D>(
     client: &impl GenericClient,
-    spec: &TriggerSpec,
+    spec: &Trigger<D>,
     need_trigger_privilege: bool,
 ) -> Result<(), Error> {
     match trigger_problems(client, spec, need_trigger_privilege)
@@ -285,9 +236,9 @@ pub async fn validate_trigger(
 }
 
 /// The log's record of how `spec` is captured: what install registers for it.
-fn definition(spec: &TriggerSpec, key_columns: &[String]) -> serde_json::Value {
+fn definition<D>(spec: &Trigger<D>, key_columns: &[String], notify: bool) -> serde_json::Value {
     let mut definition = spec.definition(key_columns, "trigger");
-    definition["notify"] = spec.notify.into();
+    definition["notify"] = notify.into();
     definition
 }
 
@@ -296,7 +247,7 @@ fn definition(spec: &TriggerSpec, key_columns: &[String]) -> serde_json::Value {
 /// One row trigger serves every operation; an UPDATE filtered by `columns` has its own (with
 /// a `WHEN` clause); a `where` condition gives each operation its own, since an INSERT
 /// trigger's `WHEN` cannot name `OLD` nor a DELETE trigger's `NEW`.
-fn wanted_triggers(schema: &LogSchema, spec: &TriggerSpec) -> [(String, bool); 5] {
+fn wanted_triggers<D>(schema: &LogSchema, spec: &Trigger<D>) -> [(String, bool); 5] {
     let [row, upd, trunc, ins, del] = pg_trigger_names(schema, &spec.name);
     let filtered = spec.condition.is_some();
     let filtered_update = spec.captures(Action::Update) && (spec.columns.is_some() || filtered);
@@ -315,9 +266,9 @@ fn wanted_triggers(schema: &LogSchema, spec: &TriggerSpec) -> [(String, bool); 5
 
 /// What follows `CREATE TRIGGER <name>` for each wanted trigger of `spec` (same order as
 /// [`wanted_triggers`]), calling `func`; `condition` is `spec`'s qualified `where`.
-fn trigger_clauses(
+fn trigger_clauses<D>(
     schema: &LogSchema,
-    spec: &TriggerSpec,
+    spec: &Trigger<D>,
     condition: Option<&Condition>,
     func: &str,
 ) -> Vec<(String, String)> {
@@ -378,10 +329,11 @@ fn trigger_clauses(
 /// place on the table and calling its capture function, and that function from this
 /// version of pgevents — else `None`. Needs only read access (the catalogs and the log's
 /// `trigger` table): a role that may not install can tell whether it needs to.
-pub async fn installed_trigger(
+pub async fn installed_trigger<D>(
     client: &impl GenericClient,
     schema: &LogSchema,
-    spec: &TriggerSpec,
+    spec: &Trigger<D>,
+    notify: bool,
 ) -> Result<Option<i32>, Error> {
     let Some(info) = describe_table(client, &spec.table).await? else {
         return Ok(None);
@@ -406,7 +358,7 @@ pub async fn installed_trigger(
         name: row.get(2),
     };
     let recorded: serde_json::Value = row.get(3);
-    if registered != spec.table || recorded != definition(spec, key_columns) {
+    if registered != spec.table || recorded != definition(spec, key_columns, notify) {
         return Ok(None);
     }
     let func = format!("{}()", schema.object(&format!("capture_{id}")));
@@ -435,7 +387,7 @@ pub async fn installed_trigger(
     let current: bool = client
         .query_one(
             "SELECT coalesce((SELECT prosrc = $2 FROM pg_proc WHERE oid = to_regprocedure($1)), false)",
-            &[&func, &capture_body(schema, id, spec, &info)],
+            &[&func, &capture_body(schema, id, spec, notify, &info)],
         )
         .await
         .map_err(|e| {
@@ -458,12 +410,13 @@ pub async fn installed_trigger(
 ///
 /// Fails with [`Error::NoSuchTable`], [`Error::NoSuchColumn`] or [`Error::Unorderable`]
 /// before changing anything.
-pub async fn install_trigger(
+pub async fn install_trigger<D>(
     client: &mut Client,
     schema: &LogSchema,
-    spec: &TriggerSpec,
+    spec: &Trigger<D>,
+    notify: bool,
 ) -> Result<i32, Error> {
-    if let Some(id) = installed_trigger(&*client, schema, spec).await? {
+    if let Some(id) = installed_trigger(&*client, schema, spec, notify).await? {
         return Ok(id);
     }
     let tx = client
@@ -485,17 +438,17 @@ pub async fn install_trigger(
     validate_trigger(&tx, spec, false).await?;
     let info = table_info(&tx, &spec.table).await?;
     let key_columns = info.key_columns.as_slice();
-    let definition = definition(spec, key_columns);
+    let definition = definition(spec, key_columns, notify);
     let id =
         pgevents_log::store::register_trigger(&tx, schema, &spec.name, &spec.table, &definition)
             .await?;
     let func = schema.object(&format!("capture_{id}"));
     let table = spec.table.quoted();
     let condition = match &spec.condition {
-        Some(text) => Some(crate::condition::qualify(&tx, &spec.table, text).await?),
+        Some(text) => Some(pgevents_trigger::condition::qualify(&tx, &spec.table, text).await?),
         None => None,
     };
-    let mut ddl = capture_function(schema, id, &capture_body(schema, id, spec, &info));
+    let mut ddl = capture_function(schema, id, &capture_body(schema, id, spec, notify, &info));
     for name in pg_trigger_names(schema, &spec.name) {
         ddl.push_str(&format!(
             ";\nDROP TRIGGER IF EXISTS {} ON {table}",

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use pgevents::{Delivery, Event, Listener, Outcome, Report, RetryPolicy, Sink, TableOptions};
+use pgevents::{Delivery, Event, Listener, Outcome, Report, RetryPolicy, Sink, Trigger};
 use pgevents_admin::{AdminState, Health};
 use pgevents_log::LogSchema;
 use pgevents_tempdb::{Options, TempCluster};
@@ -123,14 +123,7 @@ async fn demo(
             println!("{} {}", event.action(), event.payload_str());
             Ok::<_, std::convert::Infallible>(())
         })
-        .sink(
-            PAYMENTS,
-            FlakyPayments,
-            TableOptions {
-                retry: Some(PAYMENT_RETRY),
-                ..TableOptions::default()
-            },
-        )
+        .sink(Trigger::for_table(PAYMENTS, FlakyPayments)?.retry(PAYMENT_RETRY))
         .build()
         .await?;
     let admin = if console {

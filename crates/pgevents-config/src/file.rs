@@ -12,7 +12,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::sections::CaptureMode;
-use crate::trigger::DeliveryOrdering;
+use crate::trigger::OrderingSetting;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -76,7 +76,7 @@ pub(crate) struct Trigger {
     pub(crate) operations: Option<Vec<String>>,
     pub(crate) columns: Option<Vec<String>>,
     pub(crate) format: Option<Format>,
-    pub(crate) ordering: Option<DeliveryOrdering>,
+    pub(crate) ordering: Option<OrderingSetting>,
     pub(crate) payload_columns: Option<Vec<String>>,
     #[serde(rename = "where")]
     pub(crate) condition: Option<String>,

@@ -49,10 +49,11 @@ pub use config::{Config, CONFIG_PATH_ENV};
 pub use duration::{parse_duration, DurationError};
 pub use error::{ConfigError, ConfigErrors};
 pub use pgevents_sinks::Env;
+pub use pgevents_trigger::{Ordering, Trigger};
 pub use sections::{
     AdminConfig, CaptureConfig, CaptureMode, DatabaseConfig, RetentionConfig, DEFAULT_ADMIN_LISTEN,
     DEFAULT_LOG_SCHEMA, DEFAULT_PUBLICATION, DEFAULT_RETENTION_DELIVERED, DEFAULT_RETENTION_FAILED,
     DEFAULT_SLOT,
 };
 pub use table::{TableName, TableNameError, DEFAULT_SCHEMA};
-pub use trigger::{DeliveryOrdering, SinkConfig, TriggerConfig, DEFAULT_OPERATIONS};
+pub use trigger::{Destination, SinkConfig, TriggerConfig, DEFAULT_OPERATIONS};

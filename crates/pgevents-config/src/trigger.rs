@@ -7,6 +7,7 @@ use std::time::Duration;
 use pgevents_delivery::{DynSink, RetryPolicy};
 use pgevents_event::{Action, Format};
 use pgevents_sinks::{join_path, Env, ResolveSink, SinkConfigError};
+use pgevents_trigger::{Ordering, Trigger};
 use serde::Deserialize;
 
 use crate::error::{ConfigError, Problems};
@@ -14,29 +15,10 @@ use crate::file;
 use crate::sections::duration;
 use crate::table::TableName;
 
-/// Operations captured when `operations` is not given.
-pub const DEFAULT_OPERATIONS: [Action; 3] = [Action::Insert, Action::Update, Action::Delete];
+pub use pgevents_trigger::DEFAULT_OPERATIONS;
 
 /// The longest trigger name, in bytes.
 const MAX_NAME_BYTES: usize = 63;
-
-/// In which order a trigger's events are delivered.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum DeliveryOrdering {
-    /// `"row"` (default): the events of one row are delivered in commit order; a failing event
-    /// holds back only later events of the same row.
-    #[default]
-    PerRow,
-    /// `"table"`: all the trigger's events in commit order; a failing event holds back every
-    /// later one. For tables without a primary key, and for consumers that need the order
-    /// across rows.
-    Table,
-    /// `"none"`: events are delivered as soon as possible, in any order.
-    Unordered,
-    /// `{ columns = ["account_id"] }`: the events that share these columns' values are
-    /// delivered in commit order; a failing event holds back only later events of its group.
-    Columns(Vec<String>),
-}
 
 /// A trigger's destination: one arm per sink, holding that sink's settings.
 ///
@@ -68,9 +50,15 @@ pub enum SinkConfig {
 /// The spellings of `ordering` that are names.
 const ORDERING_NAMES: [&str; 3] = ["row", "table", "none"];
 
-impl<'de> Deserialize<'de> for DeliveryOrdering {
+/// `ordering` as written: one of [`ORDERING_NAMES`], or a table `{ columns = [...] }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct OrderingSetting(pub(crate) Ordering);
+
+impl<'de> Deserialize<'de> for OrderingSetting {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(OrderingVisitor)
+        deserializer
+            .deserialize_any(OrderingVisitor)
+            .map(OrderingSetting)
     }
 }
 
@@ -85,36 +73,24 @@ struct OrderingTable {
 struct OrderingVisitor;
 
 impl<'de> serde::de::Visitor<'de> for OrderingVisitor {
-    type Value = DeliveryOrdering;
+    type Value = Ordering;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("\"row\", \"table\", \"none\" or { columns = [...] }")
     }
 
-    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<DeliveryOrdering, E> {
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Ordering, E> {
         match value {
-            "row" => Ok(DeliveryOrdering::PerRow),
-            "table" => Ok(DeliveryOrdering::Table),
-            "none" => Ok(DeliveryOrdering::Unordered),
+            "row" => Ok(Ordering::Row),
+            "table" => Ok(Ordering::Table),
+            "none" => Ok(Ordering::None),
             other => Err(E::unknown_variant(other, &ORDERING_NAMES)),
         }
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<DeliveryOrdering, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Ordering, A::Error> {
         let table = OrderingTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-        Ok(DeliveryOrdering::Columns(table.columns))
-    }
-}
-
-impl DeliveryOrdering {
-    /// The log's ordering of this setting.
-    pub fn ordering(&self) -> pgevents_log::Ordering {
-        match self {
-            DeliveryOrdering::PerRow => pgevents_log::Ordering::Row,
-            DeliveryOrdering::Table => pgevents_log::Ordering::Table,
-            DeliveryOrdering::Unordered => pgevents_log::Ordering::None,
-            DeliveryOrdering::Columns(columns) => pgevents_log::Ordering::Columns(columns.clone()),
-        }
+        Ok(Ordering::Columns(table.columns))
     }
 }
 
@@ -201,55 +177,30 @@ impl<T: ResolveSink> AnySettings for T {
     }
 }
 
-/// One `[[trigger]]`: a table's changes, which of them, in what shape, to where.
+/// One `[[trigger]]`: a table's changes, which of them, in what shape, to where — the one
+/// trigger description ([`Trigger`]) with the destination the file gives.
+pub type TriggerConfig = Trigger<Destination>;
+
+/// A trigger's destination as the config file gives it: a sink's settings, read with the
+/// environment its secrets come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct TriggerConfig {
-    /// The trigger's unique name (in payloads, the API and the CLI).
-    pub name: String,
-    /// The watched table.
-    pub table: TableName,
-    /// The captured operations, without duplicates, in the order INSERT, UPDATE, DELETE,
-    /// TRUNCATE (default [`DEFAULT_OPERATIONS`]).
-    pub operations: Vec<Action>,
-    /// When set, an UPDATE fires only if one of these columns changed.
-    pub columns: Option<Vec<String>>,
-    /// The payload format (default seed).
-    pub format: Format,
-    /// The delivery order (default per row).
-    pub ordering: DeliveryOrdering,
-    /// When set, `data.old` / `data.new` hold only these columns (in table order).
-    pub payload_columns: Option<Vec<String>>,
-    /// `where`: when set, an SQL condition on the row's columns (INSERT tests the new row,
-    /// DELETE the old one, UPDATE fires when either matches); checked against the database
-    /// by `check` and `install`.
-    pub condition: Option<String>,
-    /// Retries and the attempt timeout (defaults from `pgevents_delivery`).
-    pub retry: RetryPolicy,
-    /// Where events are delivered.
+pub struct Destination {
+    /// The sink and its settings.
     pub sink: SinkConfig,
     env: Env,
 }
 
-impl TriggerConfig {
-    /// How config errors name this trigger: `trigger["order_events"]`.
-    pub fn path(&self) -> String {
-        format!("trigger[{:?}]", self.name)
-    }
-
-    /// Whether the trigger captures `action`.
-    pub fn captures(&self, action: Action) -> bool {
-        self.operations.contains(&action)
-    }
-
-    /// Builds the trigger's ready-to-use sink, reading its secrets from the environment the
-    /// config was loaded with. `path` is how errors name the trigger, normally
-    /// [`TriggerConfig::path`]; the error names the field at fault below it (an environment
-    /// variable unset since the config was loaded, an HTTP client that cannot start).
-    pub fn build_sink(&self, path: &str) -> Result<Arc<dyn DynSink>, ConfigError> {
+impl Destination {
+    /// Builds the ready-to-use sink, delivering payloads in `format`, reading its secrets
+    /// from the environment the config was loaded with. `path` is how errors name the
+    /// trigger, normally [`Trigger::path`]; the error names the field at fault below it (an
+    /// environment variable unset since the config was loaded, an HTTP client that cannot
+    /// start).
+    pub fn build_sink(&self, path: &str, format: Format) -> Result<Arc<dyn DynSink>, ConfigError> {
         self.sink
             .settings()
-            .build(&join_path(path, self.sink.key()), self.format, &self.env)
+            .build(&join_path(path, self.sink.key()), format, &self.env)
             .map_err(ConfigError::from)
     }
 
@@ -257,19 +208,17 @@ impl TriggerConfig {
     /// fault below `path`: for Kafka, brokers that do not answer within `timeout` and a topic
     /// that does not exist. Empty when all is well, and for destinations with nothing to ask.
     #[allow(unused_variables)] // with the kafka feature off, there is nothing to ask
-    pub async fn reach_destination(&self, path: &str, timeout: Duration) -> Vec<ConfigError> {
+    pub async fn reach(&self, path: &str, format: Format, timeout: Duration) -> Vec<ConfigError> {
         let at = join_path(path, self.sink.key());
         match self.sink {
             #[cfg(feature = "kafka")]
-            SinkConfig::Kafka(ref settings) => {
-                match settings.resolve(&at, self.format, &self.env) {
-                    Ok(sink) => match sink.check(timeout).await {
-                        Ok(()) => Vec::new(),
-                        Err(problem) => vec![ConfigError::new(at, problem)],
-                    },
-                    Err(problem) => vec![ConfigError::from(problem)],
-                }
-            }
+            SinkConfig::Kafka(ref settings) => match settings.resolve(&at, format, &self.env) {
+                Ok(sink) => match sink.check(timeout).await {
+                    Ok(()) => Vec::new(),
+                    Err(problem) => vec![ConfigError::new(at, problem)],
+                },
+                Err(problem) => vec![ConfigError::from(problem)],
+            },
             #[allow(unreachable_patterns)] // with only the kafka feature on
             _ => Vec::new(),
         }
@@ -386,8 +335,8 @@ fn trigger(
             "only filters UPDATE events, and operations has no UPDATE; remove columns or add UPDATE",
         );
     }
-    let ordering = match file.ordering.take().unwrap_or_default() {
-        DeliveryOrdering::Columns(names) => DeliveryOrdering::Columns(
+    let ordering = match file.ordering.take().unwrap_or_default().0 {
+        Ordering::Columns(names) => Ordering::Columns(
             column_list(
                 Some(names),
                 &at("ordering.columns"),
@@ -434,7 +383,7 @@ fn trigger(
         problems.0.push(error.into());
     }
 
-    Some(TriggerConfig {
+    Some(Trigger {
         name,
         table: table.unwrap_or_else(|| TableName::new("", "")),
         operations,
@@ -443,9 +392,11 @@ fn trigger(
         ordering,
         payload_columns,
         condition,
-        retry,
-        sink,
-        env: env.clone(),
+        retry: Some(retry),
+        destination: Destination {
+            sink,
+            env: env.clone(),
+        },
     })
 }
 

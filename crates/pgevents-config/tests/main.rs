@@ -13,8 +13,7 @@
 use std::time::Duration;
 
 use pgevents_config::{
-    CaptureMode, Config, ConfigErrors, DeliveryOrdering, Env, SinkConfig, TableName,
-    DEFAULT_ADMIN_LISTEN,
+    CaptureMode, Config, ConfigErrors, Env, Ordering, SinkConfig, TableName, DEFAULT_ADMIN_LISTEN,
 };
 use pgevents_delivery::RetryPolicy;
 use pgevents_event::{Action, Format};
@@ -117,20 +116,21 @@ fn the_product_example_parses() {
         Some(&["status".to_string()][..])
     );
     assert_eq!(trigger.format, Format::Seed);
-    assert_eq!(trigger.ordering, DeliveryOrdering::PerRow);
+    assert_eq!(trigger.ordering, Ordering::Row);
     assert_eq!(
         trigger.retry,
-        RetryPolicy {
+        Some(RetryPolicy {
             max_retries: 5,
             initial_interval: Duration::from_secs(1),
             max_interval: Duration::from_secs(300),
             timeout: Duration::from_secs(30),
-        }
+        })
     );
-    assert_eq!(trigger.sink.key(), "webhook");
-    assert!(matches!(trigger.sink, SinkConfig::Webhook(_)));
+    assert_eq!(trigger.destination.sink.key(), "webhook");
+    assert!(matches!(trigger.destination.sink, SinkConfig::Webhook(_)));
     trigger
-        .build_sink(&trigger.path())
+        .destination
+        .build_sink(&trigger.path(), trigger.format)
         .unwrap_or_else(|e| panic!("{e}"));
 
     let shown = format!("{config:?}");
@@ -155,9 +155,12 @@ fn defaults_fill_in_everything_optional() {
     );
     assert_eq!(trigger.columns, None);
     assert_eq!(trigger.format, Format::Seed);
-    assert_eq!(trigger.ordering, DeliveryOrdering::PerRow);
-    assert_eq!(trigger.retry, RetryPolicy::default());
-    assert!(trigger.build_sink("trigger[0]").is_ok());
+    assert_eq!(trigger.ordering, Ordering::Row);
+    assert_eq!(trigger.retry, Some(RetryPolicy::default()));
+    assert!(trigger
+        .destination
+        .build_sink("trigger[0]", trigger.format)
+        .is_ok());
 }
 
 #[test]
@@ -201,7 +204,7 @@ fn other_choices_parse() {
     assert_eq!(trigger.table, TableName::new("my schema", "Weird \"Name\""));
     assert_eq!(trigger.operations, [Action::Insert, Action::Truncate]);
     assert_eq!(trigger.format, Format::Hasura);
-    assert_eq!(trigger.ordering, DeliveryOrdering::Unordered);
+    assert_eq!(trigger.ordering, Ordering::None);
     assert_eq!(trigger.condition.as_deref(), Some("\"Status\" <> 'draft'"));
     let grouped = Config::from_toml_str_with_env(
         &with_trigger("stdout = {}\nordering = { columns = [\"account_id\", \"region\"] }"),
@@ -211,17 +214,15 @@ fn other_choices_parse() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         grouped.triggers[0].ordering,
-        DeliveryOrdering::Columns(vec!["account_id".into(), "region".into()])
+        Ordering::Columns(vec!["account_id".into(), "region".into()])
     );
     assert_eq!(
         trigger.payload_columns.as_deref(),
         Some(&["id".to_string(), "Status".to_string()][..])
     );
-    assert_eq!(trigger.retry.timeout, Duration::from_secs(2));
-    assert_eq!(
-        trigger.retry.max_retries,
-        RetryPolicy::default().max_retries
-    );
+    let retry = trigger.retry.expect("a retry policy");
+    assert_eq!(retry.timeout, Duration::from_secs(2));
+    assert_eq!(retry.max_retries, RetryPolicy::default().max_retries);
 }
 
 /// Each mistake alone: the one error names `path` and its message contains `hint`.
@@ -549,8 +550,8 @@ fn the_product_broker_lines_parse_and_build_without_connecting() {
         let config = Config::from_toml_str_with_env(&text, "pgevents.toml", &product_env())
             .unwrap_or_else(|e| panic!("{key}: {e}"));
         let trigger = config.trigger("order_events").expect("the trigger");
-        assert_eq!(trigger.sink.key(), key);
-        let matched = match &trigger.sink {
+        assert_eq!(trigger.destination.sink.key(), key);
+        let matched = match &trigger.destination.sink {
             SinkConfig::Nats(nats) => nats.subject.as_deref() == Some("pg.orders"),
             SinkConfig::Redis(redis) => {
                 redis.stream.as_deref() == Some("pg:orders") && redis.maxlen.is_none()
@@ -562,10 +563,11 @@ fn the_product_broker_lines_parse_and_build_without_connecting() {
             SinkConfig::Stdout(_) => true,
             other => panic!("{key}: {other:?}"),
         };
-        assert!(matched, "{key}: {:?}", trigger.sink);
+        assert!(matched, "{key}: {:?}", trigger.destination.sink);
         // Building a broker sink parses its settings but connects to nothing.
         trigger
-            .build_sink(&trigger.path())
+            .destination
+            .build_sink(&trigger.path(), trigger.format)
             .unwrap_or_else(|e| panic!("{key}: {e}"));
         let shown = format!("{config:?}");
         assert!(!shown.contains("guest:guest"), "{shown}");
@@ -586,8 +588,10 @@ fn broker_urls_can_come_from_the_environment() {
     ] {
         let config = Config::from_toml_str_with_env(&with_trigger(line), "x.toml", &env)
             .unwrap_or_else(|e| panic!("{line}: {e}"));
-        let sink = config.triggers[0]
-            .build_sink("trigger[0]")
+        let trigger = &config.triggers[0];
+        let sink = trigger
+            .destination
+            .build_sink("trigger[0]", trigger.format)
             .unwrap_or_else(|e| panic!("{line}: {e}"));
         let _ = sink;
         let shown = format!("{config:?}");

@@ -1,10 +1,8 @@
 //! The operator commands: install, uninstall, check, status, events, invoke.
 
-use pgevents_capture::TriggerSpec;
 use pgevents_config::{CaptureMode, Config, TriggerConfig};
 use pgevents_log::browse::{self, AttemptRecord, EventRecord, Filter, TriggerCounts};
 use pgevents_log::LogSchema;
-use pgevents_postgres::QualifiedName;
 use tokio_postgres::Client;
 
 use crate::DaemonError;
@@ -19,22 +17,6 @@ pub(crate) async fn connect(config: &Config) -> Result<Client, DaemonError> {
     pgevents_postgres::connect(config.database_url(), None)
         .await
         .map_err(|e| DaemonError::from(e).prefixed(&format!("{}: database", config.source)))
-}
-
-pub(crate) fn spec(trigger: &TriggerConfig, notify: bool) -> TriggerSpec {
-    TriggerSpec {
-        name: trigger.name.clone(),
-        table: QualifiedName {
-            schema: trigger.table.schema.clone(),
-            name: trigger.table.name.clone(),
-        },
-        operations: trigger.operations.clone(),
-        columns: trigger.columns.clone(),
-        ordering: trigger.ordering.ordering(),
-        payload_columns: trigger.payload_columns.clone(),
-        condition: trigger.condition.clone(),
-        notify,
-    }
 }
 
 /// What `install` set up.
@@ -75,12 +57,8 @@ async fn validate(config: &Config, client: &Client) -> Result<(), DaemonError> {
     let mut lines = Vec::new();
     let mut only_privileges = true;
     for trigger in &config.triggers {
-        for problem in pgevents_capture::trigger_problems(
-            client,
-            &spec(trigger, config.capture.notify),
-            need_trigger_privilege,
-        )
-        .await?
+        for problem in
+            pgevents_capture::trigger_problems(client, trigger, need_trigger_privilege).await?
         {
             only_privileges &= matches!(problem, pgevents_log::Error::NotPermitted(_));
             lines.push(format!(
@@ -129,18 +107,15 @@ pub async fn install(config: &Config) -> Result<Installed, DaemonError> {
             CaptureMode::Trigger => pgevents_capture::install_trigger(
                 &mut client,
                 &schema,
-                &spec(trigger, config.capture.notify),
+                trigger,
+                config.capture.notify,
             )
             .await
             .map_err(|e| in_trigger(trigger, e))?,
             CaptureMode::Logical => {
-                let table = pgevents_logical::register_table(
-                    &client,
-                    &schema,
-                    &spec(trigger, config.capture.notify),
-                )
-                .await
-                .map_err(|e| logical_error(config, e))?;
+                let table = pgevents_logical::register_table(&client, &schema, trigger)
+                    .await
+                    .map_err(|e| logical_error(config, e))?;
                 let id = table.trigger_id;
                 tables.push(table);
                 id
@@ -209,12 +184,8 @@ pub(crate) async fn installed_already(config: &Config) -> Result<Option<Installe
     }
     let mut ids = Vec::with_capacity(config.triggers.len());
     for trigger in &config.triggers {
-        match pgevents_capture::installed_trigger(
-            &client,
-            &schema,
-            &spec(trigger, config.capture.notify),
-        )
-        .await?
+        match pgevents_capture::installed_trigger(&client, &schema, trigger, config.capture.notify)
+            .await?
         {
             Some(id) => ids.push(id),
             None => return Ok(None),
@@ -342,30 +313,23 @@ pub async fn check(config: &Config) -> Result<Vec<String>, DaemonError> {
         // Installed as configured: running needs no privilege on the table itself.
         if can_read_log
             && need_trigger_privilege
-            && pgevents_capture::installed_trigger(
-                &client,
-                &schema,
-                &spec(trigger, config.capture.notify),
-            )
-            .await?
-            .is_some()
+            && pgevents_capture::installed_trigger(&client, &schema, trigger, config.capture.notify)
+                .await?
+                .is_some()
         {
             continue;
         }
         let need_trigger_privilege = need_trigger_privilege && (can_read_log || !installed);
-        for p in pgevents_capture::trigger_problems(
-            &client,
-            &spec(trigger, config.capture.notify),
-            need_trigger_privilege,
-        )
-        .await?
+        for p in
+            pgevents_capture::trigger_problems(&client, trigger, need_trigger_privilege).await?
         {
             problems.push(format!("{}: {p}", problem_path(trigger, &p)));
         }
     }
     for trigger in &config.triggers {
         let reached = trigger
-            .reach_destination(&trigger.path(), DESTINATION_TIMEOUT)
+            .destination
+            .reach(&trigger.path(), trigger.format, DESTINATION_TIMEOUT)
             .await;
         problems.extend(reached.iter().map(ToString::to_string));
     }

@@ -57,20 +57,16 @@ pub async fn run(
     };
     let mut routes = Vec::with_capacity(ids.len());
     for (trigger, id) in config.triggers.iter().zip(ids) {
-        let sink = trigger.build_sink(&trigger.path()).map_err(|e| {
-            DaemonError::Config(pgevents_config::ConfigErrors {
-                source: config.source.clone(),
-                errors: vec![e],
-            })
-        })?;
-        routes.push(Route {
-            trigger_id: id,
-            name: trigger.name.as_str().into(),
-            schema: trigger.table.schema.as_str().into(),
-            table: trigger.table.name.as_str().into(),
-            sink,
-            retry: trigger.retry,
-        });
+        let sink = trigger
+            .destination
+            .build_sink(&trigger.path(), trigger.format)
+            .map_err(|e| {
+                DaemonError::Config(pgevents_config::ConfigErrors {
+                    source: config.source.clone(),
+                    errors: vec![e],
+                })
+            })?;
+        routes.push(Route::new(id, trigger.with_destination(sink)));
     }
     let url = config.database_url().to_string();
     let health = Health::new();
@@ -111,7 +107,8 @@ pub async fn run(
     let result = match capture {
         None => dispatcher.run(shutdown).await,
         Some(capture) => {
-            let (captured, dispatched) = capture.run_beside(dispatcher, shutdown).await;
+            let (captured, dispatched) =
+                pgevents::compose::run_beside(capture, dispatcher, shutdown).await;
             if let Err(e) = captured {
                 return Err(logical_error(&config, e));
             }

@@ -10,6 +10,7 @@ use pgevents_delivery::{DynSink, RetryPolicy};
 use pgevents_event::{Action, Event, EventParts};
 use pgevents_log::store::{ClaimToken, Claimed, Settlement, Store, Verdict};
 use pgevents_log::{Error, LogSchema};
+use pgevents_trigger::Trigger;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -18,21 +19,36 @@ use crate::deliver;
 use crate::wake::Waker;
 use crate::Health;
 
-/// Where the events of one trigger go.
+/// A [`Trigger`] as the dispatcher runs it: its id in the log, the names its events carry,
+/// its ready sink and its retry policy.
 #[derive(Clone)]
 pub struct Route {
+    trigger_id: i32,
+    name: Arc<str>,
+    schema: Arc<str>,
+    table: Arc<str>,
+    sink: Arc<dyn DynSink>,
+    retry: RetryPolicy,
+}
+
+impl Route {
+    /// Routes the events of `trigger`, registered in the log as `trigger_id`, to its
+    /// destination, retried under its policy (without one, [`RetryPolicy::default`]).
+    pub fn new(trigger_id: i32, trigger: Trigger<Arc<dyn DynSink>>) -> Route {
+        Route {
+            trigger_id,
+            name: trigger.name.into(),
+            schema: trigger.table.schema.into(),
+            table: trigger.table.name.into(),
+            sink: trigger.destination,
+            retry: trigger.retry.unwrap_or_default(),
+        }
+    }
+
     /// The trigger's id in the log.
-    pub trigger_id: i32,
-    /// The trigger's name.
-    pub name: Arc<str>,
-    /// The watched table's schema.
-    pub schema: Arc<str>,
-    /// The watched table.
-    pub table: Arc<str>,
-    /// The destination.
-    pub sink: Arc<dyn DynSink>,
-    /// Retries and timeout.
-    pub retry: RetryPolicy,
+    pub fn trigger_id(&self) -> i32 {
+        self.trigger_id
+    }
 }
 
 impl std::fmt::Debug for Route {

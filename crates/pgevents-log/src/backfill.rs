@@ -6,8 +6,8 @@
 //!
 //! 1. selects the next rows after `last_key` in key order, `FOR SHARE`, and writes their
 //!    `READ` events straight into `event` (`INSERT ... SELECT`: rows never leave PostgreSQL),
-//!    with the same ordering key and row image SQL as live capture ([`crate::ordering`],
-//!    [`crate::image`]). A writer that changed a row before the chunk either committed first
+//!    with the same ordering key and row image SQL as live capture ([`pgevents_trigger::ordering`],
+//!    [`pgevents_trigger::image`]). A writer that changed a row before the chunk either committed first
 //!    (the chunk reads its image, and its event has a lower position) or still holds the row,
 //!    and `FOR SHARE` waits for it and reads the newest version; a writer after the chunk
 //!    waits for the share lock, and its event gets a higher position. So a `READ` sits in
@@ -29,10 +29,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::image::image_sql;
-use crate::ordering::key_sql;
-use crate::{wake_channel, Error, LogSchema, Ordering};
+use crate::{wake_channel, Error, LogSchema};
 use pgevents_postgres::{quote_ident, QualifiedName};
+use pgevents_trigger::image::image_sql;
+use pgevents_trigger::ordering::key_sql;
+use pgevents_trigger::Ordering;
 
 /// How long a chunk waits for a row lock before it gives way.
 pub const CHUNK_LOCK_TIMEOUT_MS: u64 = 100;

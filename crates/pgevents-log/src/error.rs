@@ -69,6 +69,23 @@ pub enum Error {
     NotInstalled(String),
 }
 
+impl From<pgevents_trigger::ConditionError> for Error {
+    fn from(error: pgevents_trigger::ConditionError) -> Error {
+        match error {
+            pgevents_trigger::ConditionError::Bad {
+                table,
+                condition,
+                detail,
+            } => Error::BadCondition {
+                table,
+                condition,
+                detail,
+            },
+            pgevents_trigger::ConditionError::Postgres(e) => Error::Postgres(e),
+        }
+    }
+}
+
 impl Error {
     /// Wraps a driver error with what was being done.
     pub fn query(context: impl Into<String>, source: tokio_postgres::Error) -> Error {

@@ -9,13 +9,10 @@
 pub mod backfill;
 pub mod browse;
 mod error;
-pub mod image;
-pub mod ordering;
 mod schema;
 pub mod store;
 
 pub use error::Error;
-pub use ordering::Ordering;
 pub use schema::{
     install, salt, uninstall, wake_channel, wake_key, LogSchema, DEFAULT_LOG_SCHEMA,
     LOCK_TIMEOUT_MS, SCHEMA_VERSION,

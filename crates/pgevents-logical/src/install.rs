@@ -4,7 +4,6 @@
 //! configuration: tables added are published, tables removed are unpublished and get their
 //! replica identity back.
 
-use pgevents_capture::TriggerSpec;
 use pgevents_log::LogSchema;
 use pgevents_postgres::{quote_ident, QualifiedName};
 use tokio_postgres::{Client, GenericClient};
@@ -12,6 +11,8 @@ use tokio_postgres::{Client, GenericClient};
 use crate::catalog::check_wal_level;
 use crate::{Error, LogicalCapture, LogicalTable};
 use pgevents_postgres::catalog::{describe_table, TableInfo};
+use pgevents_trigger::condition::qualify;
+use pgevents_trigger::Trigger;
 
 /// Everything pgoutput can publish; each table's own operations are filtered while decoding.
 /// Partitions publish as their root, the table the configuration names.
@@ -55,10 +56,10 @@ fn bookkeeping_sql(schema: &LogSchema) -> String {
 /// an earlier trigger-mode install left for this name stay until [`LogicalCapture::install`]
 /// has created the slot, so switching a table to logical mode loses no change (one made
 /// while both capture it may be logged twice; delivery is at least once anyway).
-pub async fn register_table(
+pub async fn register_table<D>(
     client: &Client,
     schema: &LogSchema,
-    spec: &TriggerSpec,
+    spec: &Trigger<D>,
 ) -> Result<LogicalTable, Error> {
     let info = describe_table(client, &spec.table)
         .await?
@@ -76,7 +77,11 @@ pub async fn register_table(
         )));
     }
     let condition = match &spec.condition {
-        Some(text) => Some(pgevents_capture::qualify(client, &spec.table, text).await?),
+        Some(text) => Some(
+            qualify(client, &spec.table, text)
+                .await
+                .map_err(pgevents_log::Error::from)?,
+        ),
         None => None,
     };
     let definition = spec.definition(&info.key_columns, "logical");
@@ -85,11 +90,7 @@ pub async fn register_table(
             .await?;
     Ok(LogicalTable {
         trigger_id,
-        table: spec.table.clone(),
-        operations: spec.operations.clone(),
-        columns: spec.columns.clone(),
-        ordering: spec.ordering.clone(),
-        payload_columns: spec.payload_columns.clone(),
+        trigger: spec.description(),
         condition,
     })
 }
@@ -259,14 +260,14 @@ impl LogicalCapture {
             .map_err(|e| Error::query("creating the logical capture tables", e))?;
         let mut infos = Vec::with_capacity(self.tables.len());
         for t in &self.tables {
-            let info = describe_table(&tx, &t.table)
+            let info = describe_table(&tx, &t.trigger.table)
                 .await?
-                .ok_or_else(|| pgevents_log::Error::NoSuchTable(t.table.to_string()))?;
+                .ok_or_else(|| pgevents_log::Error::NoSuchTable(t.trigger.table.to_string()))?;
             if !infos
                 .iter()
                 .any(|(_, i): &(_, TableInfo)| i.oid == info.oid)
             {
-                infos.push((&t.table, info));
+                infos.push((&t.trigger.table, info));
             }
         }
         reconcile_publication(&tx, &self.publication, &infos).await?;
@@ -342,7 +343,7 @@ impl LogicalCapture {
             if let Some(row) = row.filter(|r| r.get::<_, bool>(1)) {
                 let name: String = row.get(0);
                 pgevents_capture::uninstall_trigger(client, &self.schema, &name).await?;
-                tracing::info!(trigger = %name, table = %t.table, "trigger capture replaced by logical capture");
+                tracing::info!(trigger = %name, table = %t.trigger.table, "trigger capture replaced by logical capture");
             }
         }
         Ok(())

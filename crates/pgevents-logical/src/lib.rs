@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), pgevents_logical::Error> {
-//! use pgevents_capture::TriggerSpec;
+//! use pgevents_trigger::Trigger;
 //! use pgevents_log::LogSchema;
 //! use pgevents_postgres::QualifiedName;
 //! use pgevents_logical::{register_table, LogicalCapture};
@@ -14,7 +14,7 @@
 //! let mut client = pgevents_postgres::connect(url, None).await?;
 //! pgevents_log::install(&mut client, &schema).await?;
 //! let table = QualifiedName::parse("orders").map_err(|e| pgevents_logical::Error::Invalid(e.to_string()))?;
-//! let orders = TriggerSpec::new("order_events", table);
+//! let orders = Trigger::new("order_events", table, ());
 //! let table = register_table(&client, &schema, &orders).await?;
 //! let capture = LogicalCapture::new(url, schema, "pgevents", "pgevents", vec![table])?;
 //! capture.install().await?;                       // publication, REPLICA IDENTITY FULL, slot
@@ -115,9 +115,8 @@ mod writer;
 
 use std::time::Duration;
 
-use pgevents_event::Action;
 use pgevents_log::LogSchema;
-use pgevents_postgres::QualifiedName;
+use pgevents_trigger::{Condition, Trigger};
 
 pub use catalog::check_wal_level;
 pub use error::Error;
@@ -138,25 +137,17 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
 /// worth a warning.
 pub const DEFAULT_LAG_WARNING_BYTES: u64 = 1024 * 1024 * 1024;
 
-/// One configured trigger captured through the slot.
+/// One trigger registered for capture through the slot: its log id, its description, and
+/// its `where` condition as PostgreSQL qualified it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogicalTable {
     /// The trigger's id in the log (from [`register_table`]).
     pub trigger_id: i32,
-    /// The watched table.
-    pub table: QualifiedName,
-    /// Which of INSERT, UPDATE, DELETE, TRUNCATE to capture.
-    pub operations: Vec<Action>,
-    /// When set, an UPDATE is captured only if one of these columns changed.
-    pub columns: Option<Vec<String>>,
-    /// Which events are delivered in commit order (`Row` needs a primary key or a replica
-    /// identity index).
-    pub ordering: pgevents_log::Ordering,
-    /// When set, `data.old` / `data.new` hold only these columns (in table order).
-    pub payload_columns: Option<Vec<String>>,
-    /// When set, the trigger's `where`: INSERT fires when the new row matches, DELETE when
+    /// What it captures (its destination is the dispatcher's business).
+    pub trigger: Trigger,
+    /// The trigger's `where`, qualified: INSERT fires when the new row matches, DELETE when
     /// the old row does, UPDATE when either does.
-    pub condition: Option<pgevents_capture::Condition>,
+    pub condition: Option<Condition>,
 }
 
 /// Tuning of a [`LogicalCapture`].
@@ -266,36 +257,5 @@ impl LogicalCapture {
     pub async fn slot_health(&self) -> Result<Option<SlotHealth>, Error> {
         let client = pgevents_postgres::connect(&self.url, None).await?;
         slots::slot_health(&client, &self.slot).await
-    }
-}
-
-impl LogicalCapture {
-    /// Runs this capture beside `dispatcher` until `shutdown` completes: both stop on
-    /// shutdown (the dispatcher draining in-flight work), and a capture that fails for good
-    /// stops the dispatcher too. Returns the capture's and the dispatcher's results.
-    pub async fn run_beside<F: std::future::Future>(
-        self,
-        dispatcher: pgevents_dispatch::Dispatcher,
-        shutdown: F,
-    ) -> (Result<(), Error>, Result<(), pgevents_log::Error>) {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let signal = async {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = stopped(stop_rx.clone()) => {}
-            }
-            let _ = stop_tx.send(true);
-        };
-        let capture = async {
-            let result = self.run(stopped(stop_rx.clone())).await;
-            let _ = stop_tx.send(true);
-            result
-        };
-        let dispatch = dispatcher.run(stopped(stop_rx.clone()));
-        let ((), captured, dispatched) = tokio::join!(signal, capture, dispatch);
-        (captured, dispatched)
     }
 }

@@ -313,13 +313,14 @@ impl LogicalCapture {
     async fn watched(&self, client: &Client) -> Result<HashMap<u32, Watched>, Error> {
         let mut watched: HashMap<u32, Watched> = HashMap::new();
         for t in &self.tables {
-            let Some(info) = pgevents_postgres::catalog::describe_table(client, &t.table).await?
+            let Some(info) =
+                pgevents_postgres::catalog::describe_table(client, &t.trigger.table).await?
             else {
-                tracing::warn!(table = %t.table, "watched table does not exist; its changes are not captured");
+                tracing::warn!(table = %t.trigger.table, "watched table does not exist; its changes are not captured");
                 continue;
             };
             if info.replica_identity != b'f' {
-                tracing::warn!(table = %t.table, "REPLICA IDENTITY is not FULL: data.old of UPDATE and DELETE events is incomplete; run `pgevents install` again");
+                tracing::warn!(table = %t.trigger.table, "REPLICA IDENTITY is not FULL: data.old of UPDATE and DELETE events is incomplete; run `pgevents install` again");
             }
             watched
                 .entry(info.oid)
@@ -552,12 +553,12 @@ impl Decoder {
         if let Message::Truncate { relations } = message {
             for oid in relations {
                 for (spec, _) in self.tables.get(&oid).map_or(&[][..], |w| &w.specs[..]) {
-                    if spec.operations.contains(&Action::Truncate) {
+                    if spec.trigger.operations.contains(&Action::Truncate) {
                         self.batch.push(Row {
                             at,
                             trigger_id: spec.trigger_id,
                             op: Action::Truncate.code(),
-                            ordering: ordering_code(&pgevents_log::Ordering::None),
+                            ordering: ordering_code(&pgevents_trigger::Ordering::None),
                             shape: None,
                             projection: None,
                             old: None,
@@ -631,11 +632,11 @@ impl Decoder {
             return Ok(());
         };
         for (spec, projection) in &watched.specs {
-            if !spec.operations.contains(&action) {
+            if !spec.trigger.operations.contains(&action) {
                 continue;
             }
             if action == Action::Update {
-                if let (Some(columns), Some(old), Some(new)) = (&spec.columns, &old, &new) {
+                if let (Some(columns), Some(old), Some(new)) = (&spec.trigger.columns, &old, &new) {
                     let changed = shape
                         .columns
                         .iter()
@@ -650,7 +651,7 @@ impl Decoder {
                 at,
                 trigger_id: spec.trigger_id,
                 op: action.code(),
-                ordering: ordering_code(&spec.ordering),
+                ordering: ordering_code(&spec.trigger.ordering),
                 shape: Some(shape.clone()),
                 projection: projection.clone(),
                 old: old.clone(),

@@ -19,10 +19,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use pgevents_log::image::{image_sql, in_table_order};
-use pgevents_log::ordering::{key_sql, old_key_sql};
-use pgevents_log::{wake_channel, LogSchema, Ordering};
+use pgevents_log::{wake_channel, LogSchema};
 use pgevents_postgres::quote_ident;
+use pgevents_trigger::image::{image_sql, in_table_order};
+use pgevents_trigger::ordering::{key_sql, old_key_sql};
+use pgevents_trigger::Ordering;
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{Client, Statement};
 
@@ -67,15 +68,19 @@ pub(crate) struct Projection {
     /// The columns of `Columns` ordering (the statement computes their group keys).
     pub group_columns: Option<Vec<String>>,
     /// Only rows matching this condition (`where`) become events.
-    pub condition: Option<pgevents_capture::Condition>,
+    pub condition: Option<pgevents_trigger::Condition>,
 }
 
 impl Projection {
     /// What `table`'s events take from a row; `None` when they take it whole.
     pub fn of(table: &crate::LogicalTable) -> Option<Arc<Projection>> {
         let projection = Projection {
-            payload_columns: table.payload_columns.clone(),
-            group_columns: table.ordering.group_columns().map(<[String]>::to_vec),
+            payload_columns: table.trigger.payload_columns.clone(),
+            group_columns: table
+                .trigger
+                .ordering
+                .group_columns()
+                .map(<[String]>::to_vec),
             condition: table.condition.clone(),
         };
         (projection != Projection::whole()).then(|| Arc::new(projection))

@@ -6,11 +6,11 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pgevents_capture::TriggerSpec;
 use pgevents_event::Action;
 use pgevents_log::LogSchema;
 use pgevents_logical::{Error, LogicalCapture};
 use pgevents_postgres::QualifiedName;
+use pgevents_trigger::Trigger;
 use support::{db, eventually, ChildCapture, Running, ALL_OPS};
 
 const WAIT: Duration = Duration::from_secs(45);
@@ -83,9 +83,13 @@ async fn logical_payloads_equal_trigger_payloads_byte_for_byte() {
         )
         .await
         .expect("schema");
-    let mut spec = TriggerSpec::new("trigger_mode", QualifiedName::parse("typed").expect("name"));
+    let mut spec = Trigger::new(
+        "trigger_mode",
+        QualifiedName::parse("typed").expect("name"),
+        (),
+    );
     spec.operations = ALL_OPS.to_vec();
-    let trigger_id = pgevents_capture::install_trigger(&mut db.client, &db.schema, &spec)
+    let trigger_id = pgevents_capture::install_trigger(&mut db.client, &db.schema, &spec, true)
         .await
         .expect("trigger capture");
     let logical = db.register("logical_mode", "typed", &ALL_OPS).await;
@@ -559,7 +563,7 @@ async fn a_lost_slot_is_a_clear_error() {
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, pad text)")
         .await
         .expect("schema");
-    let mut spec = TriggerSpec::new("t", QualifiedName::parse("t").expect("name"));
+    let mut spec = Trigger::new("t", QualifiedName::parse("t").expect("name"), ());
     spec.operations = ALL_OPS.to_vec();
     let table = pgevents_logical::register_table(&client, &schema, &spec)
         .await

@@ -1,5 +1,5 @@
 //! End to end through the pgevents library: a table routed with
-//! `Listener::builder(url).sink("t", <broker sink>, TableOptions::default())`, 1,000 inserts
+//! `Listener::builder(url).sink(Trigger::for_table("t", <broker sink>)?)`, 1,000 inserts
 //! and updates over 50 rows, and every event read back from the broker — all of them, each
 //! row's in commit order, each with the exact seed payload — also when the broker restarts
 //! in the middle of the flow.

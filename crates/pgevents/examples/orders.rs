@@ -40,13 +40,12 @@ async fn main() -> Result<(), BoxError> {
             );
             Ok::<_, std::convert::Infallible>(())
         })
-        .on_with(
+        .trigger(pgevents::Trigger::for_table(
             "orders_audit",
             AuditHandler {
                 prefix: "audit:".into(),
             },
-            pgevents::TableOptions::default(),
-        )
+        )?)
         .build()
         .await?;
     listener.run(tokio::signal::ctrl_c()).await?;

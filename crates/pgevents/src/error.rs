@@ -64,3 +64,9 @@ impl From<pgevents_postgres::Error> for Error {
         Error(Kind::Log(e.into()))
     }
 }
+
+impl From<pgevents_postgres::TableNameError> for Error {
+    fn from(e: pgevents_postgres::TableNameError) -> Error {
+        Error::usage(e.to_string())
+    }
+}

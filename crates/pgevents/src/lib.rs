@@ -20,6 +20,7 @@
 //! panic is a failed attempt, retried with exponential backoff; events of one row arrive in
 //! commit order. Several listeners on one database share the work.
 
+pub mod compose;
 mod error;
 mod handler;
 mod listener;
@@ -27,9 +28,9 @@ mod memory;
 
 pub use error::Error;
 pub use handler::{BoxError, Handler};
-pub use listener::{Listener, ListenerBuilder, TableOptions};
+pub use listener::{Listener, ListenerBuilder};
 pub use memory::{release_large_allocations, LARGE_ALLOCATION};
 pub use pgevents_delivery::{Delivery, Outcome, Report, RetryPolicy, Sink, Slot};
 pub use pgevents_event::{Action, Event, Format};
 pub use pgevents_log::backfill::{Backfill, State as BackfillState};
-pub use pgevents_log::Ordering;
+pub use pgevents_trigger::{Ordering, TableNameError, Trigger};

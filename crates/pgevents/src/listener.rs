@@ -4,56 +4,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_capture::TriggerSpec;
 use pgevents_delivery::{DynSink, RetryPolicy, Sink};
 use pgevents_dispatch::{Dispatcher, Options, Route};
-use pgevents_event::Action;
 use pgevents_log::backfill::Backfill;
-use pgevents_log::{LogSchema, Ordering};
+use pgevents_log::LogSchema;
 use pgevents_postgres::QualifiedName;
+use pgevents_trigger::Trigger;
 
 use crate::handler::HandlerSink;
 use crate::{Error, Handler};
 
-/// Per-table settings for [`ListenerBuilder::on_with`] and [`ListenerBuilder::sink`].
-#[derive(Debug, Clone)]
-pub struct TableOptions {
-    /// Which changes to capture (default INSERT, UPDATE, DELETE; TRUNCATE optional).
-    pub operations: Vec<Action>,
-    /// When set, an UPDATE is delivered only if one of these columns changed.
-    pub columns: Option<Vec<String>>,
-    /// Which events are delivered in commit order (default [`Ordering::Row`]: the events of
-    /// one row; `Table`: all of the table's; `None`: no order).
-    pub ordering: Ordering,
-    /// When set, `data.old` / `data.new` hold only these columns (in table order); the
-    /// others never reach the event log.
-    pub payload_columns: Option<Vec<String>>,
-    /// When set (the daemon's `where`), an SQL condition on the row's columns: an INSERT is
-    /// delivered when the new row matches, a DELETE when the old row does, an UPDATE when
-    /// either does.
-    pub condition: Option<String>,
-    /// Retries and timeout (default: the builder's policy).
-    pub retry: Option<RetryPolicy>,
-}
-
-impl Default for TableOptions {
-    fn default() -> Self {
-        TableOptions {
-            operations: vec![Action::Insert, Action::Update, Action::Delete],
-            columns: None,
-            ordering: Ordering::Row,
-            payload_columns: None,
-            condition: None,
-            retry: None,
-        }
-    }
-}
-
-struct Entry {
-    table: String,
-    options: TableOptions,
-    sink: Arc<dyn DynSink>,
-}
+/// A trigger to install, or why its table name was refused (reported by `build`).
+type Entry = Result<Trigger<Arc<dyn DynSink>>, String>;
 
 /// Builds a [`Listener`]: which tables, which handlers, which policies.
 pub struct ListenerBuilder {
@@ -72,7 +34,14 @@ impl std::fmt::Debug for ListenerBuilder {
             .field("log_schema", &self.log_schema)
             .field(
                 "tables",
-                &self.entries.iter().map(|e| &e.table).collect::<Vec<_>>(),
+                &self
+                    .entries
+                    .iter()
+                    .map(|e| match e {
+                        Ok(trigger) => trigger.table.to_string(),
+                        Err(refused) => refused.clone(),
+                    })
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -155,8 +124,8 @@ impl Listener {
                 .await
                 .map_err(Error::from);
         };
-        let (captured, dispatched) = capture
-            .run_beside(self.dispatcher, async move {
+        let (captured, dispatched) =
+            crate::compose::run_beside(capture, self.dispatcher, async move {
                 shutdown.await;
             })
             .await;
@@ -167,27 +136,40 @@ impl Listener {
 
 impl ListenerBuilder {
     /// Delivers the changes of `table` (`"orders"` means `public.orders`) to `handler`.
-    pub fn on<H: Handler>(self, table: &str, handler: H) -> ListenerBuilder {
-        self.on_with(table, handler, TableOptions::default())
+    pub fn on<H: Handler>(mut self, table: &str, handler: H) -> ListenerBuilder {
+        let sink: Arc<dyn DynSink> = Arc::new(HandlerSink(Arc::new(handler)));
+        self.entries
+            .push(Trigger::for_table(table, sink).map_err(|e| e.to_string()));
+        self
     }
 
-    /// Like [`on`](Self::on), with per-table options.
-    pub fn on_with<H: Handler>(
-        self,
-        table: &str,
-        handler: H,
-        options: TableOptions,
-    ) -> ListenerBuilder {
-        self.sink(table, HandlerSink(Arc::new(handler)), options)
+    /// Delivers the changes `trigger` describes to its handler: [`on`](Self::on) with the
+    /// trigger's operations, `columns`, ordering, filter, payload columns and retry policy.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), pgevents::Error> {
+    /// use pgevents::{Event, Ordering, Trigger};
+    /// let handler = |event: Event| async move { Ok::<_, std::convert::Infallible>(()) };
+    /// let orders = Trigger::for_table("orders", handler)?
+    ///     .ordering(Ordering::Columns(vec!["account_id".into()]))
+    ///     .condition("status <> 'draft'");
+    /// let listener = pgevents::Listener::builder("postgres://app@localhost/shop")
+    ///     .trigger(orders)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn trigger<H: Handler>(self, trigger: Trigger<H>) -> ListenerBuilder {
+        self.sink(trigger.map_destination(|handler| HandlerSink(Arc::new(handler))))
     }
 
-    /// Delivers the changes of `table` to any [`Sink`] (a webhook, a broker, your own).
-    pub fn sink<S: Sink>(mut self, table: &str, sink: S, options: TableOptions) -> ListenerBuilder {
-        self.entries.push(Entry {
-            table: table.into(),
-            options,
-            sink: Arc::new(sink),
-        });
+    /// Delivers the changes `trigger` describes to any [`Sink`] (a webhook, a broker, your
+    /// own).
+    pub fn sink<S: Sink>(mut self, trigger: Trigger<S>) -> ListenerBuilder {
+        self.entries.push(Ok(trigger.map_destination(|sink| {
+            let sink: Arc<dyn DynSink> = Arc::new(sink);
+            sink
+        })));
         self
     }
 
@@ -264,42 +246,30 @@ impl ListenerBuilder {
     /// fails with an error for which [`Error::is_usage`] is true, having changed nothing.
     pub async fn build(self) -> Result<Listener, Error> {
         let schema = LogSchema::new(&self.log_schema)?;
-        let mut specs = Vec::with_capacity(self.entries.len());
-        for entry in &self.entries {
-            let table =
-                QualifiedName::parse(&entry.table).map_err(|e| Error::usage(e.to_string()))?;
-            let name = table.to_string();
-            if specs.iter().any(|(s, _): &(TriggerSpec, _)| s.name == name) {
+        let mut triggers: Vec<Trigger<Arc<dyn DynSink>>> = Vec::with_capacity(self.entries.len());
+        for entry in self.entries {
+            let mut trigger = entry.map_err(Error::usage)?;
+            let name = &trigger.name;
+            if triggers.iter().any(|t| t.name == *name) {
                 return Err(Error::usage(format!(
                     "table {name} is registered twice: give it one handler"
                 )));
             }
-            if let Some(bad) = entry.options.operations.iter().find(|a| !a.is_captured()) {
+            if let Some(bad) = trigger.operations.iter().find(|a| !a.is_captured()) {
                 return Err(Error::usage(format!(
                     "table {name}: {bad} is not a capturable operation; use INSERT, UPDATE, DELETE or TRUNCATE"
                 )));
             }
-            specs.push((
-                TriggerSpec {
-                    name,
-                    table,
-                    operations: entry.options.operations.clone(),
-                    columns: entry.options.columns.clone(),
-                    ordering: entry.options.ordering.clone(),
-                    payload_columns: entry.options.payload_columns.clone(),
-                    condition: entry.options.condition.clone(),
-                    notify: self.options.notify,
-                },
-                entry,
-            ));
+            trigger.retry = trigger.retry.or(Some(self.retry));
+            triggers.push(trigger);
         }
         let mut client = pgevents_postgres::connect(&self.url, None).await?;
         // Every table first: a mistake in one leaves nothing half-installed.
-        for (spec, _) in &specs {
-            pgevents_capture::validate_trigger(&client, spec, self.logical.is_none()).await?;
+        for trigger in &triggers {
+            pgevents_capture::validate_trigger(&client, trigger, self.logical.is_none()).await?;
         }
         let salt = pgevents_log::install(&mut client, &schema).await?;
-        let mut routes = Vec::with_capacity(specs.len());
+        let mut routes = Vec::with_capacity(triggers.len());
         let mut logical_tables = Vec::new();
         if self.logical.is_some() {
             // Before any trigger is replaced: a server without wal_level = logical keeps them.
@@ -307,25 +277,25 @@ impl ListenerBuilder {
                 .await
                 .map_err(pgevents_log::Error::from)?;
         }
-        for (spec, entry) in &specs {
+        let names = triggers.iter().map(|t| t.name.clone()).collect();
+        for trigger in triggers {
             let id = if self.logical.is_some() {
-                let table = pgevents_logical::register_table(&client, &schema, spec)
+                let table = pgevents_logical::register_table(&client, &schema, &trigger)
                     .await
                     .map_err(pgevents_log::Error::from)?;
                 let id = table.trigger_id;
                 logical_tables.push(table);
                 id
             } else {
-                pgevents_capture::install_trigger(&mut client, &schema, spec).await?
+                pgevents_capture::install_trigger(
+                    &mut client,
+                    &schema,
+                    &trigger,
+                    self.options.notify,
+                )
+                .await?
             };
-            routes.push(Route {
-                trigger_id: id,
-                name: spec.name.as_str().into(),
-                schema: spec.table.schema.as_str().into(),
-                table: spec.table.name.as_str().into(),
-                sink: entry.sink.clone(),
-                retry: entry.options.retry.unwrap_or(self.retry),
-            });
+            routes.push(Route::new(id, trigger));
         }
         tracing::info!(
             tables = routes.len(),
@@ -348,7 +318,7 @@ impl ListenerBuilder {
             None => None,
         };
         Ok(Listener {
-            triggers: specs.iter().map(|(spec, _)| spec.name.clone()).collect(),
+            triggers: names,
             dispatcher: Dispatcher::new(
                 self.url.clone(),
                 schema.clone(),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pgevents::{Listener, TableOptions};
+use pgevents::{Listener, Trigger};
 
 async fn fresh() -> (String, tokio_postgres::Client) {
     let url = pgevents_tempdb::testing::fresh_database("pgevents_bad").expect("test database");
@@ -52,10 +52,6 @@ async fn input_mistakes_are_usage_errors_and_change_nothing() {
         .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
         .await
         .expect("table");
-    let options = |columns: &[&str]| TableOptions {
-        columns: Some(columns.iter().map(|c| c.to_string()).collect()),
-        ..TableOptions::default()
-    };
     let cases: Vec<(&str, pgevents::ListenerBuilder, &str)> = vec![
         (
             "a missing table (after a good one)",
@@ -64,7 +60,11 @@ async fn input_mistakes_are_usage_errors_and_change_nothing() {
         ),
         (
             "a missing column",
-            Listener::builder(&url).on_with("orders", ok, options(&["colour"])),
+            Listener::builder(&url).trigger(
+                Trigger::for_table("orders", ok)
+                    .expect("a table name")
+                    .columns(["colour"]),
+            ),
             "\"colour\"",
         ),
         (
@@ -87,13 +87,10 @@ async fn input_mistakes_are_usage_errors_and_change_nothing() {
         ),
         (
             "a MANUAL operation",
-            Listener::builder(&url).on_with(
-                "orders",
-                ok,
-                TableOptions {
-                    operations: vec![pgevents::Action::Manual],
-                    ..TableOptions::default()
-                },
+            Listener::builder(&url).trigger(
+                Trigger::for_table("orders", ok)
+                    .expect("a table name")
+                    .operations(vec![pgevents::Action::Manual]),
             ),
             "MANUAL",
         ),

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgevents_admin::{AdminState, Health};
-use pgevents_capture::TriggerSpec;
 use pgevents_delivery::{Delivery, Outcome, Report, RetryPolicy, Sink};
 use pgevents_dispatch::{Dispatcher, Options, Route};
 use pgevents_log::LogSchema;
 use pgevents_postgres::QualifiedName;
+use pgevents_trigger::Trigger;
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -149,7 +149,7 @@ pub struct Table {
     pub sink: Switch,
     pub retry: RetryPolicy,
     /// Changes the trigger's capture (filter, ordering, payload columns) before install.
-    pub capture: fn(&mut TriggerSpec),
+    pub capture: fn(&mut Trigger),
 }
 
 impl Table {
@@ -163,7 +163,7 @@ impl Table {
         }
     }
 
-    pub fn capture(mut self, change: fn(&mut TriggerSpec)) -> Table {
+    pub fn capture(mut self, change: fn(&mut Trigger)) -> Table {
         self.capture = change;
         self
     }
@@ -232,19 +232,13 @@ pub async fn daemon_listening(
             .await
             .expect("create table");
         let table = QualifiedName::parse(t.table).expect("table name");
-        let mut spec = TriggerSpec::new(t.trigger, table.clone());
+        let mut spec = Trigger::new(t.trigger, table.clone(), ());
         (t.capture)(&mut spec);
-        let id = pgevents_capture::install_trigger(&mut client, &schema, &spec)
+        let id = pgevents_capture::install_trigger(&mut client, &schema, &spec, true)
             .await
             .expect("install trigger");
-        routes.push(Route {
-            trigger_id: id,
-            name: t.trigger.into(),
-            schema: table.schema.as_str().into(),
-            table: table.name.as_str().into(),
-            sink: Arc::new(t.sink.clone()),
-            retry: t.retry,
-        });
+        let sink: Arc<dyn pgevents_delivery::DynSink> = Arc::new(t.sink.clone());
+        routes.push(Route::new(id, spec.with_destination(sink).retry(t.retry)));
         sinks.push(t.sink);
     }
     assert_eq!(

@@ -2,9 +2,9 @@
 //! trigger capture of the same rows: `where`, `payload_columns` and
 //! `ordering = { columns = [...] }`.
 
-use pgevents_capture::TriggerSpec;
-use pgevents_log::Ordering;
 use pgevents_postgres::QualifiedName;
+use pgevents_trigger::Ordering;
+use pgevents_trigger::Trigger;
 
 use crate::support::{db, eventually, Db, Running, ALL_OPS};
 use crate::{logged, Logged, WAIT};
@@ -15,19 +15,20 @@ use crate::{logged, Logged, WAIT};
 async fn both_modes(
     db: &mut Db,
     slot: &str,
-    configure: impl Fn(&mut TriggerSpec),
+    configure: impl Fn(&mut Trigger),
     workload: &str,
 ) -> (Vec<Logged>, Vec<Logged>) {
     let table = QualifiedName::parse("t").expect("name");
-    let mut by_trigger = TriggerSpec::new("trigger_mode", table.clone());
-    let mut by_slot = TriggerSpec::new("logical_mode", table);
+    let mut by_trigger = Trigger::new("trigger_mode", table.clone(), ());
+    let mut by_slot = Trigger::new("logical_mode", table, ());
     for spec in [&mut by_trigger, &mut by_slot] {
         spec.operations = ALL_OPS.to_vec();
         configure(spec);
     }
-    let trigger_id = pgevents_capture::install_trigger(&mut db.client, &db.schema, &by_trigger)
-        .await
-        .expect("trigger capture");
+    let trigger_id =
+        pgevents_capture::install_trigger(&mut db.client, &db.schema, &by_trigger, true)
+            .await
+            .expect("trigger capture");
     let logical = pgevents_logical::register_table(&db.client, &db.schema, &by_slot)
         .await
         .expect("register");

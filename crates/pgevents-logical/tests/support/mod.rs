@@ -5,11 +5,11 @@ use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgevents_capture::TriggerSpec;
 use pgevents_event::Action;
 use pgevents_log::LogSchema;
 use pgevents_logical::{LogicalCapture, LogicalTable, Options};
 use pgevents_postgres::QualifiedName;
+use pgevents_trigger::Trigger;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -67,7 +67,7 @@ pub async fn connect(url: &str) -> Client {
 impl Db {
     /// Registers `table` for logical capture under trigger `name`.
     pub async fn register(&self, name: &str, table: &str, ops: &[Action]) -> LogicalTable {
-        let mut spec = TriggerSpec::new(name, QualifiedName::parse(table).expect("table name"));
+        let mut spec = Trigger::new(name, QualifiedName::parse(table).expect("table name"), ());
         spec.operations = ops.to_vec();
         pgevents_logical::register_table(&self.client, &self.schema, &spec)
             .await
@@ -221,14 +221,15 @@ pub async fn registered_tables(client: &Client, schema: &LogSchema) -> Vec<Logic
         .into_iter()
         .map(|t| LogicalTable {
             trigger_id: t.id,
-            table: QualifiedName {
-                schema: t.schema,
-                name: t.table,
-            },
-            operations: ALL_OPS.to_vec(),
-            columns: None,
-            ordering: pgevents_log::Ordering::Row,
-            payload_columns: None,
+            trigger: Trigger::new(
+                t.name,
+                QualifiedName {
+                    schema: t.schema,
+                    name: t.table,
+                },
+                (),
+            )
+            .operations(ALL_OPS),
             condition: None,
         })
         .collect()

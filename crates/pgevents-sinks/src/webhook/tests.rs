@@ -528,11 +528,7 @@ async fn a_burst_beyond_the_connection_limit_is_delivered_at_the_first_attempt()
     };
     let listener = pgevents::Listener::builder(&db)
         .retry(policy)
-        .sink(
-            "t",
-            sink(&url, Format::Seed),
-            pgevents::TableOptions::default(),
-        )
+        .sink(pgevents::Trigger::for_table("t", sink(&url, Format::Seed)).expect("a table name"))
         .build()
         .await
         .expect("build the listener");

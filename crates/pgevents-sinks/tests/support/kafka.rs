@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use pgevents::{Format, Listener, TableOptions};
+use pgevents::{Format, Listener, Trigger};
 use pgevents_sinks::{Env, KafkaConfig, KafkaSink, ResolveSink};
 use tokio::time::Instant;
 
@@ -188,7 +188,8 @@ pub async fn three_tables() {
     let topic = Topic::create(KAFKA_BROKERS, PARTITIONS).await;
     let mut builder = Listener::builder(&url).retry(retry_policy());
     for (table, key) in KEYED_TABLES {
-        builder = builder.sink(table, kafka_sink(&topic, key), TableOptions::default());
+        builder =
+            builder.sink(Trigger::for_table(table, kafka_sink(&topic, key)).expect("a table name"));
     }
     let running = Running::start(builder).await;
     for (table, _) in KEYED_TABLES {
@@ -284,11 +285,11 @@ pub async fn one_row_in_order() {
     let deadline = Instant::now() + WAIT;
     let (url, client) = database("CREATE TABLE one (id int PRIMARY KEY, n int NOT NULL)").await;
     let topic = Topic::create(KAFKA_BROKERS, PARTITIONS).await;
-    let running = Running::start(Listener::builder(&url).retry(retry_policy()).sink(
-        "one",
-        kafka_sink(&topic, "row"),
-        TableOptions::default(),
-    ))
+    let running = Running::start(
+        Listener::builder(&url)
+            .retry(retry_policy())
+            .sink(Trigger::for_table("one", kafka_sink(&topic, "row")).expect("a table name")),
+    )
     .await;
     client
         .batch_execute("INSERT INTO one VALUES (1, 0)")

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pgevents::{Delivery, Listener, ListenerBuilder, Outcome, RetryPolicy, Sink, TableOptions};
+use pgevents::{Delivery, Listener, ListenerBuilder, Outcome, RetryPolicy, Sink, Trigger};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -308,11 +308,11 @@ pub async fn deliver_all<B: Broker>(broker: &mut B, restart: bool) {
         inner: broker.sink(),
         failures: Arc::clone(&failures),
     };
-    let running = Running::start(Listener::builder(&url).retry(retry_policy()).sink(
-        "t",
-        sink,
-        TableOptions::default(),
-    ))
+    let running = Running::start(
+        Listener::builder(&url)
+            .retry(retry_policy())
+            .sink(Trigger::for_table("t", sink).expect("a table name")),
+    )
     .await;
 
     write(&client, 0..STEPS / 2).await;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgevents::{Action, BackfillState, Event, Listener};
+use pgevents::{Action, BackfillState, Event, Listener, Trigger};
 
 use crate::support::{connect, db, eventually, Db};
 
@@ -258,13 +258,12 @@ async fn backfill_refuses_bad_input_and_starts_nothing() {
         .on("keyed", |_: Event| async {
             Ok::<_, std::convert::Infallible>(())
         })
-        .on_with(
-            "loose",
-            |_: Event| async { Ok::<_, std::convert::Infallible>(()) },
-            pgevents::TableOptions {
-                ordering: pgevents::Ordering::None,
-                ..Default::default()
-            },
+        .trigger(
+            Trigger::for_table("loose", |_: Event| async {
+                Ok::<_, std::convert::Infallible>(())
+            })
+            .expect("a table name")
+            .ordering(pgevents::Ordering::None),
         )
         .build()
         .await

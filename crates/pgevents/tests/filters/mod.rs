@@ -1,7 +1,7 @@
 //! Choosing what fires, what it carries and how it is ordered, in trigger capture: `where`,
 //! `payload_columns` and `ordering = { columns = [...] }`.
 
-use pgevents::{Action, Event, Listener, Ordering, TableOptions};
+use pgevents::{Action, Event, Listener, Ordering, Trigger};
 
 use crate::ordering::{failing_first, position};
 use crate::support::{db, start, Collector, Db};
@@ -26,13 +26,6 @@ async fn captured(db: &Db) -> i64 {
         .get(0)
 }
 
-fn options(payload_columns: &[&str]) -> TableOptions {
-    TableOptions {
-        payload_columns: Some(payload_columns.iter().map(|c| c.to_string()).collect()),
-        ..TableOptions::default()
-    }
-}
-
 /// The payload holds only the chosen columns, in table order, exactly as PostgreSQL renders
 /// a row of them; the left-out column reaches neither the handler nor the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,11 +40,13 @@ async fn payload_columns_keep_only_the_chosen_columns_byte_for_byte() {
         .expect("schema");
     let events = Collector::default();
     // Listed out of table order, with the oddly named column: the payload follows the table.
-    let running = start(Listener::builder(&db.url).on_with(
-        "accounts",
-        events.handler(),
-        options(&["Odd \"Name\"", "balance", "id", "tags"]),
-    ))
+    let running = start(
+        Listener::builder(&db.url).trigger(
+            Trigger::for_table("accounts", events.handler())
+                .expect("a table name")
+                .payload_columns(["Odd \"Name\"", "balance", "id", "tags"]),
+        ),
+    )
     .await;
     db.client
         .batch_execute(
@@ -121,7 +116,11 @@ async fn an_unknown_payload_column_is_refused_naming_it() {
         .expect("schema");
     let events = Collector::default();
     let error = Listener::builder(&db.url)
-        .on_with("small", events.handler(), options(&["id", "nope"]))
+        .trigger(
+            Trigger::for_table("small", events.handler())
+                .expect("a table name")
+                .payload_columns(["id", "nope"]),
+        )
         .build()
         .await
         .expect_err("an unknown column is refused");
@@ -148,13 +147,10 @@ async fn group_order_holds_while_a_group_retries_and_other_groups_flow() {
     let running = start(
         Listener::builder(&db.url)
             .retry(fast_retry(10, 300))
-            .on_with(
-                "ledger",
-                handler,
-                TableOptions {
-                    ordering: Ordering::Columns(vec!["account".into()]),
-                    ..TableOptions::default()
-                },
+            .trigger(
+                Trigger::for_table("ledger", handler)
+                    .expect("a table name")
+                    .ordering(Ordering::Columns(vec!["account".into()])),
             ),
     )
     .await;
@@ -229,15 +225,14 @@ async fn where_fires_on_the_rows_that_match_before_or_after() {
         .await
         .expect("schema");
     let events = Collector::default();
-    let running = start(Listener::builder(&db.url).on_with(
-        "orders",
-        events.handler(),
-        TableOptions {
-            operations: vec![Action::Insert, Action::Update, Action::Delete],
-            condition: Some("status <> 'draft'".into()),
-            ..TableOptions::default()
-        },
-    ))
+    let running = start(
+        Listener::builder(&db.url).trigger(
+            Trigger::for_table("orders", events.handler())
+                .expect("a table name")
+                .operations(vec![Action::Insert, Action::Update, Action::Delete])
+                .condition("status <> 'draft'"),
+        ),
+    )
     .await;
     db.client
         .batch_execute(FILTERED_WRITES)
@@ -288,13 +283,10 @@ async fn a_bad_condition_is_refused_with_postgres_message() {
     ] {
         let events = Collector::default();
         let error = Listener::builder(&db.url)
-            .on_with(
-                "orders",
-                events.handler(),
-                TableOptions {
-                    condition: Some(condition.into()),
-                    ..TableOptions::default()
-                },
+            .trigger(
+                Trigger::for_table("orders", events.handler())
+                    .expect("a table name")
+                    .condition(condition),
             )
             .build()
             .await
@@ -331,16 +323,15 @@ async fn where_and_columns_must_both_hold_for_an_update() {
         .await
         .expect("schema");
     let events = Collector::default();
-    let running = start(Listener::builder(&db.url).on_with(
-        "items",
-        events.handler(),
-        TableOptions {
-            operations: vec![Action::Update],
-            columns: Some(vec!["status".into()]),
-            condition: Some("amount > 0".into()),
-            ..TableOptions::default()
-        },
-    ))
+    let running = start(
+        Listener::builder(&db.url).trigger(
+            Trigger::for_table("items", events.handler())
+                .expect("a table name")
+                .operations(vec![Action::Update])
+                .columns(["status"])
+                .condition("amount > 0"),
+        ),
+    )
     .await;
     db.client
         .batch_execute(

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgevents::{Action, Event, Listener, Ordering, RetryPolicy, TableOptions};
+use pgevents::{Action, Event, Listener, Ordering, RetryPolicy, Trigger};
 use pgevents_log::store::{ClaimToken, Settlement, Store, Verdict};
 use pgevents_log::LogSchema;
 use tokio::sync::Notify;
@@ -147,19 +147,18 @@ async fn a_truncate_waits_for_earlier_events_and_later_events_wait_for_it() {
     let handler = failing_first(&delivered, 3, |e| {
         e.action() == Action::Insert && id_of(e) == Some(1)
     });
-    let options = TableOptions {
-        operations: vec![
+    let emptied = Trigger::for_table("emptied", handler)
+        .expect("a table name")
+        .operations([
             Action::Insert,
             Action::Update,
             Action::Delete,
             Action::Truncate,
-        ],
-        ..TableOptions::default()
-    };
+        ]);
     let running = start(
         Listener::builder(&db.url)
             .retry(fast_retry(10, 300))
-            .on_with("emptied", handler, options),
+            .trigger(emptied),
     )
     .await;
     let events = write_and_deliver(
@@ -214,13 +213,10 @@ async fn a_table_without_a_key_is_refused_per_row_and_ordered_per_table() {
     let running = start(
         Listener::builder(&db.url)
             .retry(fast_retry(10, 300))
-            .on_with(
-                "loose",
-                handler,
-                TableOptions {
-                    ordering: Ordering::Table,
-                    ..TableOptions::default()
-                },
+            .trigger(
+                Trigger::for_table("loose", handler)
+                    .expect("a table name")
+                    .ordering(Ordering::Table),
             ),
     )
     .await;
@@ -347,13 +343,10 @@ async fn a_slow_table_cannot_take_every_slot() {
     let running = start(
         Listener::builder(&db.url)
             .max_in_flight(40)
-            .on_with(
-                "stuck",
-                hang,
-                TableOptions {
-                    retry: Some(slow_policy),
-                    ..TableOptions::default()
-                },
+            .trigger(
+                Trigger::for_table("stuck", hang)
+                    .expect("a table name")
+                    .retry(slow_policy),
             )
             .on("flowing", flowing.handler()),
     )
@@ -419,13 +412,10 @@ async fn a_failing_destination_is_probed_not_hammered() {
     let running = start(
         Listener::builder(&db.url)
             .max_in_flight(8)
-            .on_with(
-                "down",
-                refuse,
-                TableOptions {
-                    retry: Some(quick_retries),
-                    ..TableOptions::default()
-                },
+            .trigger(
+                Trigger::for_table("down", refuse)
+                    .expect("a table name")
+                    .retry(quick_retries),
             )
             .on("up", flowing.handler()),
     )

@@ -11,7 +11,6 @@
 //! `WHEN` on a copy of the table's columns then proves it is a condition a trigger accepts
 //! (boolean, no subqueries), so both modes accept and refuse the same conditions.
 
-use pgevents_log::Error;
 use pgevents_postgres::QualifiedName;
 use tokio_postgres::GenericClient;
 
@@ -20,6 +19,24 @@ const ALIAS: &str = "pgevents_row";
 /// The probe objects, in the session's temporary schema.
 const PROBE: &str = "pg_temp.pgevents_condition_probe";
 const PROBE_VIEW: &str = "pg_temp.pgevents_condition_view";
+
+/// Why a `where` condition could not be qualified.
+#[derive(Debug, thiserror::Error)]
+pub enum ConditionError {
+    /// PostgreSQL (or pgevents) refused it as a condition on the table's rows.
+    #[error("the condition {condition:?} on table {table} cannot filter its rows: {detail}")]
+    Bad {
+        /// The table.
+        table: String,
+        /// The condition as written.
+        condition: String,
+        /// What PostgreSQL (or pgevents) said about it.
+        detail: String,
+    },
+    /// Checking it failed for another reason (a lost connection).
+    #[error(transparent)]
+    Postgres(#[from] pgevents_postgres::Error),
+}
 
 /// A `where` condition with every column reference qualified, ready to be evaluated on any
 /// row image.
@@ -34,14 +51,14 @@ impl Condition {
 }
 
 /// Qualifies `condition` on the rows of `table`: a [`Condition`], or
-/// [`Error::BadCondition`] with PostgreSQL's own message when it is not a valid condition
+/// [`ConditionError::Bad`] with PostgreSQL's own message when it is not a valid condition
 /// of a trigger on that table. Creates and drops temporary objects in the session only.
 pub async fn qualify(
     client: &impl GenericClient,
     table: &QualifiedName,
     condition: &str,
-) -> Result<Condition, Error> {
-    let bad = |detail: String| Error::BadCondition {
+) -> Result<Condition, ConditionError> {
+    let bad = |detail: String| ConditionError::Bad {
         table: table.to_string(),
         condition: condition.to_string(),
         detail,
@@ -104,10 +121,10 @@ async fn cleanup(client: &impl GenericClient) {
 
 /// A database error about the condition is the condition's problem; anything else (a lost
 /// connection) is the query's.
-fn classify(e: tokio_postgres::Error, bad: impl Fn(String) -> Error) -> Error {
+fn classify(e: tokio_postgres::Error, bad: impl Fn(String) -> ConditionError) -> ConditionError {
     match e.as_db_error() {
         Some(db) => bad(db.message().to_string()),
-        None => Error::query("checking a trigger's `where` condition", e),
+        None => pgevents_postgres::Error::query("checking a trigger's `where` condition", e).into(),
     }
 }
 
