@@ -36,6 +36,16 @@ impl fmt::Display for UnknownAction {
 impl std::error::Error for UnknownAction {}
 
 impl Action {
+    /// Every action: the four that capture records, then MANUAL and READ.
+    pub const ALL: [Action; 6] = [
+        Action::Insert,
+        Action::Update,
+        Action::Delete,
+        Action::Truncate,
+        Action::Manual,
+        Action::Read,
+    ];
+
     /// The upper-case name used in payloads and config.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,17 +101,10 @@ impl std::str::FromStr for Action {
     type Err = UnknownAction;
 
     fn from_str(s: &str) -> Result<Action, UnknownAction> {
-        [
-            Action::Insert,
-            Action::Update,
-            Action::Delete,
-            Action::Truncate,
-            Action::Manual,
-            Action::Read,
-        ]
-        .into_iter()
-        .find(|a| a.as_str().eq_ignore_ascii_case(s))
-        .ok_or_else(|| UnknownAction(s.to_string()))
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownAction(s.to_string()))
     }
 }
 
@@ -111,14 +114,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for a in [
-            Action::Insert,
-            Action::Update,
-            Action::Delete,
-            Action::Truncate,
-            Action::Manual,
-            Action::Read,
-        ] {
+        for a in Action::ALL {
             assert_eq!(Action::from_code(a.code()), Ok(a));
             assert_eq!(a.as_str().parse::<Action>(), Ok(a));
             assert_eq!(a.is_captured(), !matches!(a, Action::Manual | Action::Read));

@@ -124,12 +124,8 @@ impl Store {
         let s = schema.quoted();
         let prepare = |sql: String, what: &'static str| {
             let client = &client;
-            async move {
-                client
-                    .prepare(&sql)
-                    .await
-                    .map_err(|e| Error::query(format!("preparing the {what} statement"), e))
-            }
+            let context = format!("preparing the {what} statement");
+            async move { pgevents_postgres::prepare(client, &sql, &context).await }
         };
         let ingest = prepare(format!("SELECT {s}.ingest($1)"), "ingest").await?;
         let claim = prepare(

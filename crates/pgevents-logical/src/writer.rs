@@ -211,12 +211,8 @@ impl Writer {
         let progress = schema.object("logical_progress");
         let prepare = |sql: String, what: &'static str| {
             let client = &client;
-            async move {
-                client
-                    .prepare(&sql)
-                    .await
-                    .map_err(|e| Error::query(format!("preparing the {what} statement (is logical capture installed? run `pgevents install`)"), e))
-            }
+            let context = format!("preparing the {what} statement (is logical capture installed? run `pgevents install`)");
+            async move { pgevents_postgres::prepare(client, &sql, &context).await }
         };
         let truncate = prepare(
             format!(

@@ -418,7 +418,10 @@ pub fn tls_connector(settings: &TlsSettings) -> Result<Option<MakeRustlsConnect>
                 settings.mode.as_str()
             )))
         }
-        None => Arc::new(AnyCertificate(provider.clone())),
+        None => Arc::new(Relaxed {
+            chain: None,
+            provider: provider.clone(),
+        }),
         Some(roots) => {
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
@@ -426,7 +429,10 @@ pub fn tls_connector(settings: &TlsSettings) -> Result<Option<MakeRustlsConnect>
             if settings.verifies_host() {
                 webpki
             } else {
-                Arc::new(ChainOnly(webpki))
+                Arc::new(Relaxed {
+                    chain: Some(webpki),
+                    provider: provider.clone(),
+                })
             }
         }
     };
@@ -460,63 +466,20 @@ pub fn tls_connector(settings: &TlsSettings) -> Result<Option<MakeRustlsConnect>
     Ok(Some(MakeRustlsConnect::new(config)))
 }
 
-/// Accepts any certificate (`sslmode=prefer`/`require` without trusted roots, as libpq
-/// does), but still checks that the server holds its key.
+/// A verifier that checks less than the web PKI, as libpq's weaker `sslmode`s do, but always
+/// checks that the server holds its certificate's key (the handshake signatures).
+///
+/// Without `chain` it accepts any certificate (`sslmode=prefer`/`require` without trusted
+/// roots). With `chain` it checks the chain against trusted roots but not the host name
+/// (`verify-ca`): the web PKI check runs whole, and only its verdict "not valid for this
+/// name" — given after the chain was found good — is overruled.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Relaxed {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-/// Checks the chain against trusted roots but not the host name (`verify-ca`): the web PKI
-/// check runs whole, and only its verdict "not valid for this name" — given after the chain
-/// was found good — is overruled.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -525,10 +488,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -542,7 +505,12 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -551,11 +519,18 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -694,6 +669,18 @@ pub async fn cancel_query(token: &tokio_postgres::CancelToken, url: &str) {
     if let Err(error) = result {
         tracing::debug!(%error, "could not cancel a query");
     }
+}
+
+/// Prepares `sql` on `client`; a failure's error names `context` (what was being prepared).
+pub async fn prepare(
+    client: &Client,
+    sql: &str,
+    context: &str,
+) -> Result<tokio_postgres::Statement, Error> {
+    client
+        .prepare(sql)
+        .await
+        .map_err(|e| Error::query(context, e))
 }
 
 #[cfg(test)]

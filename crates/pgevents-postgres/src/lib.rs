@@ -11,7 +11,7 @@ mod error;
 mod ident;
 
 pub use connect::{
-    cancel_query, connect, tls_connector, ConnectOptions, RootCerts, SslMode, TlsSettings,
+    cancel_query, connect, prepare, tls_connector, ConnectOptions, RootCerts, SslMode, TlsSettings,
     APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT,
 };
 pub use error::Error;
