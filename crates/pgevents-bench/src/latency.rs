@@ -50,6 +50,9 @@ impl Timeline {
     }
 }
 
+/// One figure of a [`Run`].
+type Field = fn(&Run) -> f64;
+
 /// What one run measured.
 pub struct Run {
     pub p50: f64,
@@ -193,34 +196,21 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         }
         let column = |f: fn(&Run) -> f64| measured.iter().map(f).collect::<Vec<f64>>();
         let label = format!("{rate} events/s");
-        let p50 = report.row(
-            SECTION,
-            format!("{label}: p50"),
-            Unit::Ms,
-            column(|r| r.p50),
-            "",
-        );
-        let p99 = report.row(
-            SECTION,
-            format!("{label}: p99"),
-            Unit::Ms,
-            column(|r| r.p99),
-            "",
-        );
-        report.row(
-            SECTION,
-            format!("{label}: p99.9"),
-            Unit::Ms,
-            column(|r| r.p999),
-            "",
-        );
-        report.row(
-            SECTION,
-            format!("{label}: max"),
-            Unit::Ms,
-            column(|r| r.max),
-            "",
-        );
+        let percentiles: [(&str, Field); 4] = [
+            ("p50", |r| r.p50),
+            ("p99", |r| r.p99),
+            ("p99.9", |r| r.p999),
+            ("max", |r| r.max),
+        ];
+        let [p50, p99, _, _] = percentiles.map(|(name, value)| {
+            report.row(
+                SECTION,
+                format!("{label}: {name}"),
+                Unit::Ms,
+                column(value),
+                "",
+            )
+        });
         report.row(
             SECTION,
             format!("{label}: writer achieved"),

@@ -25,7 +25,8 @@
 //! assert_eq!(config.database_url(), "postgres://app:secret@localhost/shop");
 //! assert_eq!(config.triggers[0].table.to_string(), "public.orders");
 //! assert!(!format!("{config:?}").contains("secret"));
-//! let sink = config.triggers[0].build_sink(&config.triggers[0].path())?;
+//! let trigger = &config.triggers[0];
+//! let sink = trigger.destination.build_sink(&trigger.path(), trigger.format)?;
 //!
 //! let errors = Config::from_toml_str_with_env(text, "pgevents.toml", &Env::fixed::<_, &str, &str>([]))
 //!     .unwrap_err();

@@ -408,21 +408,7 @@ impl Dispatcher {
 
         // Drain: let in-flight deliveries finish (bounded), then give back what is left.
         let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
-        while !deliveries.is_empty() {
-            match tokio::time::timeout_at(deadline, deliveries.join_next()).await {
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!(
-                        in_flight = deliveries.len(),
-                        "drain timeout reached; releasing unfinished deliveries"
-                    );
-                    deliveries.abort_all();
-                    while deliveries.join_next().await.is_some() {}
-                    break;
-                }
-            }
-        }
+        drain(&mut deliveries, deadline).await;
         let ClaimLoop { done_tx, store, .. } = claim;
         drop(done_tx);
         // The settler writes everything that finished, then exits when the channel closes;
@@ -440,17 +426,7 @@ impl Dispatcher {
         if let Err(error) = keeper.await {
             tracing::error!(%error, "the lease-keeping task failed");
         }
-        let unfinished: Vec<ClaimToken> = lock(&shared.in_flight).leases.keys().copied().collect();
-        if !unfinished.is_empty() {
-            if let Some(store) = store.filter(|s| !s.is_closed()) {
-                match store.release(&unfinished, self.owner).await {
-                    Ok(n) => tracing::info!(released = n, "released unfinished events"),
-                    Err(error) => {
-                        tracing::warn!(%error, "could not release unfinished events; they return when their lease ends")
-                    }
-                }
-            }
-        }
+        release_unfinished(&shared, store, self.owner).await;
         self.health.set_capture_running(false);
         Ok(())
     }
@@ -469,6 +445,43 @@ impl Dispatcher {
             new: claimed.new,
             ordering_key: claimed.row_key,
         }))
+    }
+}
+
+/// Waits for `deliveries` to finish until `deadline`, then aborts the rest (their events
+/// are released, or come back when their lease ends).
+async fn drain(deliveries: &mut JoinSet<()>, deadline: tokio::time::Instant) {
+    while !deliveries.is_empty() {
+        match tokio::time::timeout_at(deadline, deliveries.join_next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    in_flight = deliveries.len(),
+                    "drain timeout reached; releasing unfinished deliveries"
+                );
+                deliveries.abort_all();
+                while deliveries.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+}
+
+/// Gives back the claims still held after the drain, so other dispatchers take them at once
+/// rather than when their lease ends.
+async fn release_unfinished(shared: &Shared, store: Option<Store>, owner: i64) {
+    let unfinished: Vec<ClaimToken> = lock(&shared.in_flight).leases.keys().copied().collect();
+    if unfinished.is_empty() {
+        return;
+    }
+    if let Some(store) = store.filter(|s| !s.is_closed()) {
+        match store.release(&unfinished, owner).await {
+            Ok(n) => tracing::info!(released = n, "released unfinished events"),
+            Err(error) => {
+                tracing::warn!(%error, "could not release unfinished events; they return when their lease ends")
+            }
+        }
     }
 }
 
@@ -522,6 +535,16 @@ enum Idle {
     Woken,
 }
 
+/// What the claim loop does after a look at the log.
+enum Pause {
+    /// Look again at once.
+    Again,
+    /// Wait a moment for more events to gather (unless shut down meanwhile).
+    Gather,
+    /// Wait this long, or until woken.
+    Wait(Duration),
+}
+
 impl ClaimLoop<'_> {
     async fn run(
         &mut self,
@@ -530,32 +553,14 @@ impl ClaimLoop<'_> {
     ) {
         let (note_tx, mut note_rx) = mpsc::channel(16);
         let trigger_ids: Vec<i32> = self.dispatcher.routes.keys().copied().collect();
-        let options = &self.dispatcher.options;
         let mut short_wait = AWAKE_POLL_MIN;
         loop {
             while deliveries.try_join_next().is_some() {}
             let step = self.step(&trigger_ids, deliveries, &note_tx).await;
             self.dispatcher.health.set_database_reachable(step.is_ok());
-            let wait = match step {
-                Err(error) => {
-                    let wait = self.backoff.next();
-                    tracing::warn!(%error, retry_in = ?wait, "event log unavailable; retrying");
-                    if error.is_connection() {
-                        self.store = None;
-                        self.ingest_store = None;
-                        self.waker = None;
-                    }
-                    self.stop_ingest();
-                    wait
-                }
-                Ok(Step::Busy) => {
-                    self.backoff.reset();
-                    short_wait = AWAKE_POLL_MIN;
-                    continue;
-                }
-                Ok(Step::Trickle) => {
-                    // Let a few more events gather, so one claim takes many.
-                    short_wait = AWAKE_POLL_MIN;
+            let wait = match self.pause_after(step, &mut short_wait) {
+                Pause::Again => continue,
+                Pause::Gather => {
                     tokio::select! {
                         _ = &mut *shutdown => {
                             self.stop_ingest();
@@ -565,20 +570,9 @@ impl ClaimLoop<'_> {
                     }
                     continue;
                 }
-                Ok(Step::Full) => options.idle_poll,
-                Ok(Step::Idle { sleeping: true }) => options.idle_poll,
-                Ok(Step::Lull) => {
-                    // Not yet long enough to sleep: look again soon, backing off a little.
-                    short_wait = (short_wait * 2).min(AWAKE_POLL_MAX);
-                    short_wait
-                }
-                Ok(Step::Idle { sleeping: false }) => {
-                    // A writer is mid-transaction or another dispatcher sleeps on the lock:
-                    // look again soon, backing off while nothing turns up.
-                    short_wait = (short_wait * 2).min(IDLE_POLL_MAX);
-                    short_wait
-                }
+                Pause::Wait(wait) => wait,
             };
+            // A retry due earlier than that is looked for when it is due.
             let wait = match lock(&self.shared.retries).peek() {
                 Some(Reverse(at)) => wait.min(at.saturating_duration_since(Instant::now())),
                 None => wait,
@@ -600,6 +594,48 @@ impl ClaimLoop<'_> {
             if matches!(idle, Idle::Shutdown) {
                 self.stop_ingest();
                 return;
+            }
+        }
+    }
+
+    /// How long to pause after a look at the log that went as `step`: not at all while
+    /// claims fill whole batches, a moment for a trickle to gather, a backoff after an error,
+    /// else a wait that grows (`short_wait`) while nothing turns up, up to the idle poll.
+    fn pause_after(&mut self, step: Result<Step, Error>, short_wait: &mut Duration) -> Pause {
+        let idle_poll = self.dispatcher.options.idle_poll;
+        match step {
+            Err(error) => {
+                let wait = self.backoff.next();
+                tracing::warn!(%error, retry_in = ?wait, "event log unavailable; retrying");
+                if error.is_connection() {
+                    self.store = None;
+                    self.ingest_store = None;
+                    self.waker = None;
+                }
+                self.stop_ingest();
+                Pause::Wait(wait)
+            }
+            Ok(Step::Busy) => {
+                self.backoff.reset();
+                *short_wait = AWAKE_POLL_MIN;
+                Pause::Again
+            }
+            Ok(Step::Trickle) => {
+                // Let a few more events gather, so one claim takes many.
+                *short_wait = AWAKE_POLL_MIN;
+                Pause::Gather
+            }
+            Ok(Step::Full | Step::Idle { sleeping: true }) => Pause::Wait(idle_poll),
+            Ok(Step::Lull) => {
+                // Not yet long enough to sleep: look again soon, backing off a little.
+                *short_wait = (*short_wait * 2).min(AWAKE_POLL_MAX);
+                Pause::Wait(*short_wait)
+            }
+            Ok(Step::Idle { sleeping: false }) => {
+                // A writer is mid-transaction or another dispatcher sleeps on the lock:
+                // look again soon, backing off while nothing turns up.
+                *short_wait = (*short_wait * 2).min(IDLE_POLL_MAX);
+                Pause::Wait(*short_wait)
             }
         }
     }

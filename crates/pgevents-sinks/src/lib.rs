@@ -29,7 +29,7 @@
 //! ```no_run
 //! # #[cfg(feature = "nats")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use pgevents::{Format, Listener, TableOptions};
+//! use pgevents::{Format, Listener, Trigger};
 //! use pgevents_sinks::{Env, NatsConfig, ResolveSink};
 //!
 //! let nats = NatsConfig {
@@ -39,7 +39,7 @@
 //! }
 //! .resolve("nats", Format::Seed, &Env::default())?; // checks the settings; connects later
 //! let listener = Listener::builder("postgres://app@localhost/shop")
-//!     .sink("orders", nats, TableOptions::default())
+//!     .sink(Trigger::for_table("orders", nats)?)
 //!     .build()
 //!     .await?;
 //! listener.run(tokio::signal::ctrl_c()).await?;
