@@ -101,9 +101,15 @@
 //! `wal_status = unreserved`; [`Error::SlotLost`] (with the way to recover) once the server
 //! invalidated it; [`Error::WalLevel`] explains how to enable `wal_level = logical`.
 //!
-//! **Limits.** Stored generated columns are not published by PostgreSQL 15–17, so they are
-//! missing from logical payloads; the `columns` filter compares text forms, as the trigger's
-//! `::text` comparison does.
+//! **Generated columns.** PostgreSQL 15–17 do not publish stored generated columns; the
+//! writer computes them from the row's published values with each column's expression, in
+//! table order, so payloads (and `where`, `payload_columns`) see them as trigger capture
+//! does. A change decoded after its table's columns changed (the catalog no longer matches
+//! the change's Relation message) is rendered with the published columns only.
+//!
+//! **Limits.** The `columns` filter compares text forms, as the trigger's `::text`
+//! comparison does, and only of published columns: a generated column named there does not
+//! make an UPDATE fire in logical mode.
 
 mod catalog;
 mod error;

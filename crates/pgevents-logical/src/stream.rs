@@ -17,8 +17,9 @@ use tokio_postgres::Client;
 
 use crate::pgoutput::{self, Message, OldKind, Relation, Value};
 use crate::slots::slot_health;
-use crate::writer::{ordering_code, Batch, Cursor, Projection, Row, Shape, Writer, WHOLE};
+use crate::writer::{layout, ordering_code, Batch, Cursor, Projection, Row, Shape, Writer, WHOLE};
 use crate::{Error, LogicalCapture, LogicalTable};
+use pgevents_postgres::catalog::TableInfo;
 
 /// Shortest and longest wait before retrying after a transient failure.
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -324,10 +325,7 @@ impl LogicalCapture {
             }
             watched
                 .entry(info.oid)
-                .or_insert_with(|| Watched {
-                    specs: Vec::new(),
-                    key_columns: info.key_columns.clone(),
-                })
+                .or_insert_with(|| Watched { specs: Vec::new() })
                 .specs
                 .push((t.clone(), Projection::of(t)));
         }
@@ -431,7 +429,6 @@ fn replication_tls(tls: &pgevents_postgres::TlsSettings) -> TlsConfig {
 struct Watched {
     /// Each trigger on the table, with what its events take from the row.
     specs: Vec<(LogicalTable, Option<Arc<Projection>>)>,
-    key_columns: Vec<String>,
 }
 
 /// The source transaction being decoded.
@@ -500,22 +497,24 @@ impl Decoder {
     async fn change(&mut self, message: Message, catalog: &Client) -> Result<(), Error> {
         let relation = match &message {
             Message::Relation(relation) => {
-                let key_columns = match self.tables.get_mut(&relation.oid) {
-                    Some(watched) => {
-                        // Keys may have changed with the schema: read them again.
-                        watched.key_columns = key_columns(catalog, relation.oid).await?;
-                        watched.key_columns.clone()
-                    }
-                    None => Vec::new(),
+                // Keys and generated columns may have changed with the schema: read them again.
+                let info = match self.tables.contains_key(&relation.oid) {
+                    true => table_info(catalog, relation.oid).await?,
+                    false => None,
                 };
-                let key = key_columns
+                let key = info
                     .iter()
+                    .flat_map(|i| &i.key_columns)
                     .map(|k| relation.columns.iter().position(|c| &c.name == k))
                     .collect::<Option<Vec<usize>>>()
                     .unwrap_or_default();
+                let layout = info
+                    .as_ref()
+                    .and_then(|i| layout(&relation.columns, &i.columns, &i.generated));
                 let shape = Arc::new(Shape {
                     columns: relation.columns.clone(),
                     key,
+                    layout,
                 });
                 if relation.replica_identity != b'f' && self.tables.contains_key(&relation.oid) {
                     self.warn_once(relation.oid, &relation.name);
@@ -672,8 +671,8 @@ impl Decoder {
     }
 }
 
-/// The key columns of the table with OID `oid` (primary key, else replica identity index).
-async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, Error> {
+/// The catalog's description of the table with OID `oid`, `None` when it is gone.
+async fn table_info(client: &Client, oid: u32) -> Result<Option<TableInfo>, Error> {
     let name = client
         .query_opt(
             "SELECT n.nspname::text, c.relname::text FROM pg_class c
@@ -683,14 +682,11 @@ async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, Error> {
         .await
         .map_err(|e| Error::query("looking up a watched table", e))?;
     let Some(name) = name else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let table = pgevents_postgres::QualifiedName {
         schema: name.get(0),
         name: name.get(1),
     };
-    Ok(pgevents_postgres::catalog::describe_table(client, &table)
-        .await?
-        .map(|i| i.key_columns)
-        .unwrap_or_default())
+    Ok(pgevents_postgres::catalog::describe_table(client, &table).await?)
 }

@@ -14,6 +14,11 @@
 //! capture makes on `NEW`/`OLD` — so numbers, arrays, json, enums, domains and composites
 //! come out byte for byte as there, with the columns the row had when it was written (not
 //! the table's current ones: ADD/DROP COLUMN between change and capture change nothing).
+//!
+//! Stored generated columns, which pgoutput does not send, are computed in that subquery
+//! from the row's own values with the column's expression (`pg_get_expr`), in table order —
+//! immutable expressions of the same values give the values the table stored, so payloads
+//! keep parity with trigger capture ([`Shape::layout`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +62,74 @@ pub(crate) struct Shape {
     pub columns: Vec<Column>,
     /// Positions (in `columns`) of the key columns; empty when the table has no key.
     pub key: Vec<usize>,
+    /// The row images' columns in table order, when the table has stored generated columns
+    /// (see [`layout`]); `None`: the published columns are the whole row.
+    pub layout: Option<Vec<Source>>,
+}
+
+/// Where a column of the row images comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Source {
+    /// The published column at this position of [`Shape::columns`].
+    Published(usize),
+    /// A stored generated column: its name and its expression on the other columns.
+    Generated {
+        /// The column's name.
+        name: String,
+        /// Its generation expression (`pg_get_expr`: other columns named unqualified).
+        expression: String,
+    },
+}
+
+/// The row images' columns of a table whose catalog lists `columns` (in table order) with
+/// their `generated` expressions, for a change whose Relation message published
+/// `published`.
+///
+/// `None` when the table has no stored generated column, and when the published columns
+/// are not the catalog's other columns in order (the table changed since the change was
+/// made: rather than guess, the images hold what was published).
+pub(crate) fn layout(
+    published: &[Column],
+    columns: &[String],
+    generated: &[Option<String>],
+) -> Option<Vec<Source>> {
+    if generated.iter().all(Option::is_none) {
+        return None;
+    }
+    let mut next = 0;
+    let mut layout = Vec::with_capacity(columns.len());
+    for (name, expression) in columns.iter().zip(generated) {
+        match expression {
+            Some(expression) => layout.push(Source::Generated {
+                name: name.clone(),
+                expression: expression.clone(),
+            }),
+            None => {
+                if published.get(next).map(|c| &c.name) != Some(name) {
+                    return None;
+                }
+                layout.push(Source::Published(next));
+                next += 1;
+            }
+        }
+    }
+    (next == published.len()).then_some(layout)
+}
+
+impl Shape {
+    /// The row images' column names, in table order.
+    fn image_columns(&self) -> Vec<String> {
+        match &self.layout {
+            None => self.columns.iter().map(|c| c.name.clone()).collect(),
+            Some(layout) => layout
+                .iter()
+                .map(|source| match source {
+                    Source::Published(i) => self.columns[*i].name.clone(),
+                    Source::Generated { name, .. } => name.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What one trigger's events take from a row, when that is not everything the shared
@@ -443,7 +516,7 @@ fn insert_sql(
     projection: &Projection,
 ) -> String {
     let n = shape.columns.len();
-    let names: Vec<String> = shape.columns.iter().map(|c| c.name.clone()).collect();
+    let names = shape.image_columns();
     let payload = in_table_order(projection.payload_columns.as_deref(), &names);
     let image = |prefix: &str, flag: &str| {
         let columns = shape
@@ -456,7 +529,26 @@ fn insert_sql(
             .join(", ");
         // OFFSET 0 keeps the subquery whole, so its casts run only when the image exists
         // (a NULL cast to a NOT NULL domain would fail).
-        format!("LEFT JOIN LATERAL (SELECT {columns} WHERE u.{flag} OFFSET 0) {prefix} ON true")
+        let published = format!("SELECT {columns} WHERE u.{flag} OFFSET 0");
+        let row = match &shape.layout {
+            None => published,
+            // Generated columns computed from the published ones, whose names resolve in
+            // the inner subquery first.
+            Some(layout) => {
+                let columns = layout
+                    .iter()
+                    .map(|source| match source {
+                        Source::Published(i) => quote_ident(&shape.columns[*i].name),
+                        Source::Generated { name, expression } => {
+                            format!("({expression}) AS {}", quote_ident(name))
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("SELECT {columns} FROM ({published}) {prefix}_published OFFSET 0")
+            }
+        };
+        format!("LEFT JOIN LATERAL ({row}) {prefix} ON true")
     };
     let key_columns: Vec<String> = shape
         .key
@@ -626,6 +718,7 @@ mod tests {
                 },
             ],
             key: vec![0, 1],
+            layout: None,
         };
         let sql = insert_sql(
             &LogSchema::default(),
@@ -642,6 +735,60 @@ mod tests {
     }
 
     #[test]
+    fn generated_columns_are_computed_in_table_order_when_the_catalog_fits() {
+        let column = |name: &str| Column {
+            name: name.into(),
+            type_oid: 23,
+            type_modifier: -1,
+        };
+        let published = [column("id"), column("qty")];
+        let names: Vec<String> = ["id", "double", "qty"].map(String::from).to_vec();
+        let generated = [None, Some("(qty * 2)".to_string()), None];
+        let fitting = layout(&published, &names, &generated).expect("a layout");
+        assert_eq!(
+            fitting,
+            [
+                Source::Published(0),
+                Source::Generated {
+                    name: "double".into(),
+                    expression: "(qty * 2)".into()
+                },
+                Source::Published(1),
+            ]
+        );
+        assert_eq!(
+            layout(&published, &names, &[None, None, None]),
+            None,
+            "no generated column"
+        );
+        assert_eq!(
+            layout(&[column("id")], &names, &generated),
+            None,
+            "a column added since the change"
+        );
+        assert_eq!(
+            layout(&[column("qty"), column("id")], &names, &generated),
+            None,
+            "another order"
+        );
+        let shape = Shape {
+            columns: published.to_vec(),
+            key: vec![0],
+            layout: Some(fitting),
+        };
+        assert_eq!(shape.image_columns(), names);
+        let sql = insert_sql(
+            &LogSchema::default(),
+            &shape,
+            &["integer".into(), "integer".into()],
+            &Projection::whole(),
+        );
+        assert!(sql.contains(
+            "(SELECT \"id\", ((qty * 2)) AS \"double\", \"qty\" FROM (SELECT u.n0::integer AS \"id\", u.n1::integer AS \"qty\" WHERE u.has_new OFFSET 0) n_published OFFSET 0) n ON true"
+        ), "{sql}");
+    }
+
+    #[test]
     fn projections_cut_filter_and_group() {
         let column = |name: &str| Column {
             name: name.into(),
@@ -651,6 +798,7 @@ mod tests {
         let shape = Shape {
             columns: vec![column("id"), column("account"), column("secret")],
             key: vec![0],
+            layout: None,
         };
         let projection = Projection {
             payload_columns: Some(vec!["account".into(), "id".into(), "gone".into()]),

@@ -16,6 +16,9 @@ pub struct TableInfo {
     pub identity_index: Option<String>,
     /// Its columns, in table order.
     pub columns: Vec<String>,
+    /// For each of `columns`, the expression of a stored generated column
+    /// (`pg_get_expr`, naming other columns unqualified), `None` for other columns.
+    pub generated: Vec<Option<String>>,
     /// The primary key, else the replica identity index: what identifies "the same row" for
     /// per-row ordering.
     pub key_columns: Vec<String>,
@@ -43,17 +46,20 @@ pub async fn describe_table(
     let Some(row) = row else { return Ok(None) };
     let oid: u32 = row.get(0);
     let replica_identity: i8 = row.get(1);
-    let columns = client
+    let (columns, generated) = client
         .query(
-            "SELECT attname::text FROM pg_attribute
-              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            "SELECT a.attname::text,
+                    CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END
+               FROM pg_attribute a
+               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&oid],
         )
         .await
         .map_err(|e| Error::query(format!("reading the columns of {table}"), e))?
         .into_iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)))
+        .unzip();
     let (key_columns, key_types) = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
@@ -77,6 +83,7 @@ pub async fn describe_table(
         replica_identity: replica_identity as u8,
         identity_index: row.get(2),
         columns,
+        generated,
         key_columns,
         key_types,
     }))

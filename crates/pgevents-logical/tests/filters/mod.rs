@@ -220,3 +220,64 @@ async fn where_and_payload_columns_give_the_same_events_in_both_modes() {
         .flatten()
         .all(|i| !i.contains("secret"))));
 }
+
+/// Stored generated columns, which pgoutput does not send, are in logical payloads as in
+/// trigger payloads — in table order, computed from the row's own values (old images from
+/// the old values), usable in `where` and `payload_columns`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_columns_are_in_logical_payloads_as_in_trigger_payloads() {
+    let mut db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, price numeric(10,2), qty int,
+                             total numeric GENERATED ALWAYS AS (price * qty) STORED,
+                             \"Label\" text,
+                             shout text GENERATED ALWAYS AS (upper(\"Label\") || '!') STORED)",
+        )
+        .await
+        .expect("schema");
+    let workload =
+        "INSERT INTO t (id, price, qty, \"Label\") VALUES (1, 2.50, 4, 'a'), (2, NULL, 1, NULL);
+               UPDATE t SET qty = qty + 1, \"Label\" = 'b' WHERE id = 1;
+               UPDATE t SET price = 1 WHERE id = 2;
+               DELETE FROM t WHERE id = 2";
+    let (by_trigger, by_slot) = both_modes(&mut db, "generated", |_| {}, workload).await;
+    assert_same(&by_trigger, &by_slot);
+    assert_eq!(by_slot.len(), 5);
+    assert_eq!(
+        by_slot[2].new.as_deref(),
+        Some(r#"{"id":1,"price":2.50,"qty":5,"total":12.50,"Label":"b","shout":"B!"}"#)
+    );
+    assert_eq!(
+        by_slot[2].old.as_deref(),
+        Some(r#"{"id":1,"price":2.50,"qty":4,"total":10.00,"Label":"a","shout":"A!"}"#)
+    );
+
+    // A filter and a payload cut on the generated column.
+    let mut db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, price numeric(10,2), qty int,
+                             total numeric GENERATED ALWAYS AS (price * qty) STORED)",
+        )
+        .await
+        .expect("schema");
+    let workload = "INSERT INTO t (id, price, qty) VALUES (1, 1, 1), (2, 10, 10);
+               UPDATE t SET qty = 200 WHERE id = 1";
+    let (by_trigger, by_slot) = both_modes(
+        &mut db,
+        "generated_filter",
+        |spec| {
+            spec.condition = Some("total > 50".into());
+            spec.payload_columns = Some(vec!["id".into(), "total".into()]);
+        },
+        workload,
+    )
+    .await;
+    assert_same(&by_trigger, &by_slot);
+    let news: Vec<&str> = by_slot.iter().filter_map(|e| e.new.as_deref()).collect();
+    assert_eq!(
+        news,
+        [r#"{"id":2,"total":100.00}"#, r#"{"id":1,"total":200.00}"#]
+    );
+}
