@@ -81,16 +81,6 @@ mod connection;
 mod endpoint;
 mod env;
 mod error;
-#[cfg(all(
-    test,
-    any(
-        feature = "nats",
-        feature = "redis",
-        feature = "amqp",
-        feature = "kafka"
-    )
-))]
-mod fixtures;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "nats")]
@@ -119,8 +109,8 @@ pub use stdout::{StdoutConfig, StdoutSink};
 #[cfg(feature = "webhook")]
 pub use webhook::{HeaderValueConfig, WebhookConfig, WebhookSink};
 
-use pgevents_event::Format;
 use pgevents_delivery::Sink;
+use pgevents_event::Format;
 
 /// Destination settings that turn into a runtime sink: implemented by every `*Config` here.
 ///

@@ -3,13 +3,15 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use pgevents_event::Format;
 use pgevents_delivery::{Outcome, Sink};
+use pgevents_event::Format;
 
 use super::config::check_subject;
 use super::{NatsConfig, NatsSink};
-use crate::fixtures::{closed_port, delivery, event, unique, NATS_URL, WAIT};
 use crate::{Env, ResolveSink};
+use pgevents_testkit::brokers::{unique, NATS_URL, WAIT};
+use pgevents_testkit::events::{delivery, event};
+use pgevents_testkit::net::closed_port;
 
 fn config(text: &str) -> NatsConfig {
     toml::from_str(text).expect("nats settings parse")
