@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use pgevents_testkit::db::Db;
+use pgevents_testkit::process::OwnedChild;
 use pgevents_testkit::wait::Deadline;
 use serde_json::Value;
 
@@ -142,33 +143,31 @@ async fn start_healthy(
     (cfg, daemon)
 }
 
-struct Daemon(Child);
+struct Daemon(OwnedChild);
 
 impl Daemon {
     fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let config = config.display().to_string();
-        Daemon(
+        Daemon(OwnedChild::spawn(
             pgevents(&["run", "--config", &config], env)
                 .stdout(Stdio::null())
                 .stderr(if std::env::var_os("PGEVENTS_TEST_DAEMON_LOG").is_some() {
                     Stdio::inherit()
                 } else {
                     Stdio::null()
-                })
-                .spawn()
-                .expect("start pgevents run"),
-        )
+                }),
+            "pgevents run",
+        ))
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.0.id() as i32, sig) };
+        self.0.signal(sig);
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(status) = self.0.try_wait().expect("wait") {
+            if let Some(status) = self.0.try_wait() {
                 return status;
             }
             assert!(Instant::now() < deadline, "pgevents exits");
@@ -183,13 +182,6 @@ impl Daemon {
             status.success(),
             "pgevents run exits 0 on SIGTERM: {status}"
         );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

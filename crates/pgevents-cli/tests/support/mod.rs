@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 pub use pgevents_testkit::db::connect;
+use pgevents_testkit::process::OwnedChild;
 pub use pgevents_testkit::wait::eventually as wait_until;
 use pgevents_testkit::wait::Deadline;
 use serde_json::Value;
@@ -234,7 +235,7 @@ pub fn text(out: &Output) -> (String, String) {
 
 /// A running `pgevents run`; its stderr goes to a file the test can read.
 pub struct Daemon {
-    child: Child,
+    child: OwnedChild,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -256,11 +257,7 @@ impl Daemon {
         if !env.iter().any(|(k, _)| *k == "PGEVENTS_LOG") {
             command.env("PGEVENTS_LOG", "info");
         }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start pgevents run");
+        let child = OwnedChild::spawn(command.stdout(Stdio::null()).stderr(file), "pgevents run");
         Daemon {
             child,
             log,
@@ -270,13 +267,12 @@ impl Daemon {
 
     /// Sends `sig` to the daemon.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.child.signal(sig);
     }
 
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.is_running()
     }
 
     /// Panics (with the log's tail) unless the daemon still runs.
@@ -294,7 +290,7 @@ impl Daemon {
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Deadline::after(WAIT);
         loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
+            if let Some(status) = self.child.try_wait() {
                 return status;
             }
             deadline.next_poll(|| "pgevents exits".into()).await;
@@ -367,8 +363,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         if std::thread::panicking() || std::env::var_os("PGEVENTS_TEST_DAEMON_LOG").is_some() {
             eprintln!(
                 "--- daemon log ({}) ---\n{}",

@@ -1,7 +1,7 @@
 //! Test support: a fresh database per test on the shared wal_level=logical cluster, capture
 //! in a task or in a child process, and waits with deadlines.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pgevents_capture::TriggerSpec;
@@ -10,6 +10,7 @@ use pgevents_log::{LogSchema, QualifiedName};
 use pgevents_logical::{LogicalCapture, LogicalTable, Options};
 use pgevents_testkit::background::Background;
 pub use pgevents_testkit::db::{connect, init_tracing};
+use pgevents_testkit::process::OwnedChild;
 pub use pgevents_testkit::wait::eventually;
 use tokio_postgres::Client;
 
@@ -167,40 +168,33 @@ impl Running {
 /// A capture running in a child process (this test binary, re-run as
 /// `child_capture_process`), so that it can be killed with SIGKILL.
 pub struct ChildCapture {
-    child: Child,
+    child: OwnedChild,
 }
 
 impl ChildCapture {
     pub fn start(url: &str, slot: &str) -> ChildCapture {
         let exe = std::env::current_exe().expect("test binary");
-        let child = Command::new(exe)
-            .args([
-                "child_capture_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_URL, url)
-            .env(CHILD_SLOT, slot)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the child capture process");
+        let child = OwnedChild::spawn(
+            Command::new(exe)
+                .args([
+                    "child_capture_process",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_URL, url)
+                .env(CHILD_SLOT, slot)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+            "the child capture process",
+        );
         ChildCapture { child }
     }
 
     /// SIGKILL: no chance to flush, confirm or say goodbye.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildCapture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
 
