@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
-use pgevents_testkit::db::Db;
+use pgevents_testkit::db::{insert_ids, Db};
 use pgevents_testkit::process::OwnedChild;
 use pgevents_testkit::wait::Deadline;
 use serde_json::Value;
@@ -699,19 +699,10 @@ async fn sigkill_during_a_burst_loses_nothing() {
     let writer = {
         let url = db.url.clone();
         tokio::spawn(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(conn);
+            let client = pgevents_testkit::db::connect(&url).await;
             for chunk in 0..50 {
                 let from = chunk * 100 + 1;
-                client
-                    .batch_execute(&format!(
-                        "INSERT INTO burst SELECT generate_series({from}, {})",
-                        from + 99
-                    ))
-                    .await
-                    .expect("insert");
+                insert_ids(&client, "burst", from..=from + 99).await;
             }
         })
     };

@@ -1,6 +1,8 @@
 //! Throwaway databases: a fresh database per test on the test process's shared cluster
 //! (`pgevents_tempdb::testing`), connections to it, and the test's log output.
 
+use std::ops::RangeInclusive;
+
 use tokio_postgres::Client;
 
 /// Sends `tracing` output to the test's captured output, at `RUST_LOG` or `warn`; the first
@@ -22,6 +24,19 @@ pub async fn connect(url: &str) -> Client {
         .expect("connect");
     tokio::spawn(conn);
     client
+}
+
+/// Inserts the rows `ids` into `table` (whose first column is the id; the others take their
+/// defaults) in one transaction.
+pub async fn insert_ids(client: &Client, table: &str, ids: RangeInclusive<i64>) {
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {table} SELECT generate_series({}, {})",
+            ids.start(),
+            ids.end()
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("insert into {table}: {e}"));
 }
 
 /// A fresh database and a superuser connection to it.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-pub use pgevents_testkit::db::connect;
+pub use pgevents_testkit::db::{connect, insert_ids};
 use pgevents_testkit::process::OwnedChild;
 pub use pgevents_testkit::wait::eventually as wait_until;
 use pgevents_testkit::wait::Deadline;

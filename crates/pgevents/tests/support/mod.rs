@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use pgevents::{Event, Listener, ListenerBuilder};
 use pgevents_testkit::background::Background;
-pub use pgevents_testkit::db::{connect, Db};
+pub use pgevents_testkit::db::{connect, insert_ids, Db};
 pub use pgevents_testkit::wait::eventually;
 use tokio::sync::Notify;
 
