@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_event::{Action, Format};
 use pgevents_delivery::{DynSink, RetryPolicy};
+use pgevents_event::{Action, Format};
 use pgevents_sinks::{join_path, Env, ResolveSink, SinkConfigError};
 use serde::Deserialize;
 

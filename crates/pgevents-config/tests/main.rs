@@ -16,8 +16,8 @@ use pgevents_config::{
     CaptureMode, Config, ConfigErrors, DeliveryOrdering, Env, SinkConfig, TableName,
     DEFAULT_ADMIN_LISTEN,
 };
-use pgevents_event::{Action, Format};
 use pgevents_delivery::RetryPolicy;
+use pgevents_event::{Action, Format};
 
 /// The example of PRODUCT.md §4, verbatim.
 const PRODUCT_EXAMPLE: &str = r#"

@@ -13,8 +13,8 @@ use pgevents_config::{
     DEFAULT_ADMIN_LISTEN, DEFAULT_LOG_SCHEMA, DEFAULT_OPERATIONS, DEFAULT_PUBLICATION,
     DEFAULT_RETENTION_DELIVERED, DEFAULT_RETENTION_FAILED, DEFAULT_SLOT,
 };
-use pgevents_log::QualifiedName;
 use pgevents_delivery::RetryPolicy;
+use pgevents_log::QualifiedName;
 
 use crate::DaemonError;
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::FutureExt;
+use pgevents_delivery::{Delivery, DynSink, Outcome, RetryPolicy};
 use pgevents_event::{Attempt, Event};
 use pgevents_log::store::{ClaimToken, Settlement, Verdict};
-use pgevents_delivery::{Delivery, DynSink, Outcome, RetryPolicy};
 use tracing::Instrument;
 
 /// Runs one attempt of `event`, claimed as `claim`, and returns what to record.

@@ -6,10 +6,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pgevents_delivery::{DynSink, RetryPolicy};
 use pgevents_event::{Action, Event, EventParts};
 use pgevents_log::store::{ClaimToken, Claimed, Settlement, Store, Verdict};
 use pgevents_log::{Error, LogSchema};
-use pgevents_delivery::{DynSink, RetryPolicy};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 

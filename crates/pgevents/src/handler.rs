@@ -3,8 +3,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use pgevents_event::Event;
 use pgevents_delivery::{Delivery, Outcome, Report, Sink};
+use pgevents_event::Event;
 
 /// Any error a handler returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -29,7 +29,7 @@ pub use error::Error;
 pub use handler::{BoxError, Handler};
 pub use listener::{Listener, ListenerBuilder, TableOptions};
 pub use memory::{release_large_allocations, LARGE_ALLOCATION};
+pub use pgevents_delivery::{Delivery, Outcome, Report, RetryPolicy, Sink, Slot};
 pub use pgevents_event::{Action, Event, Format};
 pub use pgevents_log::backfill::{Backfill, State as BackfillState};
 pub use pgevents_log::Ordering;
-pub use pgevents_delivery::{Delivery, Outcome, Report, RetryPolicy, Sink, Slot};

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgevents_capture::TriggerSpec;
+use pgevents_delivery::{DynSink, RetryPolicy, Sink};
 use pgevents_dispatch::{Dispatcher, Options, Route};
 use pgevents_event::Action;
 use pgevents_log::backfill::Backfill;
 use pgevents_log::{LogSchema, Ordering, QualifiedName};
-use pgevents_delivery::{DynSink, RetryPolicy, Sink};
 
 use crate::handler::HandlerSink;
 use crate::{Error, Handler};

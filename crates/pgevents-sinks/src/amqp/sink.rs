@@ -6,8 +6,8 @@ use std::sync::Arc;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
-use pgevents_event::Format;
 use pgevents_delivery::{Delivery, Outcome, Report, Sink};
+use pgevents_event::Format;
 use tokio::time::Instant;
 
 use crate::connection::ConnectionSlot;

@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_event::{Event, Format};
 use pgevents_delivery::{Delivery, Outcome, Report, Sink};
+use pgevents_event::{Event, Format};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};

@@ -9,8 +9,8 @@ use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
 use async_nats::jetstream::context::{Context, PublishErrorKind};
 use async_nats::{jetstream, ConnectOptions};
 use bytes::Bytes;
-use pgevents_event::Format;
 use pgevents_delivery::{Delivery, Outcome, Report, Sink};
+use pgevents_event::Format;
 use tokio::time::Instant;
 
 use crate::connection::ConnectionSlot;

@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgevents_event::Format;
 use pgevents_delivery::{Delivery, Outcome, Report, Sink};
+use pgevents_event::Format;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use tokio::time::Instant;

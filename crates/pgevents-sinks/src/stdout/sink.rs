@@ -4,8 +4,8 @@ use std::fmt;
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use pgevents_event::Format;
 use pgevents_delivery::{Delivery, Outcome, Report, Sink};
+use pgevents_event::Format;
 
 /// Writes each event's payload (in the trigger's format) to standard output as one line.
 ///

@@ -4,8 +4,8 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pgevents_event::{Action, Attempt, Event, EventParts, Format};
 use pgevents_delivery::{Delivery, Outcome, Report, Sink};
+use pgevents_event::{Action, Attempt, Event, EventParts, Format};
 
 use super::StdoutConfig;
 use super::StdoutSink;
