@@ -1,9 +1,9 @@
 //! The real `pgevents` binary against a real PostgreSQL and a real HTTP receiver on loopback.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
+use pgevents_testkit::db::{insert_ids, Db};
+use pgevents_testkit::process::OwnedChild;
+use pgevents_testkit::wait::Deadline;
 use serde_json::Value;
+
+use crate::support::{output, pgevents, write_config, Recorded};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -35,7 +40,7 @@ type Answer = (u16, Option<&'static str>, u64);
 /// A webhook receiver: `/{name}` answers from a per-name script of statuses (then 200).
 #[derive(Clone, Default)]
 struct Receiver {
-    hits: Arc<Mutex<HashMap<String, Vec<Hit>>>>,
+    hits: Recorded<Hit>,
     scripts: Arc<Mutex<HashMap<String, Vec<Answer>>>>,
 }
 
@@ -45,11 +50,7 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/{name}", axum::routing::post(hook))
             .with_state(receiver.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = pgevents_testkit::net::serve(|_| app).await;
         (receiver, addr)
     }
 
@@ -62,27 +63,19 @@ impl Receiver {
     }
 
     fn hits(&self, name: &str) -> Vec<Hit> {
-        self.hits
-            .lock()
-            .expect("lock")
-            .get(name)
-            .cloned()
-            .unwrap_or_default()
+        self.hits.of(name)
     }
 
     async fn wait(&self, name: &str, what: &str, done: impl Fn(&[Hit]) -> bool) -> Vec<Hit> {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Deadline::after(WAIT);
         loop {
             let hits = self.hits(name);
             if done(&hits) {
                 return hits;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {} hits",
-                hits.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            deadline
+                .next_poll(|| format!("timed out waiting for {what}: {} hits", hits.len()))
+                .await;
         }
     }
 }
@@ -101,16 +94,12 @@ async fn hook(
             .map(|s| s.remove(0))
     };
     let (status, retry_after, delay) = answer.unwrap_or((200, None, 0));
-    r.hits
-        .lock()
-        .expect("lock")
-        .entry(name)
-        .or_default()
-        .push(Hit {
-            at: Instant::now(),
-            headers,
-            body: body.to_vec(),
-        });
+    let hit = Hit {
+        at: Instant::now(),
+        headers,
+        body: body.to_vec(),
+    };
+    r.hits.record(&name, || (hit, ()));
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -127,69 +116,58 @@ async fn hook(
     response
 }
 
-struct Db {
-    url: String,
-    client: tokio_postgres::Client,
-}
-
 async fn db() -> Db {
-    let url = pgevents_tempdb::testing::fresh_database("pgevents_cli").expect("test database");
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    Db { url, client }
+    Db::fresh("pgevents_cli").await
 }
 
-fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {
-    let path = dir.path().join("pgevents.toml");
-    let mut f = std::fs::File::create(&path).expect("config file");
-    f.write_all(body.as_bytes()).expect("write config");
-    path
+/// A fresh database with the tables `ddl` creates, a receiver on loopback, and a directory
+/// for the config.
+async fn setup(ddl: &str) -> (Db, Receiver, SocketAddr, tempfile::TempDir) {
+    let db = db().await;
+    db.client.batch_execute(ddl).await.expect("schema");
+    let (receiver, addr) = Receiver::start().await;
+    (db, receiver, addr, tempfile::tempdir().expect("tempdir"))
 }
 
-fn pgevents(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pgevents"));
-    c.args(args)
-        .env_remove("PGEVENTS_CONFIG")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c
+/// Writes `body` as the config in `dir`, starts `pgevents run` on it with `env`, and waits
+/// until its admin server on `port` says it is healthy.
+async fn start_healthy(
+    dir: &tempfile::TempDir,
+    body: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> (PathBuf, Daemon) {
+    let cfg = write_config(dir, body);
+    let daemon = Daemon::start(&cfg, env);
+    wait_healthy(port).await;
+    (cfg, daemon)
 }
 
-fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
-    pgevents(args, env).output().expect("run pgevents")
-}
-
-struct Daemon(Child);
+struct Daemon(OwnedChild);
 
 impl Daemon {
     fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let config = config.display().to_string();
-        Daemon(
+        Daemon(OwnedChild::spawn(
             pgevents(&["run", "--config", &config], env)
                 .stdout(Stdio::null())
                 .stderr(if std::env::var_os("PGEVENTS_TEST_DAEMON_LOG").is_some() {
                     Stdio::inherit()
                 } else {
                     Stdio::null()
-                })
-                .spawn()
-                .expect("start pgevents run"),
-        )
+                }),
+            "pgevents run",
+        ))
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.0.id() as i32, sig) };
+        self.0.signal(sig);
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(status) = self.0.try_wait().expect("wait") {
+            if let Some(status) = self.0.try_wait() {
                 return status;
             }
             assert!(Instant::now() < deadline, "pgevents exits");
@@ -207,19 +185,9 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A config for `db` with its admin server on a free loopback port (returned).
 fn config(db: &Db, triggers: &str) -> (String, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = pgevents_testkit::net::free_port();
     (
         format!(
             "[database]\nurl = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{port}\"\n\n{triggers}",
@@ -232,7 +200,7 @@ fn config(db: &Db, triggers: &str) -> (String, u16) {
 /// Waits until the daemon's `/healthz` answers 200: installed, capturing, delivering.
 async fn wait_healthy(port: u16) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = Instant::now() + WAIT;
+    let deadline = Deadline::after(WAIT);
     loop {
         let status = async {
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -249,8 +217,9 @@ async fn wait_healthy(port: u16) {
         if status.as_deref() == Some(b"200") {
             return;
         }
-        assert!(Instant::now() < deadline, "the daemon becomes healthy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline
+            .next_poll(|| "the daemon becomes healthy".into())
+            .await;
     }
 }
 
@@ -261,13 +230,7 @@ async fn to_json(db: &Db, sql: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_bodies_in_both_formats_and_column_filters() {
-    let db = db().await;
-    db.client
-        .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, status text, note text, amount numeric(20,10))")
-        .await
-        .expect("schema");
-    let (receiver, addr) = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, receiver, addr, dir) = setup("CREATE TABLE orders (id bigint PRIMARY KEY, status text, note text, amount numeric(20,10))").await;
     let (body, port) = config(
         &db,
         &format!(
@@ -291,11 +254,9 @@ webhook = {{ url = "http://{addr}/status" }}
 "#
         ),
     );
-    let cfg = write_config(&dir, &body);
     let hasura_hook = format!("http://{addr}/hasura");
     let env = [("HASURA_HOOK", hasura_hook.as_str())];
-    let daemon = Daemon::start(&cfg, &env);
-    wait_healthy(port).await;
+    let (cfg, daemon) = start_healthy(&dir, &body, port, &env).await;
     db.client
         .batch_execute("INSERT INTO orders VALUES (9007199254740993, 'new', 'a', 1.1000000000)")
         .await
@@ -457,21 +418,16 @@ fn seed_manual_raw(receiver: &Receiver) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_backoff_retry_after_timeouts_rejects_signing_and_redeliver() {
-    let db = db().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE flaky (id int PRIMARY KEY); CREATE TABLE bad (id int PRIMARY KEY);
-             CREATE TABLE later (id int PRIMARY KEY); CREATE TABLE slow (id int PRIMARY KEY);",
-        )
-        .await
-        .expect("schema");
-    let (receiver, addr) = Receiver::start().await;
+    let (db, receiver, addr, dir) = setup(
+        "CREATE TABLE flaky (id int PRIMARY KEY); CREATE TABLE bad (id int PRIMARY KEY);
+         CREATE TABLE later (id int PRIMARY KEY); CREATE TABLE slow (id int PRIMARY KEY);",
+    )
+    .await;
     receiver.script("flaky", vec![(500, None, 0), (500, None, 0)]);
     receiver.script("bad", vec![(400, None, 0)]);
     receiver.script("later", vec![(503, Some("2"), 0)]);
     receiver.script("slow", vec![(200, None, 3000)]);
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let dir = tempfile::tempdir().expect("tempdir");
     let (body, port) = config(
         &db,
         &format!(
@@ -500,10 +456,8 @@ webhook = {{ url = "http://{addr}/slow" }}
 "#
         ),
     );
-    let cfg = write_config(&dir, &body);
     let env = [("HOOK_KEY", "k-123"), ("HOOK_SECRET", secret)];
-    let daemon = Daemon::start(&cfg, &env);
-    wait_healthy(port).await;
+    let (cfg, daemon) = start_healthy(&dir, &body, port, &env).await;
     db.client
         .batch_execute("INSERT INTO flaky VALUES (1); INSERT INTO bad VALUES (1); INSERT INTO later VALUES (1); INSERT INTO slow VALUES (1);")
         .await
@@ -734,38 +688,21 @@ stdout = {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_burst_loses_nothing() {
-    let db = db().await;
-    db.client
-        .batch_execute("CREATE TABLE burst (id int PRIMARY KEY)")
-        .await
-        .expect("schema");
-    let (receiver, addr) = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, receiver, addr, dir) = setup("CREATE TABLE burst (id int PRIMARY KEY)").await;
     let (body, port) = config(
             &db,
             &format!(
                 "[[trigger]]\nname = \"burst\"\ntable = \"burst\"\nwebhook = {{ url = \"http://{addr}/burst\" }}\n"
             ),
     );
-    let cfg = write_config(&dir, &body);
-    let mut daemon = Daemon::start(&cfg, &[]);
-    wait_healthy(port).await;
+    let (cfg, mut daemon) = start_healthy(&dir, &body, port, &[]).await;
     let writer = {
         let url = db.url.clone();
         tokio::spawn(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(conn);
+            let client = pgevents_testkit::db::connect(&url).await;
             for chunk in 0..50 {
                 let from = chunk * 100 + 1;
-                client
-                    .batch_execute(&format!(
-                        "INSERT INTO burst SELECT generate_series({from}, {})",
-                        from + 99
-                    ))
-                    .await
-                    .expect("insert");
+                insert_ids(&client, "burst", from..=from + 99).await;
             }
         })
     };
@@ -803,13 +740,8 @@ async fn sigkill_during_a_burst_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logical_mode_delivers_without_triggers_and_uninstalls_its_slot() {
-    let db = db().await;
-    db.client
-        .batch_execute("CREATE TABLE wal_orders (id int PRIMARY KEY, status text)")
-        .await
-        .expect("schema");
-    let (receiver, addr) = Receiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, receiver, addr, dir) =
+        setup("CREATE TABLE wal_orders (id int PRIMARY KEY, status text)").await;
     let slot = format!("pgevents_cli_{}", std::process::id());
     let (body, port) = config(
         &db,

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     assert_delivered_in_order, assert_duplicates_only_across, config, counts, events, hook, http,
-    run, status, text, wait_until, within, write_config, Daemon, Db, Proxy, Receiver, Reply,
-    Writer, PATIENT, WAIT,
+    insert_ids, run, status, text, wait_until, within, write_config, Daemon, Db, Proxy, Receiver,
+    Reply, Writer, PATIENT, WAIT,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,13 +35,7 @@ async fn sigkill_five_times_during_bursts() {
             // A burst of 1000 new rows in one transaction, then an UPDATE of the last burst's
             // second half and this one's first half, and the daemon killed mid-delivery.
             let from = round * 1000 + 1;
-            db.client
-                .batch_execute(&format!(
-                    "INSERT INTO burst SELECT generate_series({from}, {})",
-                    from + 999
-                ))
-                .await
-                .expect("burst");
+            insert_ids(&db.client, "burst", from..=from + 999).await;
             db.client
                 .batch_execute(&format!(
                     "UPDATE burst SET v = v + 1 WHERE id BETWEEN {} AND {}",

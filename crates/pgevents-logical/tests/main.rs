@@ -230,16 +230,13 @@ async fn logical_payloads_equal_trigger_payloads_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capture_killed_mid_transaction_loses_and_duplicates_nothing() {
     let db = db().await;
-    db.client
-        .batch_execute("CREATE TABLE bulk (id int PRIMARY KEY, payload text)")
-        .await
-        .expect("schema");
-    let table = db.register("bulk", "bulk", &ALL_OPS).await;
-    let id = table.trigger_id;
-    db.capture("crash", vec![table])
-        .install()
-        .await
-        .expect("install");
+    let id = db
+        .captured(
+            "CREATE TABLE bulk (id int PRIMARY KEY, payload text)",
+            "bulk",
+            "crash",
+        )
+        .await;
     let child = ChildCapture::start(&db.url, "crash");
     db.client
         .batch_execute("INSERT INTO bulk SELECT g, md5(g::text) FROM generate_series(1, 100000) g")
@@ -276,15 +273,7 @@ async fn a_capture_killed_mid_transaction_loses_and_duplicates_nothing() {
     .await;
     db.wait_caught_up("crash").await;
     child.kill();
-    let (total, distinct): (i64, i64) = db
-        .client
-        .query_one(
-            "SELECT count(*), count(DISTINCT new_row->>'id') FROM pgevents.event WHERE trigger_id = $1",
-            &[&id],
-        )
-        .await
-        .map(|r| (r.get(0), r.get(1)))
-        .expect("counts");
+    let (total, distinct) = db.total_and_distinct(id).await;
     assert_eq!(distinct, 100_000, "every row delivered");
     assert_eq!(total, 100_000, "no row twice");
 }
@@ -293,16 +282,13 @@ async fn a_capture_killed_mid_transaction_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_slot_holder_moves_capture_to_the_standby() {
     let db = db().await;
-    db.client
-        .batch_execute("CREATE TABLE ticks (id int PRIMARY KEY)")
-        .await
-        .expect("schema");
-    let table = db.register("ticks", "ticks", &ALL_OPS).await;
-    let id = table.trigger_id;
-    db.capture("failover", vec![table])
-        .install()
-        .await
-        .expect("install");
+    let id = db
+        .captured(
+            "CREATE TABLE ticks (id int PRIMARY KEY)",
+            "ticks",
+            "failover",
+        )
+        .await;
     let url_a = format!("{}&application_name=capture_a", db.url);
     let url_b = format!("{}&application_name=capture_b", db.url);
     let a = ChildCapture::start(&url_a, "failover");
@@ -338,15 +324,7 @@ async fn killing_the_slot_holder_moves_capture_to_the_standby() {
     eventually(WAIT, "all 400 rows", || async { db.count(id).await >= 400 }).await;
     db.wait_caught_up("failover").await;
     b.kill();
-    let (total, distinct): (i64, i64) = db
-        .client
-        .query_one(
-            "SELECT count(*), count(DISTINCT new_row->>'id') FROM pgevents.event WHERE trigger_id = $1",
-            &[&id],
-        )
-        .await
-        .map(|r| (r.get(0), r.get(1)))
-        .expect("counts");
+    let (total, distinct) = db.total_and_distinct(id).await;
     assert_eq!((total, distinct), (400, 400), "nothing lost, nothing twice");
 }
 

@@ -81,16 +81,6 @@ mod connection;
 mod endpoint;
 mod env;
 mod error;
-#[cfg(all(
-    test,
-    any(
-        feature = "nats",
-        feature = "redis",
-        feature = "amqp",
-        feature = "kafka"
-    )
-))]
-mod fixtures;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "nats")]

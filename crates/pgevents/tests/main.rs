@@ -235,13 +235,7 @@ async fn killed_connections_lose_no_events() {
     let running = start(Listener::builder(&db.url).on("busy", events.handler())).await;
     for batch in 0..10 {
         let from = batch * 1000 + 1;
-        db.client
-            .batch_execute(&format!(
-                "INSERT INTO busy SELECT generate_series({from}, {})",
-                from + 999
-            ))
-            .await
-            .expect("insert");
+        support::insert_ids(&db.client, "busy", from..=from + 999).await;
         if batch == 4 {
             let killed = db
                 .client

@@ -4,44 +4,30 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgevents_admin::{AdminState, Health};
 use pgevents_delivery::{Delivery, Outcome, Report, RetryPolicy, Sink};
 use pgevents_dispatch::{Dispatcher, Options, Route};
 use pgevents_log::LogSchema;
 use pgevents_postgres::QualifiedName;
+use pgevents_testkit::background::Background;
+pub use pgevents_testkit::db::Db;
+pub use pgevents_testkit::wait::eventually;
+use pgevents_testkit::wait::Deadline;
 use pgevents_trigger::Trigger;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
-use tokio_postgres::Client;
+use tokio::sync::watch;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// A fresh database and a connection to it.
-pub struct Db {
-    pub url: String,
-    pub client: Client,
-}
-
 pub async fn db() -> Db {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let url = pgevents_tempdb::testing::fresh_database("pgevents_admin").expect("test database");
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    Db { url, client }
+    pgevents_testkit::db::init_tracing();
+    Db::fresh("pgevents_admin").await
 }
 
 /// What the test sink does with the next attempts.
@@ -58,9 +44,6 @@ pub enum Mode {
 
 /// Ids and payloads a sink accepted.
 type Received = Mutex<Vec<(uuid::Uuid, Vec<u8>)>>;
-
-/// A task running until its stop signal.
-type Running<E> = (oneshot::Sender<()>, JoinHandle<Result<(), E>>);
 
 /// A sink whose behaviour the test switches, recording the ids it accepted.
 #[derive(Clone)]
@@ -193,8 +176,8 @@ pub struct Daemon {
     pub http: reqwest::Client,
     pub token: Option<String>,
     pub sinks: Vec<Switch>,
-    dispatcher: Option<Running<pgevents_log::Error>>,
-    admin: Option<Running<pgevents_admin::Error>>,
+    dispatcher: Option<Background<pgevents_log::Error>>,
+    admin: Option<Background<pgevents_admin::Error>>,
     routes: Vec<Route>,
 }
 
@@ -259,10 +242,7 @@ pub async fn daemon_listening(
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let (stop, stopped) = oneshot::channel::<()>();
-    let admin = tokio::spawn(pgevents_admin::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    let admin = Background::spawn(|stop| pgevents_admin::serve(listener, state, stop));
     let mut d = Daemon {
         db,
         schema,
@@ -276,7 +256,7 @@ pub async fn daemon_listening(
         token: token.map(str::to_owned),
         sinks,
         dispatcher: None,
-        admin: Some((stop, admin)),
+        admin: Some(admin),
         routes,
     };
     if dispatch {
@@ -301,32 +281,18 @@ impl Daemon {
             options,
         )
         .with_health(self.health.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(dispatcher.run(async move {
-            let _ = stopped.await;
-        }));
-        self.dispatcher = Some((stop, task));
+        self.dispatcher = Some(Background::spawn(|stop| dispatcher.run(stop)));
     }
 
     pub async fn stop_dispatcher(&mut self) {
-        if let Some((stop, task)) = self.dispatcher.take() {
-            let _ = stop.send(());
-            tokio::time::timeout(WAIT, task)
-                .await
-                .expect("the dispatcher stops within a minute")
-                .expect("dispatcher task")
-                .expect("dispatcher run");
+        if let Some(dispatcher) = self.dispatcher.take() {
+            dispatcher.stop(WAIT, "the dispatcher").await;
         }
     }
 
     pub async fn stop(mut self) {
-        if let Some((stop, task)) = self.admin.take() {
-            let _ = stop.send(());
-            tokio::time::timeout(WAIT, task)
-                .await
-                .expect("the admin server stops within a minute")
-                .expect("admin task")
-                .expect("admin serve");
+        if let Some(admin) = self.admin.take() {
+            admin.stop(WAIT, "the admin server").await;
         }
         self.stop_dispatcher().await;
     }
@@ -393,35 +359,35 @@ impl Daemon {
 
     /// Waits until `trigger` has `n` events with `status`; returns them.
     pub async fn wait_for_events(&self, trigger: &str, status: &str, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Deadline::after(WAIT);
         loop {
             let events = self.events(trigger, status).await;
             if events.len() >= n {
                 return events;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {n} {status} events of {trigger} (have {})",
-                events.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            deadline
+                .next_poll(|| {
+                    format!(
+                        "timed out waiting for {n} {status} events of {trigger} (have {})",
+                        events.len()
+                    )
+                })
+                .await;
         }
     }
 
     /// Waits until event `id` has `status`; returns its detail.
     pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Deadline::after(WAIT);
         loop {
             let (code, body) = self.get(&format!("/api/v1/events/{id}")).await;
             assert_eq!(code, 200, "{body}");
             if body["event"]["status"] == status {
                 return body;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for event {id} to be {status}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            deadline
+                .next_poll(|| format!("timed out waiting for event {id} to be {status}: {body}"))
+                .await;
         }
     }
 }
@@ -430,17 +396,4 @@ pub async fn answer(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// Polls `check` until it returns true, or panics after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+pub use pgevents_testkit::db::{connect, insert_ids};
+use pgevents_testkit::process::OwnedChild;
+pub use pgevents_testkit::wait::eventually as wait_until;
+use pgevents_testkit::wait::Deadline;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,19 +38,6 @@ pub async fn within<F: std::future::Future<Output = ()>>(limit: Duration, test: 
     eprintln!("took {:.1}s", started.elapsed().as_secs_f64());
 }
 
-/// Waits until `check` returns true, polling every 20 ms; panics with `what` after `limit`.
-pub async fn wait_until<F, Fut>(limit: Duration, what: impl std::fmt::Display, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Databases
 
@@ -60,20 +51,11 @@ pub struct Db {
     pub cluster: Option<pgevents_tempdb::TempCluster>,
 }
 
-/// Connects without TLS (the test clusters do not offer it).
-pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
-}
-
 impl Db {
     /// A fresh database on the test process's shared cluster.
     pub async fn fresh(prefix: &str) -> Db {
-        let url = pgevents_tempdb::testing::fresh_database(prefix).expect("test database");
-        let client = connect(&url).await;
+        let pgevents_testkit::db::Db { url, client } =
+            pgevents_testkit::db::Db::fresh(prefix).await;
         Db {
             url,
             client,
@@ -253,7 +235,7 @@ pub fn text(out: &Output) -> (String, String) {
 
 /// A running `pgevents run`; its stderr goes to a file the test can read.
 pub struct Daemon {
-    child: Child,
+    child: OwnedChild,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -275,11 +257,7 @@ impl Daemon {
         if !env.iter().any(|(k, _)| *k == "PGEVENTS_LOG") {
             command.env("PGEVENTS_LOG", "info");
         }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start pgevents run");
+        let child = OwnedChild::spawn(command.stdout(Stdio::null()).stderr(file), "pgevents run");
         Daemon {
             child,
             log,
@@ -289,13 +267,12 @@ impl Daemon {
 
     /// Sends `sig` to the daemon.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.child.signal(sig);
     }
 
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.is_running()
     }
 
     /// Panics (with the log's tail) unless the daemon still runs.
@@ -311,13 +288,12 @@ impl Daemon {
 
     /// Waits for the process to exit.
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Deadline::after(WAIT);
         loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
+            if let Some(status) = self.child.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "pgevents exits");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            deadline.next_poll(|| "pgevents exits".into()).await;
         }
     }
 
@@ -357,14 +333,16 @@ impl Daemon {
 
     /// Waits until the log contains `needle`.
     pub async fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Deadline::after(WAIT);
         while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {needle:?} in the daemon's log:\n{}",
-                self.tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            deadline
+                .next_poll(|| {
+                    format!(
+                        "timed out waiting for {needle:?} in the daemon's log:\n{}",
+                        self.tail(40)
+                    )
+                })
+                .await;
         }
     }
 
@@ -385,8 +363,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         if std::thread::panicking() || std::env::var_os("PGEVENTS_TEST_DAEMON_LOG").is_some() {
             eprintln!(
                 "--- daemon log ({}) ---\n{}",
@@ -523,11 +500,62 @@ impl Hit {
 
 type Policy = dyn Fn(&str, &Value, usize) -> Reply + Send + Sync;
 
+/// What a receiver recorded, by the name in the request's path (`/{name}`), in the order the
+/// requests arrived.
+pub struct Recorded<T>(Arc<Mutex<HashMap<String, Vec<T>>>>);
+
+impl<T> Clone for Recorded<T> {
+    fn clone(&self) -> Self {
+        Recorded(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Default for Recorded<T> {
+    fn default() -> Self {
+        Recorded(Arc::default())
+    }
+}
+
+impl<T: Clone> Recorded<T> {
+    /// Everything recorded for `/{name}` so far.
+    pub fn of(&self, name: &str) -> Vec<T> {
+        self.0
+            .lock()
+            .expect("lock")
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Records what `make` returns first for `/{name}` (`make` runs under the lock, so the
+    /// records are in the order it ran); returns the record's index and the rest.
+    pub fn record<R>(&self, name: &str, make: impl FnOnce() -> (T, R)) -> (usize, R) {
+        let mut all = self.0.lock().expect("lock");
+        let list = all.entry(name.to_string()).or_default();
+        let (item, rest) = make();
+        list.push(item);
+        (list.len() - 1, rest)
+    }
+
+    /// Changes record `index` of `/{name}`.
+    pub fn update(&self, name: &str, index: usize, change: impl FnOnce(&mut T)) {
+        if let Some(item) = self
+            .0
+            .lock()
+            .expect("lock")
+            .get_mut(name)
+            .and_then(|l| l.get_mut(index))
+        {
+            change(item);
+        }
+    }
+}
+
 /// A webhook receiver on loopback: `POST /{name}` is recorded and answered by the policy,
 /// given the name, the body and how many times this event id was seen before.
 #[derive(Clone)]
 pub struct Receiver {
-    hits: Arc<Mutex<HashMap<String, Vec<Hit>>>>,
+    hits: Recorded<Hit>,
     /// How many requests each (name, event id) had so far.
     seen: Arc<Mutex<HashMap<(String, String), usize>>>,
     policy: Arc<Mutex<Arc<Policy>>>,
@@ -538,21 +566,23 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver answering 200 to everything.
     pub async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let receiver = Receiver {
-            hits: Arc::default(),
-            seen: Arc::default(),
-            policy: Arc::new(Mutex::new(Arc::new(|_: &str, _: &Value, _: usize| {
-                Reply::Status(200)
-            }))),
-            addr,
-        };
-        let app = axum::Router::new()
-            .route("/{name}", axum::routing::post(receive))
-            .with_state(receiver.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        receiver
+        let mut receiver = None;
+        pgevents_testkit::net::serve(|addr| {
+            let state = Receiver {
+                hits: Recorded::default(),
+                seen: Arc::default(),
+                policy: Arc::new(Mutex::new(Arc::new(|_: &str, _: &Value, _: usize| {
+                    Reply::Status(200)
+                }))),
+                addr,
+            };
+            receiver = Some(state.clone());
+            axum::Router::new()
+                .route("/{name}", axum::routing::post(receive))
+                .with_state(state)
+        })
+        .await;
+        receiver.expect("the receiver started")
     }
 
     /// Answers from now on as `policy` says.
@@ -562,12 +592,7 @@ impl Receiver {
 
     /// Every request to `/{name}` so far.
     pub fn hits(&self, name: &str) -> Vec<Hit> {
-        self.hits
-            .lock()
-            .expect("lock")
-            .get(name)
-            .cloned()
-            .unwrap_or_default()
+        self.hits.of(name)
     }
 
     /// The rows whose events were delivered (answered 2xx) to `/{name}`.
@@ -588,7 +613,7 @@ impl Receiver {
     /// [`Db::versions`] reads them) was delivered to `/{name}`: nothing lost, UPDATEs included.
     pub async fn wait_versions(&self, name: &str, versions: &HashMap<i64, i64>, limit: Duration) {
         let events: usize = versions.values().map(|v| *v as usize + 1).sum();
-        let deadline = Instant::now() + limit;
+        let deadline = Deadline::after(limit);
         loop {
             let delivered: HashSet<(i64, i64)> = self
                 .deliveries(name)
@@ -603,31 +628,31 @@ impl Receiver {
             if missing.is_empty() {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
+            deadline.next_poll(|| format!(
                 "timed out: {} of {events} committed events not delivered to /{name}, e.g. (row, version) {:?}",
                 missing.len(),
                 &missing[..missing.len().min(5)]
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            )).await;
         }
     }
 
     /// Waits until every row in `rows` was delivered to `/{name}`.
     pub async fn wait_rows(&self, name: &str, rows: &HashSet<i64>, limit: Duration) {
-        let deadline = Instant::now() + limit;
+        let deadline = Deadline::after(limit);
         loop {
             let delivered = self.delivered_rows(name);
             let missing = rows.difference(&delivered).count();
             if missing == 0 {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out: {missing} of {} committed rows not delivered to /{name}",
-                rows.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            deadline
+                .next_poll(|| {
+                    format!(
+                        "timed out: {missing} of {} committed rows not delivered to /{name}",
+                        rows.len()
+                    )
+                })
+                .await;
         }
     }
 }
@@ -647,9 +672,7 @@ async fn receive(
     };
     let (row, version) = (field("id"), field("v"));
     let policy = r.policy.lock().expect("lock").clone();
-    let (index, reply) = {
-        let mut hits = r.hits.lock().expect("lock");
-        let list = hits.entry(name.clone()).or_default();
+    let (index, reply) = r.hits.record(&name, || {
         let seen = {
             let mut seen = r.seen.lock().expect("lock");
             let count = seen.entry((name.clone(), id.clone())).or_default();
@@ -657,7 +680,7 @@ async fn receive(
             *count - 1
         };
         let reply = policy(&name, &body, seen);
-        list.push(Hit {
+        let hit = Hit {
             at: Instant::now(),
             id,
             row,
@@ -670,9 +693,9 @@ async fn receive(
                     .collect(),
             ),
             answered: None,
-        });
-        (list.len() - 1, reply)
-    };
+        };
+        (hit, reply)
+    });
     let (status, answer): (u16, Arc<[u8]>) = match reply {
         Reply::Status(s) => (s, Arc::from(&b"answer"[..])),
         Reply::Body(s, body) => (s, body),
@@ -685,15 +708,8 @@ async fn receive(
             (500, Arc::from(&b""[..]))
         }
     };
-    if let Some(hit) = r
-        .hits
-        .lock()
-        .expect("lock")
-        .get_mut(&name)
-        .and_then(|l| l.get_mut(index))
-    {
-        hit.answered = Some(status);
-    }
+    r.hits
+        .update(&name, index, |hit| hit.answered = Some(status));
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
         answer.to_vec(),
@@ -874,17 +890,14 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, state: watch::Se
             }
             (_, None) => {
                 // Back up: listen on the same port again.
-                let deadline = Instant::now() + Duration::from_secs(10);
+                let deadline = Deadline::after(Duration::from_secs(10));
                 loop {
                     match TcpListener::bind(addr).await {
                         Ok(l) => {
                             listener = Some(l);
                             break;
                         }
-                        Err(e) => {
-                            assert!(Instant::now() < deadline, "rebind {addr}: {e}");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
+                        Err(e) => deadline.next_poll(|| format!("rebind {addr}: {e}")).await,
                     }
                 }
                 continue;

@@ -254,7 +254,7 @@ async fn generated_columns_are_in_logical_payloads_as_in_trigger_payloads() {
     );
 
     // A filter and a payload cut on the generated column.
-    let mut db = db().await;
+    let mut db = crate::support::db().await;
     db.client
         .batch_execute(
             "CREATE TABLE t (id int PRIMARY KEY, price numeric(10,2), qty int,

@@ -1,17 +1,18 @@
 //! Test support: a fresh database per test on the shared wal_level=logical cluster, capture
 //! in a task or in a child process, and waits with deadlines.
 
-use std::future::Future;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use pgevents_event::Action;
 use pgevents_log::LogSchema;
 use pgevents_logical::{LogicalCapture, LogicalTable, Options};
 use pgevents_postgres::QualifiedName;
+use pgevents_testkit::background::Background;
+pub use pgevents_testkit::db::{connect, init_tracing};
+use pgevents_testkit::process::OwnedChild;
+pub use pgevents_testkit::wait::eventually;
 use pgevents_trigger::Trigger;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 /// Environment of a child capture process (see `child_capture_process` in main.rs).
@@ -34,8 +35,8 @@ pub struct Db {
 
 pub async fn db() -> Db {
     init_tracing();
-    let url = pgevents_tempdb::testing::fresh_database("pgevents_logical").expect("test database");
-    let mut client = connect(&url).await;
+    let pgevents_testkit::db::Db { url, mut client } =
+        pgevents_testkit::db::Db::fresh("pgevents_logical").await;
     let schema = LogSchema::default();
     pgevents_log::install(&mut client, &schema)
         .await
@@ -47,23 +48,6 @@ pub async fn db() -> Db {
     }
 }
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-pub async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
-}
-
 impl Db {
     /// Registers `table` for logical capture under trigger `name`.
     pub async fn register(&self, name: &str, table: &str, ops: &[Action]) -> LogicalTable {
@@ -72,6 +56,20 @@ impl Db {
         pgevents_logical::register_table(&self.client, &self.schema, &spec)
             .await
             .expect("register table")
+    }
+
+    /// Creates a table with `ddl`, registers it as `table` (every operation, trigger named
+    /// after it) and installs its capture through slot and publication `slot`; returns the
+    /// trigger's id.
+    pub async fn captured(&self, ddl: &str, table: &str, slot: &str) -> i32 {
+        self.client.batch_execute(ddl).await.expect("schema");
+        let table = self.register(table, table, &ALL_OPS).await;
+        let id = table.trigger_id;
+        self.capture(slot, vec![table])
+            .install()
+            .await
+            .expect("install");
+        id
     }
 
     /// Capture of `tables` through slot and publication `name`.
@@ -91,6 +89,18 @@ impl Db {
             .await
             .expect("count")
             .get(0)
+    }
+
+    /// Events of `trigger_id` in the log, and how many distinct rows (`id`) they are of.
+    pub async fn total_and_distinct(&self, trigger_id: i32) -> (i64, i64) {
+        self.client
+            .query_one(
+                "SELECT count(*), count(DISTINCT new_row->>'id') FROM pgevents.event WHERE trigger_id = $1",
+                &[&trigger_id],
+            )
+            .await
+            .map(|r| (r.get(0), r.get(1)))
+            .expect("counts")
     }
 
     /// Waits until the slot has confirmed everything written so far: every committed
@@ -144,72 +154,48 @@ pub fn fast_options() -> Options {
 }
 
 /// A capture running in a task of this process.
-pub struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), pgevents_logical::Error>>,
-}
+pub struct Running(Background<pgevents_logical::Error>);
 
 impl Running {
     pub fn start(capture: LogicalCapture) -> Running {
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(capture.run(async move {
-            let _ = rx.await;
-        }));
-        Running {
-            stop: Some(tx),
-            task,
-        }
+        Running(Background::spawn(|stop| capture.run(stop)))
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .expect("capture stops within 30 s")
-            .expect("capture task")
-            .expect("capture run");
+    pub async fn stop(self) {
+        self.0.stop(Duration::from_secs(30), "the capture").await;
     }
 }
 
 /// A capture running in a child process (this test binary, re-run as
 /// `child_capture_process`), so that it can be killed with SIGKILL.
 pub struct ChildCapture {
-    child: Child,
+    child: OwnedChild,
 }
 
 impl ChildCapture {
     pub fn start(url: &str, slot: &str) -> ChildCapture {
         let exe = std::env::current_exe().expect("test binary");
-        let child = Command::new(exe)
-            .args([
-                "child_capture_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_URL, url)
-            .env(CHILD_SLOT, slot)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the child capture process");
+        let child = OwnedChild::spawn(
+            Command::new(exe)
+                .args([
+                    "child_capture_process",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_URL, url)
+                .env(CHILD_SLOT, slot)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+            "the child capture process",
+        );
         ChildCapture { child }
     }
 
     /// SIGKILL: no chance to flush, confirm or say goodbye.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildCapture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
 
@@ -233,17 +219,4 @@ pub async fn registered_tables(client: &Client, schema: &LogSchema) -> Vec<Logic
             condition: None,
         })
         .collect()
-}
-
-/// Polls `check` until it returns true, or panics after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }

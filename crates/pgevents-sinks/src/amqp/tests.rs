@@ -1,7 +1,5 @@
 //! AMQP sink tests: settings, and deliveries to the RabbitMQ broker on 127.0.0.1:5672.
 
-use std::time::Duration;
-
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -10,9 +8,11 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use pgevents_delivery::{Outcome, Sink};
 use pgevents_event::Format;
+use pgevents_testkit::brokers::{unique, AMQP_URL, WAIT};
+use pgevents_testkit::events::{delivery, event, failed_attempt, retry_error};
+use pgevents_testkit::net::closed_port;
 
 use super::{AmqpConfig, AmqpSink};
-use crate::fixtures::{closed_port, delivery, event, unique, AMQP_URL, WAIT};
 use crate::{Env, ResolveSink};
 
 fn config(text: &str) -> AmqpConfig {
@@ -95,6 +95,17 @@ impl Broker {
             .await
             .expect("basic.get")
             .expect("a message in the queue")
+    }
+
+    /// Binds a queue of its own to `exchange` with `routing_key`, checks that `sink` delivers a
+    /// new event to it, and deletes the exchange.
+    async fn delivers_once_bound(&self, sink: &AmqpSink, exchange: &str, routing_key: &str) {
+        let queue = self.queue(exchange, routing_key).await;
+        let event = event(2, 1, 2);
+        let outcome = sink.deliver(delivery(&event, WAIT)).await;
+        assert!(matches!(outcome, Outcome::Delivered(_)), "{outcome:?}");
+        assert_eq!(self.get(&queue).await.delivery.data, event.payload());
+        self.delete_exchange(exchange).await;
     }
 
     async fn delete_exchange(&self, name: &str) {
@@ -190,24 +201,14 @@ async fn an_unroutable_message_is_retried_not_lost() {
     let exchange = unique("pgevents_test");
     broker.exchange(&exchange).await;
     let sink = sink(AMQP_URL, &exchange, "nobody");
-    match sink.deliver(delivery(&event(1, 1, 1), WAIT)).await {
-        Outcome::Retry { report, .. } => {
-            let error = report.error.unwrap_or_default();
-            assert!(
-                error.contains("routed the message to no queue (312 NO_ROUTE)"),
-                "{error}"
-            );
-            assert!(error.contains("routing key \"nobody\""), "{error}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let error = retry_error(sink.deliver(delivery(&event(1, 1, 1), WAIT)).await);
+    assert!(
+        error.contains("routed the message to no queue (312 NO_ROUTE)"),
+        "{error}"
+    );
+    assert!(error.contains("routing key \"nobody\""), "{error}");
     // Once a queue is bound, the same sink delivers.
-    let queue = broker.queue(&exchange, "nobody").await;
-    let event = event(2, 1, 2);
-    let outcome = sink.deliver(delivery(&event, WAIT)).await;
-    assert!(matches!(outcome, Outcome::Delivered(_)), "{outcome:?}");
-    assert_eq!(broker.get(&queue).await.delivery.data, event.payload());
-    broker.delete_exchange(&exchange).await;
+    broker.delivers_once_bound(&sink, &exchange, "nobody").await;
 }
 
 #[tokio::test]
@@ -216,53 +217,32 @@ async fn a_missing_exchange_is_retried_with_advice_and_the_sink_recovers() {
     let exchange = unique("pgevents_missing");
     let sink = sink(AMQP_URL, &exchange, "orders");
     for _ in 0..2 {
-        match sink.deliver(delivery(&event(1, 1, 1), WAIT)).await {
-            Outcome::Retry { report, .. } => {
-                let error = report.error.unwrap_or_default();
-                assert!(
-                    error.starts_with(&format!("exchange {exchange:?} does not exist")),
-                    "{error}"
-                );
-                assert!(error.contains("rabbitmqadmin declare exchange"), "{error}");
-            }
-            other => panic!("{other:?}"),
-        }
+        let error = retry_error(sink.deliver(delivery(&event(1, 1, 1), WAIT)).await);
+        assert!(
+            error.starts_with(&format!("exchange {exchange:?} does not exist")),
+            "{error}"
+        );
+        assert!(error.contains("rabbitmqadmin declare exchange"), "{error}");
     }
     // The broker closed the sink's channel; once the exchange exists, the sink reopens it.
     broker.exchange(&exchange).await;
-    let queue = broker.queue(&exchange, "orders").await;
-    let event = event(2, 1, 2);
-    let outcome = sink.deliver(delivery(&event, WAIT)).await;
-    assert!(matches!(outcome, Outcome::Delivered(_)), "{outcome:?}");
-    assert_eq!(broker.get(&queue).await.delivery.data, event.payload());
-    broker.delete_exchange(&exchange).await;
+    broker.delivers_once_bound(&sink, &exchange, "orders").await;
 }
 
 #[tokio::test]
 async fn an_unreachable_broker_is_retried_without_leaking_the_password() {
     let addr = closed_port();
     let sink = sink(&format!("amqp://app:pa55word@{addr}/%2f"), "pg", "orders");
-    match sink
-        .deliver(delivery(&event(1, 1, 1), Duration::from_secs(5)))
-        .await
-    {
-        Outcome::Retry { report, .. } => {
-            let error = report.error.unwrap_or_default();
-            assert!(
-                error.starts_with("could not connect to the AMQP broker at amqp://app:***@"),
-                "{error}"
-            );
-            assert!(!error.contains("pa55word"), "{error}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let error = failed_attempt(&sink).await;
+    assert!(
+        error.starts_with("could not connect to the AMQP broker at amqp://app:***@"),
+        "{error}"
+    );
+    assert!(!error.contains("pa55word"), "{error}");
 }
 
 #[tokio::test]
 async fn a_tls_url_fails_the_attempt_instead_of_panicking() {
     let sink = sink("amqps://guest:guest@127.0.0.1:5672/%2f", "pg", "orders");
-    let outcome = sink
-        .deliver(delivery(&event(1, 1, 1), Duration::from_secs(5)))
-        .await;
-    assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+    failed_attempt(&sink).await;
 }

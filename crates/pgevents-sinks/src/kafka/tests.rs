@@ -9,8 +9,10 @@ use pgevents_event::Format;
 
 use super::config::{check_brokers, check_topic};
 use super::{KafkaConfig, KafkaSink};
-use crate::fixtures::{closed_port, delivery, event, WAIT};
 use crate::{Env, ResolveSink};
+use pgevents_testkit::brokers::WAIT;
+use pgevents_testkit::events::{delivery, event};
+use pgevents_testkit::net::closed_port;
 
 #[path = "../../tests/support/kafka_topic.rs"]
 mod kafka_topic;

@@ -8,8 +8,10 @@ use pgevents_event::Format;
 
 use super::config::check_subject;
 use super::{NatsConfig, NatsSink};
-use crate::fixtures::{closed_port, delivery, event, unique, NATS_URL, WAIT};
 use crate::{Env, ResolveSink};
+use pgevents_testkit::brokers::{unique, NATS_URL, WAIT};
+use pgevents_testkit::events::{delivery, event};
+use pgevents_testkit::net::closed_port;
 
 fn config(text: &str) -> NatsConfig {
     toml::from_str(text).expect("nats settings parse")

@@ -11,7 +11,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use pgevents_delivery::{Delivery, Outcome, Report, Sink};
-use pgevents_event::{Action, Attempt, Event, EventParts, Format};
+use pgevents_event::{Attempt, Event, Format};
+use pgevents_testkit::events::order_update;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
@@ -259,18 +260,12 @@ async fn serve(reply: Reply) -> (String, mpsc::Receiver<Received>) {
 }
 
 fn event() -> Event {
-    Event::from_parts(EventParts {
-        seq: 42,
-        salt: 7,
-        created_at: chrono::Utc::now(),
-        trigger: "order_events".into(),
-        schema: "public".into(),
-        table: "orders".into(),
-        action: Action::Update,
-        old: Some(r#"{"id":7,"status":"new"}"#.into()),
-        new: Some(r#"{"id":7,"status":"paid","total":12345678901234567890.50}"#.into()),
-        ordering_key: None,
-    })
+    order_update(
+        42,
+        r#"{"id":7,"status":"new"}"#.into(),
+        r#"{"id":7,"status":"paid","total":12345678901234567890.50}"#.into(),
+        None,
+    )
 }
 
 fn delivery(event: &Event, timeout: Duration) -> Delivery {

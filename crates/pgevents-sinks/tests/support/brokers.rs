@@ -13,6 +13,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use pgevents::Format;
 use pgevents_sinks::ResolveSink;
 use pgevents_sinks::{AmqpConfig, AmqpSink, Env, NatsConfig, NatsSink, RedisConfig, RedisSink};
+use pgevents_testkit::brokers::{unique, AMQP_URL, NATS_URL, REDIS_URL};
 
 use super::process::{OwnedServer, RabbitApp};
 use super::{Broker, Received};
@@ -22,20 +23,6 @@ type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
 
 /// How long one question to a broker may take.
 const ASK: Duration = Duration::from_secs(10);
-
-/// A name no other test (or run) uses.
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 async fn ask<T, E: std::fmt::Display>(
     what: &str,
@@ -62,12 +49,7 @@ pub struct Nats {
 impl Nats {
     /// A memory stream on the machine's server (127.0.0.1:4222).
     pub async fn shared() -> Nats {
-        Nats::create(
-            "nats://127.0.0.1:4222".into(),
-            stream::StorageType::Memory,
-            None,
-        )
-        .await
+        Nats::create(NATS_URL.into(), stream::StorageType::Memory, None).await
     }
 
     /// A file stream on a `nats-server -js` of the test's own, which [`Broker::stop`]
@@ -201,7 +183,7 @@ pub struct Redis {
 impl Redis {
     /// A stream on the machine's server (127.0.0.1:6379).
     pub fn shared() -> Redis {
-        Redis::create("redis://127.0.0.1:6379".into(), None)
+        Redis::create(REDIS_URL.into(), None)
     }
 
     /// A stream on a `redis-server` of the test's own, with every write fsynced to its
@@ -327,9 +309,6 @@ impl Broker for Redis {
 }
 
 // ---- AMQP ------------------------------------------------------------------------------
-
-/// The machine's RabbitMQ.
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672";
 
 /// A durable direct exchange of the test's own, bound to a durable queue that keeps every
 /// message until the test reads it.

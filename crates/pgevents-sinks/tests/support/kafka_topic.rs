@@ -5,8 +5,9 @@
 //! `scripts/start-kafka.sh` starts it and installs the Python client.
 
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use pgevents_testkit::brokers::unique;
 
 /// The machine's Kafka-protocol broker.
 pub const KAFKA_BROKERS: &str = "127.0.0.1:9092";
@@ -63,7 +64,7 @@ impl Topic {
     pub fn missing(brokers: &str) -> Topic {
         Topic {
             brokers: brokers.to_string(),
-            name: unique_topic(),
+            name: unique("pgevents_test"),
         }
     }
 
@@ -105,18 +106,6 @@ impl Topic {
         }
         String::from_utf8(output.stdout).map_err(|e| format!("kafka.py printed non-UTF-8: {e}"))
     }
-}
-
-fn unique_topic() -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "pgevents.test.{}.{}.{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn parse(line: &str) -> Result<Message, String> {

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgevents::{Delivery, Listener, ListenerBuilder, Outcome, RetryPolicy, Sink, Trigger};
-use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
+use pgevents_testkit::background::Background;
+use pgevents_testkit::db::Db;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
@@ -90,43 +91,22 @@ const TABLE_T: &str =
 
 /// A fresh database with the tables `ddl` creates, and a connection to it.
 async fn database(ddl: &str) -> (String, Arc<Client>) {
-    let url = pgevents_tempdb::testing::fresh_database("pgevents_sinks").expect("test database");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
+    let Db { url, client } = Db::fresh("pgevents_sinks").await;
     client.batch_execute(ddl).await.expect("create the tables");
     (url, Arc::new(client))
 }
 
 /// A listener running in the background until [`Running::stop`].
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), pgevents::Error>>,
-}
+struct Running(Background<pgevents::Error>);
 
 impl Running {
     async fn start(builder: ListenerBuilder) -> Running {
         let listener: Listener = builder.build().await.expect("build the listener");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(listener.run(async move {
-            let _ = stopped.await;
-        }));
-        Running {
-            stop: Some(stop),
-            task,
-        }
+        Running(Background::spawn(|stop| listener.run(stop)))
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
-            .await
-            .expect("the listener stops within a minute")
-            .expect("the listener task")
-            .expect("the listener ran without error");
+    async fn stop(self) {
+        self.0.stop(Duration::from_secs(60), "the listener").await;
     }
 }
 

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use pgevents_testkit::net::free_port;
+use pgevents_testkit::wait::Deadline;
 use tokio::process::{Child, Command};
-use tokio::time::Instant;
 
 /// How long a broker may take to stop or to start.
 const START_STOP: Duration = Duration::from_secs(60);
@@ -86,15 +87,9 @@ impl OwnedServer {
     }
 }
 
-/// A free loopback port (free when asked; servers bind it right after).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
 /// Waits until `port` accepts connections (`open`) or refuses them (`!open`).
 async fn wait_for_port(port: u16, open: bool) {
-    let deadline = Instant::now() + START_STOP;
+    let deadline = Deadline::after(START_STOP);
     loop {
         let accepts = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -102,12 +97,12 @@ async fn wait_for_port(port: u16, open: bool) {
         if accepts == open {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "port {port} did not {} in time",
-            if open { "open" } else { "close" }
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        deadline
+            .next_poll(|| {
+                let state = if open { "open" } else { "close" };
+                format!("port {port} did not {state} in time")
+            })
+            .await;
     }
 }
 

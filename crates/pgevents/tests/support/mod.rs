@@ -1,38 +1,18 @@
 //! Test support: a fresh database per test, collecting handlers, waits with deadlines.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgevents::{Event, Listener, ListenerBuilder};
-use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
-use tokio_postgres::Client;
+use pgevents_testkit::background::Background;
+pub use pgevents_testkit::db::{connect, insert_ids, Db};
+pub use pgevents_testkit::wait::eventually;
+use tokio::sync::Notify;
 
 /// A fresh database and a connection to it.
-pub struct Db {
-    pub url: String,
-    pub client: Client,
-}
-
 pub async fn db() -> Db {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let url = pgevents_tempdb::testing::fresh_database("pgevents_test").expect("test database");
-    let client = connect(&url).await;
-    Db { url, client }
-}
-
-pub async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
+    pgevents_testkit::db::init_tracing();
+    Db::fresh("pgevents_test").await
 }
 
 type Received = Mutex<Vec<(Instant, Event)>>;
@@ -98,45 +78,15 @@ impl Collector {
 }
 
 /// A listener running in the background.
-pub struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), pgevents::Error>>,
-}
+pub struct Running(Background<pgevents::Error>);
 
 impl Running {
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
-            .await
-            .expect("listener stops within a minute")
-            .expect("listener task")
-            .expect("listener run");
+    pub async fn stop(self) {
+        self.0.stop(Duration::from_secs(60), "the listener").await;
     }
 }
 
 pub async fn start(builder: ListenerBuilder) -> Running {
     let listener: Listener = builder.build().await.expect("build listener");
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(listener.run(async move {
-        let _ = rx.await;
-    }));
-    Running {
-        stop: Some(tx),
-        task,
-    }
-}
-
-/// Polls `check` until it returns true, or panics after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Running(Background::spawn(|stop| listener.run(stop)))
 }
