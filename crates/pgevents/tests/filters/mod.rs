@@ -3,9 +3,9 @@
 
 use pgevents::{Action, Event, Listener, Ordering, Trigger};
 
-use crate::ordering::{failing_first, position};
+use crate::ordering::{failing_first, position, start_ordered};
 use crate::support::{db, start, Collector, Db};
-use crate::{fast_retry, WAIT};
+use crate::WAIT;
 
 fn field(e: &Event, name: &str) -> Option<i64> {
     e.new()
@@ -144,14 +144,11 @@ async fn group_order_holds_while_a_group_retries_and_other_groups_flow() {
     let delivered = Collector::default();
     // The first event of account 1 fails three times.
     let handler = failing_first(&delivered, 3, |e| field(e, "v") == Some(0));
-    let running = start(
-        Listener::builder(&db.url)
-            .retry(fast_retry(10, 300))
-            .trigger(
-                Trigger::for_table("ledger", handler)
-                    .expect("a table name")
-                    .ordering(Ordering::Columns(vec!["account".into()])),
-            ),
+    let running = start_ordered(
+        &db.url,
+        "ledger",
+        handler,
+        Ordering::Columns(vec!["account".into()]),
     )
     .await;
     db.client

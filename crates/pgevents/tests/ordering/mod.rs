@@ -26,6 +26,24 @@ fn v_of(e: &Event) -> Option<i64> {
     e.new().and_then(|r| r.get("v")).and_then(|v| v.as_i64())
 }
 
+/// Starts a listener delivering `table`'s events to `handler` in `ordering`, retrying failed
+/// attempts after 300 ms (10 times).
+pub(crate) async fn start_ordered<H: pgevents::Handler>(
+    url: &str,
+    table: &str,
+    handler: H,
+    ordering: Ordering,
+) -> crate::support::Running {
+    start(
+        Listener::builder(url).retry(fast_retry(10, 300)).trigger(
+            Trigger::for_table(table, handler)
+                .expect("a table name")
+                .ordering(ordering),
+        ),
+    )
+    .await
+}
+
 /// A handler that fails the first `n` attempts of the events `fails` picks, and records the
 /// others in `delivered`.
 pub(crate) fn failing_first(
@@ -210,16 +228,7 @@ async fn a_table_without_a_key_is_refused_per_row_and_ordered_per_table() {
 
     let delivered = Collector::default();
     let handler = failing_first(&delivered, 3, |e| v_of(e) == Some(0) && id_of(e) == Some(1));
-    let running = start(
-        Listener::builder(&db.url)
-            .retry(fast_retry(10, 300))
-            .trigger(
-                Trigger::for_table("loose", handler)
-                    .expect("a table name")
-                    .ordering(Ordering::Table),
-            ),
-    )
-    .await;
+    let running = start_ordered(&db.url, "loose", handler, Ordering::Table).await;
     let events = write_and_deliver(
         &db,
         "INSERT INTO loose VALUES (1, 0);
