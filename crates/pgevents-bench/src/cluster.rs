@@ -108,19 +108,26 @@ const DISTURBED_CPUS: f64 = 0.3;
 const ATTEMPTS: u32 = 3;
 
 impl Bench {
-    /// Starts a throwaway cluster (fsync on, `wal_level = logical`) and creates `bench`.
-    pub async fn start(sizes: Sizes, listener_options: Option<&str>) -> anyhow::Result<Bench> {
+    /// Starts a throwaway cluster (fsync on, `wal_level = logical`, and `settings`) and
+    /// creates `bench`.
+    pub async fn start(
+        sizes: Sizes,
+        listener_options: Option<&str>,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Bench> {
         let bindir = client_bindir()?;
         eprintln!("starting a throwaway PostgreSQL cluster (fsync on, wal_level = logical)");
-        let cluster = tokio::task::spawn_blocking(|| {
-            TempCluster::start(&Options {
-                fsync: true,
-                ..Options::default()
-            })
-        })
-        .await
-        .context("starting PostgreSQL")?
-        .context("starting a throwaway PostgreSQL cluster")?;
+        let mut options = Options {
+            fsync: true,
+            ..Options::default()
+        };
+        options
+            .settings
+            .extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let cluster = tokio::task::spawn_blocking(move || TempCluster::start(&options))
+            .await
+            .context("starting PostgreSQL")?
+            .context("starting a throwaway PostgreSQL cluster")?;
         eprintln!(
             "PostgreSQL on 127.0.0.1:{} ({})",
             cluster.port(),
@@ -268,14 +275,18 @@ impl Bench {
     /// This process and the cluster's postmaster: the roots of every process that is ours.
     fn process_roots(&self) -> Vec<u32> {
         let mut roots = vec![std::process::id()];
+        roots.extend(self.postmaster());
+        roots
+    }
+
+    /// The cluster's postmaster, the root of every PostgreSQL process (none if unknown).
+    pub fn postmaster(&self) -> Vec<u32> {
         let pidfile = self.cluster.dir().join("data/postmaster.pid");
-        if let Some(pid) = std::fs::read_to_string(pidfile)
+        std::fs::read_to_string(pidfile)
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
-        {
-            roots.push(pid);
-        }
-        roots
+            .into_iter()
+            .collect()
     }
 
     /// CPUs busy with other work during each measurement so far.
@@ -313,13 +324,18 @@ impl Bench {
     /// Builds (installing capture) and starts a listener delivering the benchmark table's
     /// events to `counter`, with the library's default settings.
     pub async fn listen(&self, counter: &Counter) -> anyhow::Result<RunningListener> {
-        let listener = pgevents::Listener::builder(&self.listener_url)
+        Ok(RunningListener::start(self.listener(counter).await?))
+    }
+
+    /// Builds (installing the log and the triggers) a listener delivering the benchmark
+    /// table's events to `counter`, without starting it.
+    pub async fn listener(&self, counter: &Counter) -> anyhow::Result<pgevents::Listener> {
+        pgevents::Listener::builder(&self.listener_url)
             .on(TABLE, counter.handler())
             .drain_timeout(Duration::from_secs(5))
             .build()
             .await
-            .context("building the pgevents listener")?;
-        Ok(RunningListener::start(listener))
+            .context("building the pgevents listener")
     }
 
     /// Like [`listen`](Self::listen), in pgevents' logical capture mode (a replication slot

@@ -48,7 +48,7 @@ pub fn loadavg() -> f64 {
 }
 
 /// CPU ticks (user + system) used so far by the processes descending from `roots`.
-fn tree_ticks(roots: &[u32]) -> u64 {
+pub fn tree_ticks(roots: &[u32]) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };

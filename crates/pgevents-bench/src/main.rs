@@ -6,6 +6,7 @@
 //! cargo run --release -p pgevents-bench -- all --quick    # small sizes: a CI smoke run
 //! cargo run --release -p pgevents-bench -- backfill       # READ rows/s and writers' TPS beside
 //! cargo run --release -p pgevents-bench -- kafka          # needs scripts/start-kafka.sh
+//! cargo run --release -p pgevents-bench -- profile        # where the time goes per event
 //! ```
 //!
 //! Each scenario runs several times against a throwaway cluster (fsync on,
@@ -25,6 +26,7 @@ mod listening;
 mod load;
 mod memory;
 mod process;
+mod profile;
 mod receiver;
 mod report;
 mod stats;
@@ -83,8 +85,12 @@ enum Scenario {
     /// READ events/s backfilling a 1,000,000-row table to a handler, and the writers' TPS
     /// (pgbench UPDATE, 8 clients) with and without the backfill.
     Backfill(Common),
-    /// Every scenario but `kafka`, one after the other, in one table.
+    /// Every scenario but `kafka` and `profile`, one after the other, in one table.
     All(Common),
+    /// Where the time goes per event, in each capture mode: CPU of pgevents and of
+    /// PostgreSQL, WAL, and the statements (pg_stat_statements) of a backlog drain (the
+    /// webhook backlog's size, 200,000 by default).
+    Profile(Common),
     /// Backlog drain to a Kafka topic (needs a broker: `scripts/start-kafka.sh`).
     #[cfg(feature = "kafka")]
     Kafka {
@@ -125,6 +131,7 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (common, which, kafka) = match cli.scenario {
         Scenario::DrainChild(args) => return memory::child(args).await,
+        Scenario::Profile(c) => return profiled(c).await,
         Scenario::Writer(c) => (c, [true, false, false, false, false, false], None),
         Scenario::Throughput(c) => (c, [false, true, false, false, false, false], None),
         Scenario::Latency(c) => (c, [false, false, true, false, false, false], None),
@@ -145,6 +152,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The `profile` scenario, on a cluster of its own that loads pg_stat_statements.
+async fn profiled(common: Common) -> anyhow::Result<()> {
+    let sizes = Sizes::new(common.quick, common.runs, common.events);
+    let n = sizes.webhook_backlog;
+    let bench = Bench::start(
+        sizes,
+        common.listener_pg_options.as_deref(),
+        &profile::SETTINGS,
+    )
+    .await?;
+    let outcome = tokio::select! {
+        result = profile::run(&bench, n) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; everything started was stopped and removed")),
+    };
+    bench.shutdown()?;
+    println!("{}", outcome?);
+    Ok(())
+}
+
 async fn scenarios(
     sizes: Sizes,
     listener_options: Option<&str>,
@@ -152,7 +178,7 @@ async fn scenarios(
     kafka: Option<&str>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let bench = Bench::start(sizes.clone(), listener_options).await?;
+    let bench = Bench::start(sizes.clone(), listener_options, &[]).await?;
     let mut report = Report::new(bench.machine().await?, &sizes);
     if let Some(options) = listener_options {
         report.note(format!(

@@ -1,0 +1,139 @@
+//! Where the time goes, per event: a backlog drained to an in-process handler in each
+//! capture mode, with the CPU of pgevents' process and of PostgreSQL's, the WAL written,
+//! and every statement's share from `pg_stat_statements` (nested statements included, so
+//! the work inside the log's functions shows).
+//!
+//! Trigger mode: `N` rows inserted with capture installed and no listener running, then the
+//! drain (ingest, claim, settle). Logical mode: the slot and log installed, `N` rows
+//! inserted (their changes wait in the WAL), then the drain (decode, log write, claim,
+//! settle). Only the drain is profiled; the statistics are reset when it starts.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cluster::Bench;
+use crate::listening::{Counter, RunningListener};
+use crate::load::tree_ticks;
+
+/// Rows per transaction of the backlog insert.
+const BACKLOG_CHUNK: u64 = 10_000;
+/// Statements listed per mode.
+const TOP: i64 = 10;
+
+/// The server settings the profile needs.
+pub const SETTINGS: [(&str, &str); 2] = [
+    ("shared_preload_libraries", "pg_stat_statements"),
+    ("pg_stat_statements.track", "all"),
+];
+
+/// Profiles a drain of `n` events in each capture mode; returns the Markdown to print.
+pub async fn run(bench: &Bench, n: u64) -> anyhow::Result<String> {
+    let mut out = format!(
+        "## Profile — a backlog of {n} events drained to an in-process handler\n\n\
+         CPU in µs per event (clock ticks of the processes, so ±{:.0} µs/event); WAL in bytes \
+         per event; statements from pg_stat_statements (track = all: a function's inner \
+         statements are listed beside the call, so their times overlap).\n",
+        1e6 / ticks_per_second() / n as f64
+    );
+    for logical in [false, true] {
+        out.push_str(&mode(bench, n, logical).await?);
+    }
+    Ok(out)
+}
+
+async fn mode(bench: &Bench, n: u64, logical: bool) -> anyhow::Result<String> {
+    let name = if logical { "logical" } else { "trigger" };
+    eprintln!("profile: {name} mode, {n} events");
+    bench.reset(0).await?;
+    let client = bench.connect().await?;
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .context("creating pg_stat_statements (the cluster preloads it)")?;
+    let counter = Counter::new();
+    let listener = if logical {
+        bench.logical_listener(&counter).await?
+    } else {
+        bench.listener(&counter).await?
+    };
+    let wal_start = wal(&client).await?;
+    let took = bench.insert_rows(n, BACKLOG_CHUNK).await?;
+    let wal_inserted = wal(&client).await?;
+    bench.checkpoint().await?;
+    client
+        .batch_execute("SELECT pg_stat_statements_reset()")
+        .await
+        .context("resetting pg_stat_statements")?;
+    let (ours, postgres) = (std::process::id(), bench.postmaster());
+    let before = (tree_ticks(&[ours]), tree_ticks(&postgres));
+    let wal_before = wal(&client).await?;
+    let started = Instant::now();
+    let running = RunningListener::start(listener);
+    let last = counter
+        .wait_for(n, Duration::from_secs(120.max(n / 500)))
+        .await?;
+    let drained = last.saturating_duration_since(started);
+    running.stop().await?;
+    let after = (tree_ticks(&[ours]), tree_ticks(&postgres));
+    let wal_after = wal(&client).await?;
+    let per_event = |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / n as f64;
+    let mut out = format!(
+        "\n### {name} mode\n\n\
+         - insert with capture: {:.0} rows/s, WAL {:.0} bytes/row\n\
+         - drain: {:.0} events/s; CPU per event: pgevents {:.1} µs, PostgreSQL {:.1} µs; \
+           WAL {:.0} bytes/event\n\n\
+         | statement | calls | total ms | µs/event | rows | WAL bytes/event |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+        n as f64 / took.as_secs_f64(),
+        (wal_inserted - wal_start) as f64 / n as f64,
+        n as f64 / drained.as_secs_f64(),
+        per_event(after.0.saturating_sub(before.0)),
+        per_event(after.1.saturating_sub(before.1)),
+        (wal_after - wal_before) as f64 / n as f64,
+    );
+    let rows = client
+        .query(
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), calls,
+                    total_exec_time, rows, wal_bytes::float8
+               FROM pg_stat_statements
+              WHERE query NOT LIKE '%pg_stat_statements%'
+              ORDER BY total_exec_time DESC LIMIT $1",
+            &[&TOP],
+        )
+        .await
+        .context("reading pg_stat_statements")?;
+    for row in rows {
+        let total: f64 = row.get(2);
+        let wal: f64 = row.get(4);
+        out.push_str(&format!(
+            "| `{}` | {} | {:.0} | {:.1} | {} | {:.0} |\n",
+            row.get::<_, String>(0).replace('|', "\\|"),
+            row.get::<_, i64>(1),
+            total,
+            total * 1000.0 / n as f64,
+            row.get::<_, i64>(3),
+            wal / n as f64,
+        ));
+    }
+    Ok(out)
+}
+
+/// The server's current WAL position, in bytes.
+async fn wal(client: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8", &[])
+        .await
+        .context("reading the WAL position")?
+        .get(0))
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
