@@ -31,7 +31,7 @@ pub const SETTINGS: [(&str, &str); 2] = [
 pub async fn run(bench: &Bench, n: u64) -> anyhow::Result<String> {
     let mut out = format!(
         "## Profile — a backlog of {n} events drained to an in-process handler\n\n\
-         CPU in µs per event (clock ticks of the processes, so ±{:.0} µs/event); WAL in bytes \
+         CPU in µs per event (clock ticks of the processes, so ±{:.2} µs/event); WAL in bytes \
          per event; statements from pg_stat_statements (track = all: a function's inner \
          statements are listed beside the call, so their times overlap).\n",
         1e6 / ticks_per_second() / n as f64

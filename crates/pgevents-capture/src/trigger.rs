@@ -401,6 +401,8 @@ pub async fn installed_trigger<D>(
 }
 
 /// Installs (or replaces) capture for `spec`, idempotently; returns the trigger's log id.
+/// With `notify`, writers wake a sleeping dispatcher with a `NOTIFY` (see
+/// [`pgevents_log::wake_key`]); without, dispatchers poll.
 ///
 /// When everything is installed as `spec` asks already, it changes nothing and takes no lock
 /// on the table. Otherwise the DDL waits at most [`pgevents_log::LOCK_TIMEOUT_MS`] for the

@@ -164,7 +164,8 @@ impl ListenerBuilder {
     }
 
     /// Delivers the changes `trigger` describes to any [`Sink`] (a webhook, a broker, your
-    /// own).
+    /// own). The payload format is the sink's own, chosen when it was built; the trigger's
+    /// `format` is what the config file builds its sinks with.
     pub fn sink<S: Sink>(mut self, trigger: Trigger<S>) -> ListenerBuilder {
         self.entries.push(Ok(trigger.map_destination(|sink| {
             let sink: Arc<dyn DynSink> = Arc::new(sink);
