@@ -26,7 +26,7 @@ enum Command {
     /// the console (unless --no-console) to watch retries, attempts and redelivery.
     Demo(demo::Args),
     /// Write a commented starter config for a database: its tables as commented-out
-    /// [[trigger]] blocks, every section with its defaults.
+    /// `[[trigger]]` blocks, every section with its defaults.
     Init(init::Args),
     #[command(flatten)]
     Daemon(daemon::Command),

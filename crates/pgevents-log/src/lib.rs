@@ -1,9 +1,9 @@
 //! The durable event log that every pgevents capture writes to and every dispatcher reads.
 //!
 //! Writers append captured rows to an index-free `capture` table inside their own
-//! transaction; [`store::ingest`] moves them, oldest first, into the indexed `event` table,
-//! where dispatchers [`store::claim`] due events under a lease, deliver them, and
-//! [`store::settle`] the outcomes in batches. Everything lives in one schema (default
+//! transaction; [`store::Store::ingest`] moves them, oldest first, into the indexed `event` table,
+//! where dispatchers [`store::Store::claim`] due events under a lease, deliver them, and
+//! [`store::Store::settle`] the outcomes in batches. Everything lives in one schema (default
 //! `pgevents`), installed idempotently by [`install`] and versioned by [`SCHEMA_VERSION`].
 
 pub mod backfill;

@@ -78,7 +78,7 @@ impl Listener {
     }
 
     /// Starts a backfill of `table` (as given to [`on`](ListenerBuilder::on)): an event with
-    /// action [`Action::Read`] (`new` = the row) for every row of the table, or every row
+    /// action [`Action::Read`](crate::Action::Read) (`new` = the row) for every row of the table, or every row
     /// matching `condition` (SQL on the table's columns), delivered to the table's handler in
     /// primary-key order, woven into its live events so that each row's last event carries
     /// its current state. Returns the backfill's id ([`backfills`](Self::backfills) shows its
