@@ -1142,28 +1142,21 @@ mod tests {
         Allowance::Closed
     }
 
+    /// Trigger 1's breaker in `allowance`, every other trigger's closed.
+    fn first_is(allowance: Allowance) -> impl Fn(i32) -> Allowance + Copy {
+        move |t| if t == 1 { allowance } else { Allowance::Closed }
+    }
+
     #[test]
     fn an_open_breaker_takes_no_slot_and_reserves_none() {
-        let shut_1 = |t| {
-            if t == 1 {
-                Allowance::Shut
-            } else {
-                Allowance::Closed
-            }
-        };
+        let shut_1 = first_is(Allowance::Shut);
         // Trigger 2 may take everything: trigger 1 keeps no share while its breaker is open.
         assert_eq!(
             claim_limits(&[1, 2], &held(&[]), shut_1, 1000, 1000, 1000),
             vec![0, 1000]
         );
         // Probing: one event, only while none of its events is in flight.
-        let probe_1 = |t| {
-            if t == 1 {
-                Allowance::Probe
-            } else {
-                Allowance::Closed
-            }
-        };
+        let probe_1 = first_is(Allowance::Probe);
         assert_eq!(
             claim_limits(&[1, 2], &held(&[]), probe_1, 1000, 500, 1000),
             vec![1, 500]
@@ -1173,13 +1166,7 @@ mod tests {
             vec![0, 500]
         );
         // On trial (no delivery yet, or failing): no more than TRIP_AFTER in flight.
-        let trial_1 = |t| {
-            if t == 1 {
-                Allowance::Trial
-            } else {
-                Allowance::Closed
-            }
-        };
+        let trial_1 = first_is(Allowance::Trial);
         let trip = TRIP_AFTER as i32;
         assert_eq!(
             claim_limits(&[1, 2], &held(&[(1, 5)]), trial_1, 995, 500, 1000),

@@ -498,9 +498,10 @@ impl Decoder {
         let relation = match &message {
             Message::Relation(relation) => {
                 // Keys and generated columns may have changed with the schema: read them again.
-                let info = match self.tables.contains_key(&relation.oid) {
-                    true => table_info(catalog, relation.oid).await?,
-                    false => None,
+                let info = if self.tables.contains_key(&relation.oid) {
+                    table_info(catalog, relation.oid).await?
+                } else {
+                    None
                 };
                 let key = info
                     .iter()

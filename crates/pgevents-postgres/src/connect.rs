@@ -604,16 +604,7 @@ fn connect_error(tls: &TlsSettings, source: tokio_postgres::Error) -> Error {
             source,
         };
     }
-    let mut detail = text;
-    let mut cause = std::error::Error::source(&source);
-    while let Some(e) = cause {
-        let s = e.to_string();
-        if !detail.contains(&s) {
-            detail.push_str(": ");
-            detail.push_str(&s);
-        }
-        cause = e.source();
-    }
+    let detail = crate::error::with_causes(text, &source);
     let fix = if tls.verifies_host() {
         "check that sslrootcert names the CA that signed the server's certificate and that the URL's host is a name the certificate was issued for"
     } else if tls.verifies_chain() {

@@ -87,16 +87,7 @@ fn connect_message(context: &str, e: &tokio_postgres::Error) -> String {
             describe(e)
         );
     }
-    let mut detail = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !detail.contains(&text) {
-            detail.push_str(": ");
-            detail.push_str(&text);
-        }
-        cause = c.source();
-    }
+    let detail = with_causes(e.to_string(), e);
     format!(
         "cannot reach PostgreSQL ({context}): {detail}; check the URL, that the server runs and that the network allows the connection"
     )
@@ -114,4 +105,18 @@ fn describe(e: &tokio_postgres::Error) -> String {
         }
         None => e.to_string(),
     }
+}
+
+/// `text` followed by every cause of `error` it does not already say, `: `-separated.
+pub(crate) fn with_causes(mut text: String, error: &dyn std::error::Error) -> String {
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
 }
