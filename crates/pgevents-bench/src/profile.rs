@@ -22,9 +22,10 @@ const BACKLOG_CHUNK: u64 = 10_000;
 const TOP: i64 = 10;
 
 /// The server settings the profile needs.
-pub const SETTINGS: [(&str, &str); 2] = [
+pub const SETTINGS: [(&str, &str); 3] = [
     ("shared_preload_libraries", "pg_stat_statements"),
     ("pg_stat_statements.track", "all"),
+    ("pg_stat_statements.track_planning", "on"),
 ];
 
 /// Profiles a drain of `n` events in each capture mode; returns the Markdown to print.
@@ -62,9 +63,9 @@ async fn mode(bench: &Bench, n: u64, logical: bool) -> anyhow::Result<String> {
     let wal_inserted = wal(&client).await?;
     bench.checkpoint().await?;
     client
-        .batch_execute("SELECT pg_stat_statements_reset()")
+        .batch_execute("SELECT pg_stat_statements_reset(); SELECT pg_stat_reset();")
         .await
-        .context("resetting pg_stat_statements")?;
+        .context("resetting pg_stat_statements and the table statistics")?;
     let (ours, postgres) = (std::process::id(), bench.postmaster());
     let before = (tree_ticks(&[ours]), tree_ticks(&postgres));
     let wal_before = wal(&client).await?;
@@ -77,25 +78,29 @@ async fn mode(bench: &Bench, n: u64, logical: bool) -> anyhow::Result<String> {
     running.stop().await?;
     let after = (tree_ticks(&[ours]), tree_ticks(&postgres));
     let wal_after = wal(&client).await?;
+    let (updated, hot) = event_updates(&client, n).await?;
     let per_event = |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / n as f64;
     let mut out = format!(
         "\n### {name} mode\n\n\
          - insert with capture: {:.0} rows/s, WAL {:.0} bytes/row\n\
          - drain: {:.0} events/s; CPU per event: pgevents {:.1} µs, PostgreSQL {:.1} µs; \
-           WAL {:.0} bytes/event\n\n\
-         | statement | calls | total ms | µs/event | rows | WAL bytes/event |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+           WAL {:.0} bytes/event\n\
+         - updates of the log's event rows: {:.2} per event, {:.0}% of them HOT (no index entry written)\n\n\
+         | statement | calls | total ms | µs/event | planning µs/event | rows | WAL bytes/event |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
         n as f64 / took.as_secs_f64(),
         (wal_inserted - wal_start) as f64 / n as f64,
         n as f64 / drained.as_secs_f64(),
         per_event(after.0.saturating_sub(before.0)),
         per_event(after.1.saturating_sub(before.1)),
         (wal_after - wal_before) as f64 / n as f64,
+        updated as f64 / n as f64,
+        if updated > 0 { hot as f64 * 100.0 / updated as f64 } else { 0.0 },
     );
     let rows = client
         .query(
             "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), calls,
-                    total_exec_time, rows, wal_bytes::float8
+                    total_exec_time, rows, wal_bytes::float8, total_plan_time
                FROM pg_stat_statements
               WHERE query NOT LIKE '%pg_stat_statements%'
               ORDER BY total_exec_time DESC LIMIT $1",
@@ -106,17 +111,44 @@ async fn mode(bench: &Bench, n: u64, logical: bool) -> anyhow::Result<String> {
     for row in rows {
         let total: f64 = row.get(2);
         let wal: f64 = row.get(4);
+        let planning: f64 = row.get(5);
         out.push_str(&format!(
-            "| `{}` | {} | {:.0} | {:.1} | {} | {:.0} |\n",
+            "| `{}` | {} | {:.0} | {:.1} | {:.1} | {} | {:.0} |\n",
             row.get::<_, String>(0).replace('|', "\\|"),
             row.get::<_, i64>(1),
             total,
             total * 1000.0 / n as f64,
+            planning * 1000.0 / n as f64,
             row.get::<_, i64>(3),
             wal / n as f64,
         ));
     }
     Ok(out)
+}
+
+/// Updates of `pgevents.event` rows since the statistics were reset, and how many were HOT:
+/// read once the sessions that made them have reported (a session reports when it ends,
+/// or within a second of going idle), so when the count stops growing.
+async fn event_updates(client: &tokio_postgres::Client, n: u64) -> anyhow::Result<(i64, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = (-1, -1);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(n_tup_upd), 0)::int8, coalesce(sum(n_tup_hot_upd), 0)::int8
+                   FROM pg_stat_user_tables WHERE schemaname = 'pgevents' AND relname = 'event'",
+                &[],
+            )
+            .await
+            .context("reading the event table's statistics")?;
+        let now: (i64, i64) = (row.get(0), row.get(1));
+        // Every event is claimed and settled at least once.
+        if (now == last && now.0 >= 2 * n as i64) || Instant::now() >= deadline {
+            return Ok(now);
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The server's current WAL position, in bytes.
