@@ -162,7 +162,7 @@ pub fn chunk_sql(schema: &LogSchema, source: &Source<'_>) -> String {
          written AS (
              INSERT INTO {event} (trigger_id, op, row_key, new_row, size)
              SELECT {id}, 'R', c.pgevents_key, c.pgevents_image,
-                    octet_length(c.pgevents_image::text)
+                    {size}(NULL, c.pgevents_image)
                FROM chunk c ORDER BY {picked}
              RETURNING size)
          SELECT (SELECT count(*) FROM written),
@@ -175,6 +175,7 @@ pub fn chunk_sql(schema: &LogSchema, source: &Source<'_>) -> String {
         bounds = bounds.join(", "),
         condition = source.condition.as_deref().unwrap_or("true"),
         event = schema.object("event"),
+        size = schema.object("event_size"),
         id = source.trigger_id,
         picked = picked.join(", "),
         picked_text = picked

@@ -229,7 +229,7 @@ pub struct AttemptRecord {
 }
 
 const EVENT_COLUMNS: &str = "e.seq, t.name, t.schema_name, t.table_name, e.op, e.status, e.attempts,
-    e.created_at, e.next_attempt_at, e.finished_at, e.last_status, e.last_duration_ms, e.last_error";
+    e.created_at, greatest(e.next_attempt_at, e.lease_until), e.finished_at, e.last_status, e.last_duration_ms, e.last_error";
 
 fn record(r: &Row, salt: u16, with_data: Option<(Option<String>, Option<String>)>) -> EventRecord {
     let seq: i64 = r.get(0);

@@ -12,7 +12,10 @@ use pgevents_postgres::{quote_ident, quote_literal};
 /// removed triggers, the installed script's hash.
 ///
 /// Version 3: backfills (the `backfill` table).
-pub const SCHEMA_VERSION: i32 = 3;
+///
+/// Version 4: leases in a column of their own (`lease_until`, in no index), so claims,
+/// renewals and releases are HOT updates.
+pub const SCHEMA_VERSION: i32 = 4;
 
 const SCHEMA_SQL: &str = include_str!("../sql/schema.sql");
 

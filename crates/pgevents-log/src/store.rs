@@ -148,7 +148,7 @@ impl Store {
                               THEN now() + o.delay_ms * interval '1 millisecond'
                               ELSE e.next_attempt_at END,
                           finished_at = CASE WHEN o.verdict = 1 THEN NULL ELSE now() END,
-                          owner = NULL, last_status = o.status,
+                          owner = NULL, lease_until = NULL, last_status = o.status,
                           last_duration_ms = o.duration_ms, last_error = o.error
                      FROM o WHERE e.seq = o.seq AND e.owner = $9 AND e.attempts = o.attempt
                        AND e.status = 'p'
@@ -166,7 +166,7 @@ impl Store {
         .await?;
         let renew = prepare(
             format!(
-                "UPDATE {s}.event e SET next_attempt_at = now() + $2::int8 * interval '1 millisecond'
+                "UPDATE {s}.event e SET lease_until = now() + $2::int8 * interval '1 millisecond'
                    FROM unnest($1::int8[], $4::int4[]) AS c(seq, attempt)
                   WHERE e.seq = c.seq AND e.attempts = c.attempt AND e.owner = $3 AND e.status = 'p'"
             ),
@@ -176,7 +176,8 @@ impl Store {
         let release = prepare(
             format!(
                 "UPDATE {s}.event e
-                    SET owner = NULL, next_attempt_at = now(),
+                    SET owner = NULL, lease_until = NULL,
+                        next_attempt_at = least(e.next_attempt_at, now()),
                         attempts = greatest(e.attempts - 1, e.budget_from)
                    FROM unnest($1::int8[], $3::int4[]) AS c(seq, attempt)
                   WHERE e.seq = c.seq AND e.attempts = c.attempt AND e.owner = $2 AND e.status = 'p'"
@@ -475,7 +476,7 @@ pub async fn redeliver(client: &Client, schema: &LogSchema, seqs: &[i64]) -> Res
     let row = client
         .query_one(
             &format!(
-                "WITH r AS (UPDATE {} SET status = 'p', next_attempt_at = now(), owner = NULL,
+                "WITH r AS (UPDATE {} SET status = 'p', next_attempt_at = now(), owner = NULL, lease_until = NULL,
                         finished_at = NULL, budget_from = attempts
                   WHERE seq = ANY($1::int8[]) AND (status <> 'p' OR owner IS NULL)
                   RETURNING 1)

@@ -289,8 +289,8 @@ impl Writer {
         };
         let truncate = prepare(
             format!(
-                "INSERT INTO {event} (trigger_id, op, created_at, next_attempt_at)
-                 SELECT u.trigger_id, 'T', u.created_at, now()
+                "INSERT INTO {event} (trigger_id, op, created_at, next_attempt_at, size)
+                 SELECT u.trigger_id, 'T', u.created_at, now(), 0
                    FROM unnest($1::int4[], $2::timestamptz[]) WITH ORDINALITY
                         AS u(trigger_id, created_at, ord)
                   ORDER BY u.ord"
@@ -591,23 +591,28 @@ fn insert_sql(
         }
     }
     format!(
-        "INSERT INTO {event} (trigger_id, op, row_key, old_key, old_row, new_row, created_at, next_attempt_at)
+        "INSERT INTO {event} (trigger_id, op, row_key, old_key, old_row, new_row, created_at, next_attempt_at, size)
+         SELECT r.trigger_id, r.op, r.row_key, r.old_key, r.old_row, r.new_row, r.created_at, now(),
+                {size}(r.old_row, r.new_row)
+           FROM (
          SELECT u.trigger_id, u.op,
                 CASE u.ordering
                   WHEN 'r' THEN CASE WHEN u.op = 'D' THEN {old_key} ELSE {new_key} END
                   WHEN 't' THEN {table_key}
-                  WHEN 'c' THEN CASE WHEN u.op = 'D' THEN {old_group} ELSE {new_group} END END,
+                  WHEN 'c' THEN CASE WHEN u.op = 'D' THEN {old_group} ELSE {new_group} END END AS row_key,
                 CASE WHEN u.op = 'U' THEN CASE u.ordering
-                  WHEN 'r' THEN {changed_key} WHEN 'c' THEN {changed_group} END END,
-                CASE WHEN u.has_old THEN {old_row} END,
-                CASE WHEN u.has_new THEN {new_row} END,
-                u.created_at, now()
+                  WHEN 'r' THEN {changed_key} WHEN 'c' THEN {changed_group} END END AS old_key,
+                CASE WHEN u.has_old THEN {old_row} END AS old_row,
+                CASE WHEN u.has_new THEN {new_row} END AS new_row,
+                u.created_at, u.ord
            FROM unnest({params}) WITH ORDINALITY AS u({aliases}, ord)
            {old_image}
            {new_image}
           {filter}
-          ORDER BY u.ord",
+          OFFSET 0) r
+          ORDER BY r.ord",
         event = schema.object("event"),
+        size = schema.object("event_size"),
         old_key = row_key("o"),
         new_key = row_key("n"),
         table_key = key_sql(&Ordering::Table, "n", &key_columns, seed),

@@ -223,6 +223,22 @@ async fn logical_payloads_equal_trigger_payloads_byte_for_byte() {
         old_keys.iter().all(|(_, old, seven)| *old == Some(*seven)),
         "the old key is the key before the change: {old_keys:?}"
     );
+    // Sizes: recorded as each event enters the log, in both modes, so claims never measure.
+    let unmeasured: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pgevents.event WHERE trigger_id = ANY($1)
+                AND size IS DISTINCT FROM coalesce(octet_length(old_row::text), 0)
+                                          + coalesce(octet_length(new_row::text), 0)",
+            &[&vec![trigger_id, logical_id]],
+        )
+        .await
+        .expect("sizes")
+        .get(0);
+    assert_eq!(
+        unmeasured, 0,
+        "every event's size is recorded as it enters the log"
+    );
 }
 
 /// A capture process killed with SIGKILL in the middle of a 100,000-row transaction, then

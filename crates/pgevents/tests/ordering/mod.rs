@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgevents::{Action, Event, Listener, Ordering, RetryPolicy, Trigger};
-use pgevents_log::store::{ClaimToken, Settlement, Store, Verdict};
+use pgevents_log::store::{ClaimToken, Claimed, Settlement, Store, Verdict};
 use pgevents_log::LogSchema;
 use tokio::sync::Notify;
 
@@ -710,6 +710,12 @@ async fn a_log_of_the_previous_release_upgrades_in_place_and_drains_in_order() {
                FROM generate_series(1, 20) r, generate_series(1, 5) v ORDER BY v, r;
              INSERT INTO pgevents.event (trigger_id, op, row_key, new_row, status, attempts, finished_at)
                   VALUES (1, 'I', hashtextextended('99', 1), '{\"id\": 99, \"v\": 0}', 'f', 6, now());
+             -- In flight under a dispatcher of that release that died: its lease (then kept
+             -- in next_attempt_at) ends in a moment, and the event is delivered after it.
+             INSERT INTO pgevents.event (trigger_id, op, row_key, new_row, status, attempts, owner,
+                                         next_attempt_at)
+                  VALUES (1, 'I', hashtextextended('21', 1), '{\"id\": 21, \"v\": 0}', 'p', 1,
+                          424242, now() + interval '2 seconds');
              INSERT INTO pgevents.capture (trigger_id, op, row_key, old_row, new_row)
              SELECT 1, 'U', hashtextextended(r::text, 1), json_build_object('id', r, 'v', 5),
                     json_build_object('id', r, 'v', 6)
@@ -725,11 +731,17 @@ async fn a_log_of_the_previous_release_upgrades_in_place_and_drains_in_order() {
     )
     .await;
     delivered
-        .wait_until(WAIT, "140 events", |e| e.len() >= 140)
+        .wait_until(WAIT, "141 events", |e| e.len() >= 141)
         .await;
     running.stop().await;
     let events = delivered.events();
-    assert_eq!(events.len(), 140, "nothing lost, nothing twice");
+    assert_eq!(events.len(), 141, "nothing lost, nothing twice");
+    let taken_over: Vec<&Event> = events.iter().filter(|e| id_of(e) == Some(21)).collect();
+    assert_eq!(
+        taken_over.len(),
+        1,
+        "the event in flight is delivered once its lease ends"
+    );
     for id in 1..=20 {
         let versions: Vec<Option<i64>> = events
             .iter()
@@ -755,6 +767,74 @@ async fn a_log_of_the_previous_release_upgrades_in_place_and_drains_in_order() {
     assert_eq!(row.get::<_, i32>(0), pgevents_log::SCHEMA_VERSION);
     assert_eq!(row.get::<_, i64>(1), 1, "the failed event is kept");
     assert_eq!(row.get::<_, i32>(2), 7, "ids stay stable: the salt is kept");
+}
+
+/// Rows of `pgevents.event` updated so far, and how many of those updates were HOT (wrote
+/// no index entry), once `store`'s session has flushed its statistics.
+async fn event_updates(store: &Store, reader: &tokio_postgres::Client) -> (i64, i64) {
+    // Flushed as the session goes idle after this statement (PostgreSQL 15 and later).
+    store
+        .client()
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush statistics");
+    let row = reader
+        .query_one(
+            "SELECT pg_stat_get_tuples_updated('pgevents.event'::regclass),
+                    pg_stat_get_tuples_hot_updated('pgevents.event'::regclass)",
+            &[],
+        )
+        .await
+        .expect("update counters");
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_write_no_index_entry_and_releases_give_events_back() {
+    let db = db().await;
+    let (store, schema, trigger) = store(&db.url).await;
+    for n in 0..50 {
+        pgevents_log::store::invoke(
+            store.client(),
+            &schema,
+            trigger,
+            &serde_json::json!({ "n": n }),
+        )
+        .await
+        .expect("invoke");
+    }
+    let lease = Duration::from_secs(60);
+    let before = event_updates(&store, &db.client).await;
+    let claimed = store
+        .claim(&[trigger], &[50], 50, 1 << 30, lease, 7)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 50);
+    let after = event_updates(&store, &db.client).await;
+    let (updated, hot) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(updated, 50, "one update per claimed event");
+    // Version 3's claims were never HOT: they moved an indexed column. Now nearly all are:
+    // one finds no room left on its page now and then.
+    assert!(hot >= 45, "{hot} of {updated} claims were HOT updates");
+    let tokens: Vec<ClaimToken> = claimed.iter().map(Claimed::token).collect();
+    assert_eq!(store.renew(&tokens, lease, 7).await.expect("renew"), 50);
+    assert_eq!(store.release(&tokens, 7).await.expect("release"), 50);
+    // Released events are due again at once, with their attempt given back; leased ones are
+    // not claimed twice.
+    let again = store
+        .claim(&[trigger], &[100], 100, 1 << 30, lease, 8)
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 50, "released events are due again");
+    assert!(
+        again.iter().all(|c| c.attempts == 1),
+        "a release gives the attempt back"
+    );
+    let none = store
+        .claim(&[trigger], &[100], 100, 1 << 30, lease, 9)
+        .await
+        .expect("claim");
+    assert!(none.is_empty(), "leased events are not claimed twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
