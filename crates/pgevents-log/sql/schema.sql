@@ -222,7 +222,8 @@ $compact$;
 -- in the index cost.
 --
 -- The plan is pinned: walk event_pending_due in order, probe the ordering indexes once per
--- candidate, stop at the limit. A queue's statistics are wrong most of the time (the share of
+-- candidate, stop at the limit, update the locked rows where they are (by ctid: a row
+-- locked here stays put until this update). A queue's statistics are wrong most of the time (the share of
 -- pending events swings from none to all between two ANALYZEs), and with them PostgreSQL
 -- picks plans that read every pending event per claim: a bitmap scan and a sort, or a hash
 -- anti-join (measured: 584 ms instead of 14 ms per claim of 500 with 300,000 pending; see
@@ -246,10 +247,10 @@ SET enable_sort = off
 SET enable_bitmapscan = off
 AS $claim$
     WITH due AS (
-        SELECT d.seq, d.size
+        SELECT d.ctid, d.size
           FROM unnest(triggers, limits) AS t(id, n)
           CROSS JOIN LATERAL (
-              SELECT e.seq, coalesce(e.size, @schema@.event_size(e.old_row, e.new_row)) AS size
+              SELECT e.ctid, coalesce(e.size, @schema@.event_size(e.old_row, e.new_row)) AS size
                 FROM @schema@.event e
                WHERE e.status = 'p' AND e.trigger_id = t.id AND e.next_attempt_at <= now()
                  AND (e.lease_until IS NULL OR e.lease_until <= now())
@@ -277,15 +278,15 @@ AS $claim$
          WHERE t.n > 0
          LIMIT max_events),
     fits AS (
-        SELECT x.seq FROM (
-            SELECT due.seq, sum(due.size) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+        SELECT x.ctid FROM (
+            SELECT due.ctid, sum(due.size) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
                             - due.size AS before
               FROM due) x
          WHERE x.before < max_bytes)
     UPDATE @schema@.event e
        SET lease_until = now() + lease_ms * interval '1 millisecond',
            owner = claimant, attempts = e.attempts + 1
-      FROM fits WHERE e.seq = fits.seq
+      FROM fits WHERE e.ctid = fits.ctid
     RETURNING e.seq, e.trigger_id, e.op, e.old_row::text, e.new_row::text,
               e.created_at, e.attempts, e.attempts - e.budget_from - 1, e.row_key
 $claim$;
