@@ -7,6 +7,10 @@
 //! drain (ingest, claim, settle). Logical mode: the slot and log installed, `N` rows
 //! inserted (their changes wait in the WAL), then the drain (decode, log write, claim,
 //! settle). Only the drain is profiled; the statistics are reset when it starts.
+//!
+//! Then, in each mode, pgbench's single-row INSERTs at 8 clients for 8 s with the listener
+//! delivering beside them (as in the writer-overhead scenario): each look at the log finds
+//! few events there, so what a statement costs per call (planning, a round trip) shows.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +19,7 @@ use anyhow::Context;
 use crate::cluster::Bench;
 use crate::listening::{Counter, RunningListener};
 use crate::load::tree_ticks;
+use crate::writer::Workload;
 
 /// Rows per transaction of the backlog insert.
 const BACKLOG_CHUNK: u64 = 10_000;
@@ -37,8 +42,103 @@ pub async fn run(bench: &Bench, n: u64) -> anyhow::Result<String> {
          statements are listed beside the call, so their times overlap).\n",
         1e6 / ticks_per_second() / n as f64
     );
+    let dir = tempfile::tempdir().context("creating a directory for the pgbench script")?;
+    let script = dir.path().join("insert.sql");
+    std::fs::write(&script, Workload::Insert.script()).context("writing a pgbench script")?;
     for logical in [false, true] {
         out.push_str(&mode(bench, n, logical).await?);
+        out.push_str(&beside(bench, &script, logical).await?);
+    }
+    Ok(out)
+}
+
+/// pgbench INSERTs (8 clients, one row per transaction) for this long while the listener
+/// captures and delivers beside them.
+const BESIDE_SECS: u64 = 8;
+/// pgbench clients of that phase (as in the writer-overhead scenario).
+const BESIDE_CLIENTS: u32 = 8;
+
+/// The statements' cost per event while writers run: the listener delivers pgbench's
+/// INSERTs as they commit, so each look at the log finds few events and a statement's fixed
+/// cost (planning, a round trip) counts more than in a drain.
+async fn beside(bench: &Bench, script: &std::path::Path, logical: bool) -> anyhow::Result<String> {
+    let name = if logical { "logical" } else { "trigger" };
+    eprintln!("profile: {name} mode, writers beside for {BESIDE_SECS} s");
+    bench.reset(0).await?;
+    let client = bench.connect().await?;
+    let counter = Counter::new();
+    let listener = if logical {
+        bench.logical_listener(&counter).await?
+    } else {
+        bench.listener(&counter).await?
+    };
+    let running = RunningListener::start(listener);
+    reset_statistics(&client).await?;
+    let (ours, postgres) = (std::process::id(), bench.postmaster());
+    let before = (tree_ticks(&[ours]), tree_ticks(&postgres));
+    let started = Instant::now();
+    let pgbench = crate::process::pgbench(bench, script, BESIDE_CLIENTS, BESIDE_SECS, &[]).await?;
+    let n = pgbench.transactions;
+    counter
+        .wait_for(n, Duration::from_secs(120.max(n / 500)))
+        .await?;
+    let took = started.elapsed();
+    let after = (tree_ticks(&[ours]), tree_ticks(&postgres));
+    running.stop().await?;
+    let per_event = |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / n.max(1) as f64;
+    let mut out = format!(
+        "\n### {name} mode, pgbench INSERT beside (8 clients, {BESIDE_SECS} s)\n\n\
+         - writers: {:.0} TPS, {n} events, all delivered {:.1} s after pgbench started\n\
+         - CPU per event, writers' statements included: pgevents {:.1} µs, PostgreSQL {:.1} µs\n\n",
+        pgbench.tps,
+        took.as_secs_f64(),
+        per_event(after.0.saturating_sub(before.0)),
+        per_event(after.1.saturating_sub(before.1)),
+    );
+    out.push_str(&statements(&client, n).await?);
+    Ok(out)
+}
+
+/// Empties pg_stat_statements and the table statistics.
+async fn reset_statistics(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    client
+        .batch_execute("SELECT pg_stat_statements_reset(); SELECT pg_stat_reset();")
+        .await
+        .context("resetting pg_stat_statements and the table statistics")
+}
+
+/// The top statements since the statistics were reset, per event of `n`, as a Markdown table.
+async fn statements(client: &tokio_postgres::Client, n: u64) -> anyhow::Result<String> {
+    let mut out = String::from(
+        "| statement | calls | total ms | µs/event | planning µs/event | rows | WAL bytes/event |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let rows = client
+        .query(
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), calls,
+                    total_exec_time, rows, wal_bytes::float8, total_plan_time
+               FROM pg_stat_statements
+              WHERE query NOT LIKE '%pg_stat_statements%'
+              ORDER BY total_exec_time + total_plan_time DESC LIMIT $1",
+            &[&TOP],
+        )
+        .await
+        .context("reading pg_stat_statements")?;
+    let n = n.max(1) as f64;
+    for row in rows {
+        let total: f64 = row.get(2);
+        let wal: f64 = row.get(4);
+        let planning: f64 = row.get(5);
+        out.push_str(&format!(
+            "| `{}` | {} | {:.0} | {:.1} | {:.1} | {} | {:.0} |\n",
+            row.get::<_, String>(0).replace('|', "\\|"),
+            row.get::<_, i64>(1),
+            total,
+            total * 1000.0 / n,
+            planning * 1000.0 / n,
+            row.get::<_, i64>(3),
+            wal / n,
+        ));
     }
     Ok(out)
 }
@@ -62,10 +162,7 @@ async fn mode(bench: &Bench, n: u64, logical: bool) -> anyhow::Result<String> {
     let took = bench.insert_rows(n, BACKLOG_CHUNK).await?;
     let wal_inserted = wal(&client).await?;
     bench.checkpoint().await?;
-    client
-        .batch_execute("SELECT pg_stat_statements_reset(); SELECT pg_stat_reset();")
-        .await
-        .context("resetting pg_stat_statements and the table statistics")?;
+    reset_statistics(&client).await?;
     let (ours, postgres) = (std::process::id(), bench.postmaster());
     let before = (tree_ticks(&[ours]), tree_ticks(&postgres));
     let wal_before = wal(&client).await?;
@@ -85,9 +182,7 @@ async fn mode(bench: &Bench, n: u64, logical: bool) -> anyhow::Result<String> {
          - insert with capture: {:.0} rows/s, WAL {:.0} bytes/row\n\
          - drain: {:.0} events/s; CPU per event: pgevents {:.1} µs, PostgreSQL {:.1} µs; \
            WAL {:.0} bytes/event\n\
-         - updates of the log's event rows: {:.2} per event, {:.0}% of them HOT (no index entry written)\n\n\
-         | statement | calls | total ms | µs/event | planning µs/event | rows | WAL bytes/event |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+         - updates of the log's event rows: {:.2} per event, {:.0}% of them HOT (no index entry written)\n\n",
         n as f64 / took.as_secs_f64(),
         (wal_inserted - wal_start) as f64 / n as f64,
         n as f64 / drained.as_secs_f64(),
@@ -97,32 +192,7 @@ async fn mode(bench: &Bench, n: u64, logical: bool) -> anyhow::Result<String> {
         updated as f64 / n as f64,
         if updated > 0 { hot as f64 * 100.0 / updated as f64 } else { 0.0 },
     );
-    let rows = client
-        .query(
-            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), calls,
-                    total_exec_time, rows, wal_bytes::float8, total_plan_time
-               FROM pg_stat_statements
-              WHERE query NOT LIKE '%pg_stat_statements%'
-              ORDER BY total_exec_time DESC LIMIT $1",
-            &[&TOP],
-        )
-        .await
-        .context("reading pg_stat_statements")?;
-    for row in rows {
-        let total: f64 = row.get(2);
-        let wal: f64 = row.get(4);
-        let planning: f64 = row.get(5);
-        out.push_str(&format!(
-            "| `{}` | {} | {:.0} | {:.1} | {:.1} | {} | {:.0} |\n",
-            row.get::<_, String>(0).replace('|', "\\|"),
-            row.get::<_, i64>(1),
-            total,
-            total * 1000.0 / n as f64,
-            planning * 1000.0 / n as f64,
-            row.get::<_, i64>(3),
-            wal / n as f64,
-        ));
-    }
+    out.push_str(&statements(&client, n).await?);
     Ok(out)
 }
 
