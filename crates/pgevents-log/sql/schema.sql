@@ -229,9 +229,15 @@ $compact$;
 -- anti-join (measured: 584 ms instead of 14 ms per claim of 500 with 300,000 pending; see
 -- BENCHMARKS.md). Hence no sorts or bitmap scans here, and each ordering rule is an OR-ed
 -- per-row subplan (`OFFSET 0`; never pulled up into a join) whose predicate matches one
--- partial index: in the common case (no key change, no TRUNCATE) three cheap probes. It is
--- planned at every call (about 2 ms of a claim of 500): a plan kept for the session would
--- be one made while the log was small, whose probes may scan instead of using the indexes.
+-- partial index: in the common case (no key change, no TRUNCATE) three cheap probes. With
+-- sequential scans, hash and merge joins off as well, nothing but these settings decides
+-- the plan (nested loops, the locked rows updated by ctid), so it is made once per session
+-- and kept (PL/pgSQL caches it; `force_generic_plan`) whatever the log's size then: a
+-- LANGUAGE sql function is parsed and planned anew at every call, which while writers run
+-- (a claim of a few events a millisecond) cost more than the claim itself (measured: 48 of
+-- 70 µs per event). The settle is not made so: its join of the outcomes to their events
+-- has plans a small log's statistics favour (tried: a generic settle plan made while the
+-- log was empty cost 175 µs per event), so it is planned at every execution.
 --
 -- The version 1 signature (one limit for all triggers) is dropped by install.
 DROP FUNCTION IF EXISTS @schema@.claim(integer[], bigint, bigint, bigint);
@@ -241,54 +247,62 @@ CREATE OR REPLACE FUNCTION @schema@.claim(
     claimant bigint)
 RETURNS TABLE (seq bigint, trigger_id integer, op "char", old_row text, new_row text,
                created_at timestamptz, attempts integer, current_retry integer, row_key bigint)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET enable_sort = off
 SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
 AS $claim$
-    WITH due AS (
-        SELECT d.ctid, d.size
-          FROM unnest(triggers, limits) AS t(id, n)
-          CROSS JOIN LATERAL (
-              SELECT e.ctid, coalesce(e.size, @schema@.event_size(e.old_row, e.new_row)) AS size
-                FROM @schema@.event e
-               WHERE e.status = 'p' AND e.trigger_id = t.id AND e.next_attempt_at <= now()
-                 AND (e.lease_until IS NULL OR e.lease_until <= now())
-                 AND NOT (
-                     EXISTS (SELECT 1 FROM @schema@.event p
-                              WHERE p.status = 'p' AND p.row_key IS NOT NULL
-                                AND p.row_key = e.row_key AND p.seq < e.seq OFFSET 0)
-                  OR (e.old_key IS NOT NULL AND EXISTS (
-                        SELECT 1 FROM @schema@.event p
-                         WHERE p.status = 'p' AND p.row_key IS NOT NULL
-                           AND p.row_key = e.old_key AND p.seq < e.seq OFFSET 0))
-                  OR EXISTS (SELECT 1 FROM @schema@.event p
-                              WHERE p.status = 'p' AND p.old_key IS NOT NULL
-                                AND p.old_key IN (e.row_key, e.old_key) AND p.seq < e.seq OFFSET 0)
-                  OR EXISTS (SELECT 1 FROM @schema@.event p
-                              WHERE p.status = 'p' AND p.op = 'T'
-                                AND p.trigger_id = e.trigger_id AND p.seq < e.seq OFFSET 0)
-                  OR (e.op = 'T' AND EXISTS (
-                        SELECT 1 FROM @schema@.event p
-                         WHERE p.trigger_id = e.trigger_id AND p.status = 'p'
-                           AND p.seq < e.seq OFFSET 0)))
-               ORDER BY e.next_attempt_at
-               LIMIT t.n
-               FOR UPDATE SKIP LOCKED) d
-         WHERE t.n > 0
-         LIMIT max_events),
-    fits AS (
-        SELECT x.ctid FROM (
-            SELECT due.ctid, sum(due.size) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-                            - due.size AS before
-              FROM due) x
-         WHERE x.before < max_bytes)
-    UPDATE @schema@.event e
-       SET lease_until = now() + lease_ms * interval '1 millisecond',
-           owner = claimant, attempts = e.attempts + 1
-      FROM fits WHERE e.ctid = fits.ctid
-    RETURNING e.seq, e.trigger_id, e.op, e.old_row::text, e.new_row::text,
-              e.created_at, e.attempts, e.attempts - e.budget_from - 1, e.row_key
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        WITH due AS (
+            SELECT d.ctid, d.size
+              FROM unnest(triggers, limits) AS t(id, n)
+              CROSS JOIN LATERAL (
+                  SELECT e.ctid, coalesce(e.size, @schema@.event_size(e.old_row, e.new_row)) AS size
+                    FROM @schema@.event e
+                   WHERE e.status = 'p' AND e.trigger_id = t.id AND e.next_attempt_at <= now()
+                     AND (e.lease_until IS NULL OR e.lease_until <= now())
+                     AND NOT (
+                         EXISTS (SELECT 1 FROM @schema@.event p
+                                  WHERE p.status = 'p' AND p.row_key IS NOT NULL
+                                    AND p.row_key = e.row_key AND p.seq < e.seq OFFSET 0)
+                      OR (e.old_key IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @schema@.event p
+                             WHERE p.status = 'p' AND p.row_key IS NOT NULL
+                               AND p.row_key = e.old_key AND p.seq < e.seq OFFSET 0))
+                      OR EXISTS (SELECT 1 FROM @schema@.event p
+                                  WHERE p.status = 'p' AND p.old_key IS NOT NULL
+                                    AND p.old_key IN (e.row_key, e.old_key) AND p.seq < e.seq OFFSET 0)
+                      OR EXISTS (SELECT 1 FROM @schema@.event p
+                                  WHERE p.status = 'p' AND p.op = 'T'
+                                    AND p.trigger_id = e.trigger_id AND p.seq < e.seq OFFSET 0)
+                      OR (e.op = 'T' AND EXISTS (
+                            SELECT 1 FROM @schema@.event p
+                             WHERE p.trigger_id = e.trigger_id AND p.status = 'p'
+                               AND p.seq < e.seq OFFSET 0)))
+                   ORDER BY e.next_attempt_at
+                   LIMIT t.n
+                   FOR UPDATE SKIP LOCKED) d
+             WHERE t.n > 0
+             LIMIT max_events),
+        fits AS (
+            SELECT x.ctid FROM (
+                SELECT due.ctid, sum(due.size) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                                - due.size AS before
+                  FROM due) x
+             WHERE x.before < max_bytes)
+        UPDATE @schema@.event e
+           SET lease_until = now() + lease_ms * interval '1 millisecond',
+               owner = claimant, attempts = e.attempts + 1
+          FROM fits WHERE e.ctid = fits.ctid
+        RETURNING e.seq, e.trigger_id, e.op, e.old_row::text, e.new_row::text,
+                  e.created_at, e.attempts, e.attempts - e.budget_from - 1, e.row_key;
+END
 $claim$;
 
 -- Version 3: backfills. One row per backfill: a READ event for every row of a trigger's
