@@ -223,21 +223,21 @@ $compact$;
 --
 -- The plan is pinned: walk event_pending_due in order, probe the ordering indexes once per
 -- candidate, stop at the limit, update the locked rows where they are (by ctid: a row
--- locked here stays put until this update). A queue's statistics are wrong most of the time (the share of
--- pending events swings from none to all between two ANALYZEs), and with them PostgreSQL
--- picks plans that read every pending event per claim: a bitmap scan and a sort, or a hash
--- anti-join (measured: 584 ms instead of 14 ms per claim of 500 with 300,000 pending; see
--- BENCHMARKS.md). Hence no sorts or bitmap scans here, and each ordering rule is an OR-ed
--- per-row subplan (`OFFSET 0`; never pulled up into a join) whose predicate matches one
--- partial index: in the common case (no key change, no TRUNCATE) three cheap probes. With
--- sequential scans, hash and merge joins off as well, nothing but these settings decides
--- the plan (nested loops, the locked rows updated by ctid), so it is made once per session
--- and kept (PL/pgSQL caches it; `force_generic_plan`) whatever the log's size then: a
--- LANGUAGE sql function is parsed and planned anew at every call, which while writers run
--- (a claim of a few events a millisecond) cost more than the claim itself (measured: 48 of
--- 70 µs per event). The settle is not made so: its join of the outcomes to their events
--- has plans a small log's statistics favour (tried: a generic settle plan made while the
--- log was empty cost 175 µs per event), so it is planned at every execution.
+-- locked here stays put until this update). A queue's statistics are wrong most of the time
+-- (the share of pending events swings from none to all between two ANALYZEs), and with them
+-- PostgreSQL picks plans that read every pending event per claim: a bitmap scan and a sort,
+-- or a hash anti-join (measured: 584 ms instead of 14 ms per claim of 500 with 300,000
+-- pending; see BENCHMARKS.md). Hence no sorts or bitmap scans here, and each ordering rule
+-- is an OR-ed per-row subplan (`OFFSET 0`; never pulled up into a join) whose predicate
+-- matches one partial index: in the common case (no key change, no TRUNCATE) three cheap
+-- probes. With sequential scans, hash and merge joins off as well, nothing but these
+-- settings decides the plan (nested loops, the locked rows updated by ctid), so it is made
+-- once per session and kept (PL/pgSQL caches it; `force_generic_plan`) whatever the log's
+-- size then: a LANGUAGE sql function is parsed and planned anew at every call, which while
+-- writers run (a claim of a few events a millisecond) cost more than the claim itself
+-- (measured: 48 of 70 µs per event). The settle is not made so: its join of the outcomes to
+-- their events has plans a small log's statistics favour (tried: a generic settle plan made
+-- while the log was empty cost 175 µs per event), so it is planned at every execution.
 --
 -- The version 1 signature (one limit for all triggers) is dropped by install.
 DROP FUNCTION IF EXISTS @schema@.claim(integer[], bigint, bigint, bigint);
