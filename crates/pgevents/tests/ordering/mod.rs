@@ -507,6 +507,21 @@ async fn store(url: &str) -> (Store, LogSchema, i32) {
     )
 }
 
+/// Writes `count` manual events with the data `data(i)` for trigger `trigger`.
+async fn invoke(
+    store: &Store,
+    schema: &LogSchema,
+    trigger: i32,
+    count: usize,
+    data: impl Fn(usize) -> serde_json::Value,
+) {
+    for i in 0..count {
+        pgevents_log::store::invoke(store.client(), schema, trigger, &data(i))
+            .await
+            .expect("invoke");
+    }
+}
+
 fn outcome(claim: ClaimToken, verdict: Verdict, response: Option<&str>) -> Settlement {
     Settlement {
         claim,
@@ -523,14 +538,7 @@ fn outcome(claim: ClaimToken, verdict: Verdict, response: Option<&str>) -> Settl
 async fn a_late_outcome_of_an_expired_claim_changes_nothing() {
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
-    pgevents_log::store::invoke(
-        store.client(),
-        &schema,
-        trigger,
-        &serde_json::json!({"n": 1}),
-    )
-    .await
-    .expect("invoke");
+    invoke(&store, &schema, trigger, 1, |_| serde_json::json!({"n": 1})).await;
     let owner = 42;
     let lease = Duration::from_millis(100);
     let first = store
@@ -589,16 +597,14 @@ async fn a_late_outcome_of_an_expired_claim_changes_nothing() {
 async fn failed_attempts_with_binary_responses_are_logged() {
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
-    for n in 0..3 {
-        pgevents_log::store::invoke(
-            store.client(),
-            &schema,
-            trigger,
-            &serde_json::json!({ "n": n }),
-        )
-        .await
-        .expect("invoke");
-    }
+    invoke(
+        &store,
+        &schema,
+        trigger,
+        3,
+        |n| serde_json::json!({ "n": n }),
+    )
+    .await;
     let claimed = store
         .claim(&[trigger], &[10], 10, 1 << 20, Duration::from_secs(10), 7)
         .await
@@ -793,16 +799,14 @@ async fn event_updates(store: &Store, reader: &tokio_postgres::Client) -> (i64, 
 async fn claims_write_no_index_entry_and_releases_give_events_back() {
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
-    for n in 0..50 {
-        pgevents_log::store::invoke(
-            store.client(),
-            &schema,
-            trigger,
-            &serde_json::json!({ "n": n }),
-        )
-        .await
-        .expect("invoke");
-    }
+    invoke(
+        &store,
+        &schema,
+        trigger,
+        50,
+        |n| serde_json::json!({ "n": n }),
+    )
+    .await;
     let lease = Duration::from_secs(60);
     let before = event_updates(&store, &db.client).await;
     let claimed = store
@@ -842,16 +846,14 @@ async fn claims_stop_at_their_byte_budget() {
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
     let big = "x".repeat(10_000);
-    for _ in 0..5 {
-        pgevents_log::store::invoke(
-            store.client(),
-            &schema,
-            trigger,
-            &serde_json::json!({ "big": big }),
-        )
-        .await
-        .expect("invoke");
-    }
+    invoke(
+        &store,
+        &schema,
+        trigger,
+        5,
+        |_| serde_json::json!({ "big": big }),
+    )
+    .await;
     let lease = Duration::from_secs(60);
     // A budget smaller than one row still claims one; each claim stops once it is reached.
     let one = store
