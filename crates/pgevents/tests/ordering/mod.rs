@@ -841,6 +841,87 @@ async fn claims_write_no_index_entry_and_releases_give_events_back() {
     assert!(none.is_empty(), "leased events are not claimed twice");
 }
 
+/// A batch of delivered outcomes is settled by a statement of its own: it records what the
+/// general one records for a delivered event, and also leaves alone an event whose claim
+/// was taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_batches_record_what_mixed_batches_record() {
+    let db = db().await;
+    let (store, schema, trigger) = store(&db.url).await;
+    invoke(
+        &store,
+        &schema,
+        trigger,
+        4,
+        |n| serde_json::json!({ "n": n }),
+    )
+    .await;
+    let lease = Duration::from_secs(60);
+    let claimed = store
+        .claim(&[trigger], &[4], 4, 1 << 20, lease, 7)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 4);
+    let token = |i: usize| claimed[i].token();
+    // Event 0 alone (all delivered), event 1 beside a failure (the general statement),
+    // event 3 delivered under a claim of another owner's (taken over): not settled.
+    let alone = store
+        .settle(&[outcome(token(0), Verdict::Delivered, None)], 7)
+        .await
+        .expect("settle");
+    assert_eq!(alone, 1);
+    let mixed = store
+        .settle(
+            &[
+                outcome(token(1), Verdict::Delivered, None),
+                outcome(token(2), Verdict::Failed, Some("nope")),
+            ],
+            7,
+        )
+        .await
+        .expect("settle");
+    assert_eq!(mixed, 2);
+    let foreign = store
+        .settle(&[outcome(token(3), Verdict::Delivered, None)], 8)
+        .await
+        .expect("settle");
+    assert_eq!(foreign, 0, "another owner's outcome changes nothing");
+    let rows = store
+        .client()
+        .query(
+            "SELECT status, last_status, last_duration_ms, owner IS NULL, lease_until IS NULL,
+                    finished_at IS NOT NULL, last_error IS NULL,
+                    (SELECT count(*) FROM pgevents.attempt a WHERE a.event_seq = e.seq)
+               FROM pgevents.event e ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("events");
+    type Recorded = (i8, Option<i32>, Option<i32>, bool, bool, bool, bool, i64);
+    let recorded: Vec<Recorded> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+            )
+        })
+        .collect();
+    let delivered: Recorded = (b'd' as i8, Some(200), Some(1), true, true, true, true, 0);
+    assert_eq!(recorded[0], delivered, "settled alone");
+    assert_eq!(recorded[1], delivered, "settled beside a failure");
+    assert_eq!(recorded[2].0, b'f' as i8);
+    assert_eq!(recorded[2].7, 1, "the failed attempt is logged");
+    assert_eq!(recorded[3].0, b'p' as i8, "still in flight under its claim");
+    assert!(!recorded[3].3, "still owned");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_stop_at_their_byte_budget() {
     let db = db().await;
