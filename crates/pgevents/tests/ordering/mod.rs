@@ -507,6 +507,11 @@ async fn store(url: &str) -> (Store, LogSchema, i32) {
     )
 }
 
+/// The data of the `n`th of a run of manual events: `{"n": n}`.
+fn numbered(n: usize) -> serde_json::Value {
+    serde_json::json!({ "n": n })
+}
+
 /// Writes `count` manual events with the data `data(i)` for trigger `trigger`.
 async fn invoke(
     store: &Store,
@@ -597,14 +602,7 @@ async fn a_late_outcome_of_an_expired_claim_changes_nothing() {
 async fn failed_attempts_with_binary_responses_are_logged() {
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
-    invoke(
-        &store,
-        &schema,
-        trigger,
-        3,
-        |n| serde_json::json!({ "n": n }),
-    )
-    .await;
+    invoke(&store, &schema, trigger, 3, numbered).await;
     let claimed = store
         .claim(&[trigger], &[10], 10, 1 << 20, Duration::from_secs(10), 7)
         .await
@@ -799,14 +797,7 @@ async fn event_updates(store: &Store, reader: &tokio_postgres::Client) -> (i64, 
 async fn claims_write_no_index_entry_and_releases_give_events_back() {
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
-    invoke(
-        &store,
-        &schema,
-        trigger,
-        50,
-        |n| serde_json::json!({ "n": n }),
-    )
-    .await;
+    invoke(&store, &schema, trigger, 50, numbered).await;
     let lease = Duration::from_secs(60);
     let before = event_updates(&store, &db.client).await;
     let claimed = store
@@ -848,14 +839,7 @@ async fn claims_write_no_index_entry_and_releases_give_events_back() {
 async fn delivered_batches_record_what_mixed_batches_record() {
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
-    invoke(
-        &store,
-        &schema,
-        trigger,
-        4,
-        |n| serde_json::json!({ "n": n }),
-    )
-    .await;
+    invoke(&store, &schema, trigger, 4, numbered).await;
     let lease = Duration::from_secs(60);
     let claimed = store
         .claim(&[trigger], &[4], 4, 1 << 20, lease, 7)
