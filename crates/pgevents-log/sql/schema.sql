@@ -79,9 +79,10 @@ ALTER TABLE @schema@.event ADD COLUMN IF NOT EXISTS old_key bigint;
 -- A column of its own, in no index, so that claiming, renewing and releasing an event
 -- change no indexed column and are HOT updates (no index entry written; version 3 kept
 -- the lease in next_attempt_at, so each claim wrote an entry into four indexes: measured,
--- 2.7 times the WAL of a claim now). Half of each page is left free for those updates:
+-- 2.7 times the WAL of a claim now). More than half of each page is left free for them:
 -- an event is claimed moments after it is written, while its page is still full of
--- events just written, and a HOT update needs room on the same page.
+-- events just written, and a HOT update needs room on the same page (45, not 50: a claimed
+-- version is the larger, its owner and lease no longer NULL).
 ALTER TABLE @schema@.event ADD COLUMN IF NOT EXISTS lease_until timestamptz;
 ALTER TABLE @schema@.event SET (fillfactor = 45);
 -- The bytes of old_row and new_row as text, taken once when the event enters the log, so a
