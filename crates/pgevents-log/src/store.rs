@@ -87,6 +87,14 @@ pub struct Settlement {
     pub response: Option<String>,
 }
 
+/// "Still pending", in the statements that find claimed events by their key (settle, renew,
+/// release), written so that it implies no partial index's predicate (`status = 'p'`
+/// would): otherwise, with statistics taken while no event was leased, the planner walks
+/// the pending events' index filtering on the owner instead of probing the primary key,
+/// every pending event per statement (measured: a drain at 15% of its rate beside another
+/// trigger's retries). Status is `p`, `d` or `f`.
+const PENDING: &str = "e.status NOT IN ('d', 'f')";
+
 /// A connection with the hot-path statements prepared.
 pub struct Store {
     client: Client,
@@ -152,7 +160,7 @@ impl Store {
                           owner = NULL, lease_until = NULL, last_status = o.status,
                           last_duration_ms = o.duration_ms, last_error = o.error
                      FROM o WHERE e.seq = o.seq AND e.owner = $9 AND e.attempts = o.attempt
-                       AND e.status = 'p'
+                       AND {PENDING}
                    RETURNING e.seq, e.attempts),
                  log AS (
                    INSERT INTO {s}.attempt (event_seq, attempt, started_at, duration_ms, status, error, response)
@@ -177,7 +185,7 @@ impl Store {
                    FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int4[], $5::text[])
                           AS o(seq, attempt, status, duration_ms, error)
                   WHERE e.seq = o.seq AND e.owner = $6 AND e.attempts = o.attempt
-                    AND e.status = 'p'"
+                    AND {PENDING}"
             ),
             "settle (all delivered)",
         )
@@ -186,7 +194,7 @@ impl Store {
             format!(
                 "UPDATE {s}.event e SET lease_until = now() + $2::int8 * interval '1 millisecond'
                    FROM unnest($1::int8[], $4::int4[]) AS c(seq, attempt)
-                  WHERE e.seq = c.seq AND e.attempts = c.attempt AND e.owner = $3 AND e.status = 'p'"
+                  WHERE e.seq = c.seq AND e.attempts = c.attempt AND e.owner = $3 AND {PENDING}"
             ),
             "renew",
         )
@@ -198,7 +206,7 @@ impl Store {
                         next_attempt_at = least(e.next_attempt_at, now()),
                         attempts = greatest(e.attempts - 1, e.budget_from)
                    FROM unnest($1::int8[], $3::int4[]) AS c(seq, attempt)
-                  WHERE e.seq = c.seq AND e.attempts = c.attempt AND e.owner = $2 AND e.status = 'p'"
+                  WHERE e.seq = c.seq AND e.attempts = c.attempt AND e.owner = $2 AND {PENDING}"
             ),
             "release",
         )

@@ -832,6 +832,92 @@ async fn claims_write_no_index_entry_and_releases_give_events_back() {
     assert!(none.is_empty(), "leased events are not claimed twice");
 }
 
+/// Entries of the pending events' index (`event_pending_due`) read so far, once `store`'s
+/// session has flushed its statistics.
+async fn pending_index_reads(store: &Store, reader: &tokio_postgres::Client) -> i64 {
+    store
+        .client()
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush statistics");
+    reader
+        .query_one(
+            "SELECT pg_stat_get_tuples_returned('pgevents.event_pending_due'::regclass)",
+            &[],
+        )
+        .await
+        .expect("index counters")
+        .get(0)
+}
+
+/// Settling, renewing and releasing claimed events finds each by its key, whatever the
+/// statistics say: with statistics taken while no event was leased (every `owner` NULL) and
+/// the backlog grown since, the planner took the pending events' index, filtered on the
+/// owner, for the cheaper way to a handful of events, and each settle walked every pending
+/// event (measured in the isolation benchmark: a drain at 15% of its rate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_find_their_events_whatever_the_statistics() {
+    let db = db().await;
+    let (store, _schema, trigger) = store(&db.url).await;
+    let backlog = |n: i64| {
+        format!(
+            "INSERT INTO pgevents.event (trigger_id, op, row_key, new_row, next_attempt_at, size)
+             SELECT {trigger}, 'I', g, json_build_object('n', g), now() - interval '1 hour', 8
+               FROM generate_series(1, {n}) g"
+        )
+    };
+    db.client
+        .batch_execute(&backlog(2_000))
+        .await
+        .expect("backlog");
+    db.client
+        .batch_execute("VACUUM ANALYZE pgevents.event")
+        .await
+        .expect("statistics");
+    db.client
+        .batch_execute(&backlog(40_000))
+        .await
+        .expect("the backlog grows");
+    let lease = Duration::from_secs(60);
+    let (triggers, limits) = ([trigger], [100]);
+    let claim = |owner: i64| store.claim(&triggers, &limits, 100, 1 << 30, lease, owner);
+    let settled = claim(7).await.expect("claim");
+    let released = claim(8).await.expect("claim");
+    assert_eq!((settled.len(), released.len()), (100, 100));
+    let tokens = |c: &[Claimed]| c.iter().map(Claimed::token).collect::<Vec<_>>();
+    let before = pending_index_reads(&store, &db.client).await;
+    assert_eq!(
+        store
+            .renew(&tokens(&settled), lease, 7)
+            .await
+            .expect("renew"),
+        100
+    );
+    let delivered: Vec<Settlement> = tokens(&settled)
+        .into_iter()
+        .map(|t| outcome(t, Verdict::Delivered, None))
+        .collect();
+    assert_eq!(store.settle(&delivered, 7).await.expect("settle"), 100);
+    let mut mixed: Vec<Settlement> = tokens(&released[..50])
+        .into_iter()
+        .map(|t| outcome(t, Verdict::Delivered, None))
+        .collect();
+    mixed.push(outcome(released[50].token(), Verdict::Failed, Some("no")));
+    assert_eq!(store.settle(&mixed, 8).await.expect("settle"), 51);
+    assert_eq!(
+        store
+            .release(&tokens(&released[51..]), 8)
+            .await
+            .expect("release"),
+        49
+    );
+    let reads = pending_index_reads(&store, &db.client).await - before;
+    assert_eq!(
+        reads, 0,
+        "renewing, settling and releasing 300 events read {reads} entries of the pending walk"
+    );
+}
+
 /// A batch of delivered outcomes is settled by a statement of its own: it records what the
 /// general one records for a delivered event, and also leaves alone an event whose claim
 /// was taken over.
