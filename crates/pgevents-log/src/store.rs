@@ -312,31 +312,14 @@ impl Store {
     /// and are left alone). Errors and response excerpts are stored as text PostgreSQL
     /// accepts whatever the destination answered (NUL characters replaced).
     pub async fn settle(&self, outcomes: &[Settlement], owner: i64) -> Result<i64, Error> {
-        let mut seq = Vec::with_capacity(outcomes.len());
-        let mut attempt = Vec::with_capacity(outcomes.len());
-        let mut verdict = Vec::with_capacity(outcomes.len());
-        let mut delay = Vec::with_capacity(outcomes.len());
-        let mut status = Vec::with_capacity(outcomes.len());
-        let mut duration = Vec::with_capacity(outcomes.len());
-        let mut error = Vec::with_capacity(outcomes.len());
-        let mut response = Vec::with_capacity(outcomes.len());
-        let mut started = Vec::with_capacity(outcomes.len());
-        for o in outcomes {
-            seq.push(o.claim.seq);
-            attempt.push(o.claim.attempt);
-            let (v, d) = match o.verdict {
-                Verdict::Delivered => (0i16, 0i64),
-                Verdict::Retry(d) => (1, millis(d)),
-                Verdict::Failed => (2, 0),
-            };
-            verdict.push(v);
-            delay.push(d);
-            status.push(o.status);
-            duration.push(i32::try_from(o.duration.as_millis()).unwrap_or(i32::MAX));
-            error.push(o.error.as_deref().map(storable));
-            response.push(o.response.as_deref().map(storable));
-            started.push(o.started_at);
-        }
+        // What every outcome records; a batch of deliveries needs no more.
+        let seq = column(outcomes, |o| o.claim.seq);
+        let attempt = column(outcomes, |o| o.claim.attempt);
+        let status = column(outcomes, |o| o.status);
+        let duration = column(outcomes, |o| {
+            i32::try_from(o.duration.as_millis()).unwrap_or(i32::MAX)
+        });
+        let error = column(outcomes, |o| o.error.as_deref().map(storable));
         if outcomes.iter().all(|o| o.verdict == Verdict::Delivered) {
             let settled = self
                 .client
@@ -348,6 +331,16 @@ impl Store {
                 .map_err(|e| Error::query("recording delivery outcomes", e))?;
             return Ok(i64::try_from(settled).unwrap_or(i64::MAX));
         }
+        let (verdict, delay): (Vec<i16>, Vec<i64>) = outcomes
+            .iter()
+            .map(|o| match o.verdict {
+                Verdict::Delivered => (0, 0),
+                Verdict::Retry(d) => (1, millis(d)),
+                Verdict::Failed => (2, 0),
+            })
+            .unzip();
+        let response = column(outcomes, |o| o.response.as_deref().map(storable));
+        let started = column(outcomes, |o| o.started_at);
         let row = self
             .client
             .query_one(
@@ -388,6 +381,11 @@ impl Store {
 
 fn split(claims: &[ClaimToken]) -> (Vec<i64>, Vec<i32>) {
     claims.iter().map(|c| (c.seq, c.attempt)).unzip()
+}
+
+/// One parameter array of a settle: `f` of each outcome.
+fn column<'a, T>(outcomes: &'a [Settlement], f: impl Fn(&'a Settlement) -> T) -> Vec<T> {
+    outcomes.iter().map(f).collect()
 }
 
 /// `text` as PostgreSQL's `text` accepts it: NUL characters (which a binary response body

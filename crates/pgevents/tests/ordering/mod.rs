@@ -773,15 +773,20 @@ async fn a_log_of_the_previous_release_upgrades_in_place_and_drains_in_order() {
     assert_eq!(row.get::<_, i32>(2), 7, "ids stay stable: the salt is kept");
 }
 
-/// Rows of `pgevents.event` updated so far, and how many of those updates were HOT (wrote
-/// no index entry), once `store`'s session has flushed its statistics.
-async fn event_updates(store: &Store, reader: &tokio_postgres::Client) -> (i64, i64) {
-    // Flushed as the session goes idle after this statement (PostgreSQL 15 and later).
+/// Makes `store`'s session report its statistics: it flushes them as it goes idle after
+/// this statement (PostgreSQL 15 and later), so a reader sees them next.
+async fn flush_statistics(store: &Store) {
     store
         .client()
         .batch_execute("SELECT pg_stat_force_next_flush()")
         .await
         .expect("flush statistics");
+}
+
+/// Rows of `pgevents.event` updated so far, and how many of those updates were HOT (wrote
+/// no index entry), once `store`'s session has flushed its statistics.
+async fn event_updates(store: &Store, reader: &tokio_postgres::Client) -> (i64, i64) {
+    flush_statistics(store).await;
     let row = reader
         .query_one(
             "SELECT pg_stat_get_tuples_updated('pgevents.event'::regclass),
@@ -835,11 +840,7 @@ async fn claims_write_no_index_entry_and_releases_give_events_back() {
 /// Entries of the pending events' index (`event_pending_due`) read so far, once `store`'s
 /// session has flushed its statistics.
 async fn pending_index_reads(store: &Store, reader: &tokio_postgres::Client) -> i64 {
-    store
-        .client()
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .expect("flush statistics");
+    flush_statistics(store).await;
     reader
         .query_one(
             "SELECT pg_stat_get_tuples_returned('pgevents.event_pending_due'::regclass)",
@@ -885,6 +886,11 @@ async fn settles_find_their_events_whatever_the_statistics() {
     let released = claim(8).await.expect("claim");
     assert_eq!((settled.len(), released.len()), (100, 100));
     let tokens = |c: &[Claimed]| c.iter().map(Claimed::token).collect::<Vec<_>>();
+    let delivered = |c: &[Claimed]| {
+        c.iter()
+            .map(|c| outcome(c.token(), Verdict::Delivered, None))
+            .collect::<Vec<_>>()
+    };
     let before = pending_index_reads(&store, &db.client).await;
     assert_eq!(
         store
@@ -893,15 +899,11 @@ async fn settles_find_their_events_whatever_the_statistics() {
             .expect("renew"),
         100
     );
-    let delivered: Vec<Settlement> = tokens(&settled)
-        .into_iter()
-        .map(|t| outcome(t, Verdict::Delivered, None))
-        .collect();
-    assert_eq!(store.settle(&delivered, 7).await.expect("settle"), 100);
-    let mut mixed: Vec<Settlement> = tokens(&released[..50])
-        .into_iter()
-        .map(|t| outcome(t, Verdict::Delivered, None))
-        .collect();
+    assert_eq!(
+        store.settle(&delivered(&settled), 7).await.expect("settle"),
+        100
+    );
+    let mut mixed = delivered(&released[..50]);
     mixed.push(outcome(released[50].token(), Verdict::Failed, Some("no")));
     assert_eq!(store.settle(&mixed, 8).await.expect("settle"), 51);
     assert_eq!(
