@@ -67,11 +67,7 @@ async fn beside(bench: &Bench, script: &std::path::Path, logical: bool) -> anyho
     bench.reset(0).await?;
     let client = bench.connect().await?;
     let counter = Counter::new();
-    let listener = if logical {
-        bench.logical_listener(&counter).await?
-    } else {
-        bench.listener(&counter).await?
-    };
+    let listener = listener(bench, &counter, logical).await?;
     let running = RunningListener::start(listener);
     reset_statistics(&client).await?;
     let (ours, postgres) = (std::process::id(), bench.postmaster());
@@ -85,7 +81,7 @@ async fn beside(bench: &Bench, script: &std::path::Path, logical: bool) -> anyho
     let took = started.elapsed();
     let after = (tree_ticks(&[ours]), tree_ticks(&postgres));
     running.stop().await?;
-    let per_event = |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / n.max(1) as f64;
+    let per_event = |ticks: u64| micros_per_event(ticks, n);
     let mut out = format!(
         "\n### {name} mode, pgbench INSERT beside (8 clients, {BESIDE_SECS} s)\n\n\
          - writers: {:.0} TPS, {n} events, all delivered {:.1} s after pgbench started\n\
@@ -97,6 +93,24 @@ async fn beside(bench: &Bench, script: &std::path::Path, logical: bool) -> anyho
     );
     out.push_str(&statements(&client, n).await?);
     Ok(out)
+}
+
+/// The listener of `bench`'s table in either capture mode, counting into `counter`.
+async fn listener(
+    bench: &Bench,
+    counter: &Counter,
+    logical: bool,
+) -> anyhow::Result<pgevents::Listener> {
+    if logical {
+        bench.logical_listener(counter).await
+    } else {
+        bench.listener(counter).await
+    }
+}
+
+/// CPU clock `ticks` in µs per event of `n`.
+fn micros_per_event(ticks: u64, n: u64) -> f64 {
+    ticks as f64 / ticks_per_second() * 1e6 / n.max(1) as f64
 }
 
 /// Empties pg_stat_statements and the table statistics.
@@ -153,11 +167,7 @@ async fn mode(bench: &Bench, n: u64, logical: bool) -> anyhow::Result<String> {
         .await
         .context("creating pg_stat_statements (the cluster preloads it)")?;
     let counter = Counter::new();
-    let listener = if logical {
-        bench.logical_listener(&counter).await?
-    } else {
-        bench.listener(&counter).await?
-    };
+    let listener = listener(bench, &counter, logical).await?;
     let wal_start = wal(&client).await?;
     let took = bench.insert_rows(n, BACKLOG_CHUNK).await?;
     let wal_inserted = wal(&client).await?;
@@ -176,7 +186,7 @@ async fn mode(bench: &Bench, n: u64, logical: bool) -> anyhow::Result<String> {
     let after = (tree_ticks(&[ours]), tree_ticks(&postgres));
     let wal_after = wal(&client).await?;
     let (updated, hot) = event_updates(&client, n).await?;
-    let per_event = |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / n as f64;
+    let per_event = |ticks: u64| micros_per_event(ticks, n);
     let mut out = format!(
         "\n### {name} mode\n\n\
          - insert with capture: {:.0} rows/s, WAL {:.0} bytes/row\n\

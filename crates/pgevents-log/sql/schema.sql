@@ -249,11 +249,11 @@ $compact$;
 -- once per session and kept (PL/pgSQL caches it; `force_generic_plan`) whatever the log's
 -- size then: a LANGUAGE sql function is parsed and planned anew at every call, which while
 -- writers run (a claim of a few events a millisecond) cost more than the claim itself
--- (measured: 48 of 70 µs per event). The settle is not made so: its join of the outcomes to
--- their events has plans a small log's statistics favour (tried: a generic settle plan made
--- while the log was empty cost 175 µs per event; pinned with these same settings, it still
--- walked the whole pending index instead of probing the primary key: 110 µs per event), so
--- it is planned at every execution. JIT is off here as everywhere the log's plans are
+-- (measured: 48 of 70 µs per event). The settle is planned at every execution instead (a
+-- generic settle plan made while the log was empty cost 175 µs per event; pinned with these
+-- settings, one whose `status = 'p'` let it walk the pending index cost 110 µs; once it
+-- could only probe the primary key, it saved no CPU per event in two profile runs: see
+-- BENCHMARKS.md, "Log version 4"). JIT is off here as everywhere the log's plans are
 -- pinned: a plan's cost must never make PostgreSQL compile it at every call.
 --
 -- The version 1 signature (one limit for all triggers) is dropped by install.
