@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use pgevents_admin::{AdminState, Health};
-use pgevents_config::Config;
+use pgevents_config::{CaptureMode, Config};
 use pgevents_dispatch::{Dispatcher, Options, Route};
 
 use crate::commands::{install, installed_already, logical_error, schema, Installed};
@@ -82,6 +82,11 @@ pub async fn run(
         },
     )
     .with_health(health.clone());
+    let dispatcher = if config.capture.mode == CaptureMode::Logical {
+        dispatcher.with_wal_capture()
+    } else {
+        dispatcher
+    };
     let admin_addr = admin_listener.local_addr().ok();
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(pgevents_admin::serve(

@@ -105,6 +105,9 @@ const COMPACT_AFTER: u64 = 20_000;
 const COMPACT_EVERY: Duration = Duration::from_secs(1);
 /// How many outcomes one settle statement writes.
 const SETTLE_BATCH: usize = 1000;
+/// How often a dispatcher whose triggers are captured from the WAL looks at the capture
+/// table (see [`Dispatcher::with_wal_capture`]).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Tuning of a [`Dispatcher`].
 #[derive(Debug, Clone)]
@@ -150,6 +153,8 @@ pub struct Dispatcher {
     options: Options,
     owner: i64,
     health: Health,
+    /// Whether its triggers' events reach the log from the WAL, not the capture table.
+    wal_capture: bool,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -327,7 +332,19 @@ impl Dispatcher {
             options,
             owner: rand::random::<i64>().wrapping_abs().max(1),
             health: Health::new(),
+            wal_capture: false,
         }
+    }
+
+    /// Tells the dispatcher that its triggers' events are written into the log from the WAL
+    /// (logical capture), not moved there from the capture table. It then moves captured
+    /// rows once a second instead of at every look at the log: rows a trigger-mode install
+    /// left there still arrive, and each look saves a statement that would find nothing
+    /// (measured beside writers in logical mode: 1,762 such calls in 8 s, 3 to 7 µs of
+    /// database time per event delivered).
+    pub fn with_wal_capture(mut self) -> Dispatcher {
+        self.wal_capture = true;
+        self
     }
 
     /// Reports to `health`: capture running from start to the end of the drain, the
@@ -394,6 +411,7 @@ impl Dispatcher {
             ingesting: None,
             moved_since_compact: 0,
             compact_tried: Instant::now(),
+            swept: None,
             waker: None,
             backoff: Backoff::default(),
             idle_since: None,
@@ -522,6 +540,8 @@ struct ClaimLoop<'a> {
     moved_since_compact: u64,
     /// When compacting the capture table was last tried.
     compact_tried: Instant,
+    /// When the last ingest started, for a dispatcher that only sweeps the capture table.
+    swept: Option<Instant>,
     waker: Option<Waker>,
     backoff: Backoff,
     /// Since when every look at the log found nothing (None: the last one found work).
@@ -731,6 +751,12 @@ impl ClaimLoop<'_> {
     fn start_ingest(&mut self) {
         if self.ingesting.is_some() {
             return;
+        }
+        if self.dispatcher.wal_capture {
+            if self.swept.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
+                return;
+            }
+            self.swept = Some(Instant::now());
         }
         let compact = self.moved_since_compact >= COMPACT_AFTER
             && self.compact_tried.elapsed() >= COMPACT_EVERY;

@@ -318,15 +318,15 @@ impl ListenerBuilder {
             }
             None => None,
         };
+        let dispatcher =
+            Dispatcher::new(self.url.clone(), schema.clone(), salt, routes, self.options);
         Ok(Listener {
             triggers: names,
-            dispatcher: Dispatcher::new(
-                self.url.clone(),
-                schema.clone(),
-                salt,
-                routes,
-                self.options,
-            ),
+            dispatcher: if capture.is_some() {
+                dispatcher.with_wal_capture()
+            } else {
+                dispatcher
+            },
             url: self.url,
             schema,
             capture,
