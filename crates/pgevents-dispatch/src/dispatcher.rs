@@ -105,6 +105,11 @@ const COMPACT_AFTER: u64 = 20_000;
 const COMPACT_EVERY: Duration = Duration::from_secs(1);
 /// How many outcomes one settle statement writes.
 const SETTLE_BATCH: usize = 1000;
+/// A settle waits for more outcomes while it has fewer than this...
+const SETTLE_ENOUGH: usize = 100;
+/// ...for at most this long after its first. Settling later holds back only the next event
+/// of each settled row and the in-flight slots, never a delivery in progress.
+const SETTLE_GATHER: Duration = Duration::from_millis(2);
 /// How often a dispatcher whose triggers are captured from the WAL looks at the capture
 /// table (see [`Dispatcher::with_wal_capture`]).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -412,6 +417,7 @@ impl Dispatcher {
             moved_since_compact: 0,
             compact_tried: Instant::now(),
             swept: None,
+            last_moved: 0,
             waker: None,
             backoff: Backoff::default(),
             idle_since: None,
@@ -542,6 +548,8 @@ struct ClaimLoop<'a> {
     compact_tried: Instant,
     /// When the last ingest started, for a dispatcher that only sweeps the capture table.
     swept: Option<Instant>,
+    /// Rows the last finished ingest moved.
+    last_moved: usize,
     waker: Option<Waker>,
     backoff: Backoff,
     /// Since when every look at the log found nothing (None: the last one found work).
@@ -687,6 +695,18 @@ impl ClaimLoop<'_> {
             }
         }
         self.start_ingest();
+        // A trickle (the last move was smaller than a claim): the claim waits for the move
+        // under way and takes the rows it moved, so each look costs one move and one claim.
+        // Run side by side, as for a backlog, the claim could only take the rows of the
+        // previous move, and the loop looked again at once for those just moved: twice the
+        // statements per event while writers run.
+        let trickle = self.last_moved < self.dispatcher.options.batch_size;
+        let mut moved = 0;
+        if trickle {
+            if let Some(ingest) = self.ingesting.take() {
+                moved = self.finished(ingest).await?;
+            }
+        }
         let free = self
             .permits
             .available_permits()
@@ -703,26 +723,35 @@ impl ClaimLoop<'_> {
         let got = claimed.len();
         self.spawn(claimed, deliveries).await;
         // While claims fill whole batches, the ingest runs on unawaited; otherwise this
-        // step's ingest decides whether more is coming.
+        // step's ingest decides whether more is coming (rows it moved are due now: look
+        // again at once).
         let ingest = if got >= free {
             self.ingesting.take_if(|ingest| ingest.is_finished())
         } else {
             self.ingesting.take()
         };
-        let moved = match ingest {
-            Some(ingest) => {
-                let ingested = joined(ingest).await?;
-                if ingested.compacted {
-                    self.moved_since_compact = 0;
-                }
-                self.moved_since_compact += u64::try_from(ingested.moved).unwrap_or(0);
-                ingested.moved
-            }
+        let unclaimed = match ingest {
+            Some(ingest) => self.finished(ingest).await?,
             None => 0,
         };
         self.backoff.reset();
-        self.after_look(got >= free, moved > 0 || got > 0, moved > 0)
+        self.after_look(got >= free, moved + unclaimed > 0 || got > 0, unclaimed > 0)
             .await
+    }
+
+    /// Waits for an ingest task and notes what it did; returns the rows it moved.
+    async fn finished(
+        &mut self,
+        ingest: tokio::task::JoinHandle<Result<Ingested, Error>>,
+    ) -> Result<usize, Error> {
+        let ingested = joined(ingest).await?;
+        if ingested.compacted {
+            self.moved_since_compact = 0;
+        }
+        let moved = usize::try_from(ingested.moved).unwrap_or(0);
+        self.moved_since_compact += moved as u64;
+        self.last_moved = moved;
+        Ok(moved)
     }
 
     /// Opens whichever of the claim, ingest and wake-up connections is missing.
@@ -1000,12 +1029,7 @@ async fn settle_loop(
     let mut batch: Vec<Done> = Vec::with_capacity(SETTLE_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        while batch.len() < SETTLE_BATCH {
-            match rx.try_recv() {
-                Ok(done) => batch.push(done),
-                Err(_) => break,
-            }
-        }
+        gather(&mut rx, &mut batch).await;
         let settlements: Vec<Settlement> = batch.iter().map(|d| d.settlement.clone()).collect();
         loop {
             let result = async {
@@ -1062,6 +1086,29 @@ async fn settle_loop(
         }
         batch.clear();
         shared.settled.notify_one();
+    }
+}
+
+/// Adds to `batch` the outcomes that arrive within [`SETTLE_GATHER`] of its first, until it
+/// holds [`SETTLE_BATCH`] or the channel closes: while writers run, outcomes arrive a few at
+/// a time, and each settle statement costs its planning (about 200 µs) whatever its size.
+async fn gather(rx: &mut mpsc::Receiver<Done>, batch: &mut Vec<Done>) {
+    let until = tokio::time::Instant::now() + SETTLE_GATHER;
+    while batch.len() < SETTLE_BATCH {
+        let done = match rx.try_recv() {
+            Ok(done) => done,
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if batch.len() >= SETTLE_ENOUGH {
+                    return;
+                }
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(done)) => done,
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        };
+        batch.push(done);
     }
 }
 
