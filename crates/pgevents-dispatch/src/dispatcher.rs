@@ -86,10 +86,11 @@ const INGEST_BATCH: i32 = 50_000;
 /// slept in every short gap of a steady stream of writes would make writers pay that
 /// often. So it sleeps only after a lull, and polls with a short backoff until then.
 const SLEEP_AFTER: Duration = Duration::from_millis(250);
-/// The pause after a look that moved nothing and claimed less than a batch. Each look
-/// costs the database a claim and an ingest whatever they find; with writers running, the
-/// dispatcher's claim, settle and ingest sessions took about 30%, 20% and 20% of a core
-/// (sampled with top). The pause adds at most this much latency.
+/// The pause after a look that claimed less than a batch and moved nothing, or moved and
+/// claimed a trickle of at least [`GATHER_FROM`] rows. Each look costs the database a claim
+/// and an ingest whatever they find; with writers running, the dispatcher's claim, settle
+/// and ingest sessions took about 30%, 20% and 20% of a core (sampled with top). The pause
+/// adds at most this much latency.
 const TRICKLE_WAIT: Duration = Duration::from_millis(1);
 /// A look that moved and claimed at least this many captured rows is followed by a pause of
 /// [`TRICKLE_WAIT`] (fewer: by the next look at once). At 1,000 changes/s a look moves one
