@@ -98,6 +98,8 @@ const TRICKLE_WAIT: Duration = Duration::from_millis(1);
 /// with writers saturating the machine it moves dozens, and the pause cuts the statements
 /// per event by a third or more.
 const GATHER_FROM: usize = 8;
+/// How long a look in a trickle waits for the move under way before claiming beside it.
+const TRICKLE_INGEST_WAIT: Duration = Duration::from_millis(5);
 /// The first wait between looks at the log once they stop finding work; it doubles.
 const AWAKE_POLL_MIN: Duration = Duration::from_millis(2);
 /// The longest wait between looks at the log while awake.
@@ -707,11 +709,16 @@ impl ClaimLoop<'_> {
         // Run side by side, as for a backlog, the claim could only take the rows of the
         // previous move, and the loop looked again at once for those just moved: twice the
         // statements per event while writers run.
+        // The wait is bounded: a slow move (a loaded server) must not hold back the claim of
+        // events already due, such as retries; past it the two run side by side.
         let trickle = self.last_moved < self.dispatcher.options.batch_size;
         let mut moved = 0;
         if trickle {
-            if let Some(ingest) = self.ingesting.take() {
-                moved = self.finished(ingest).await?;
+            if let Some(mut ingest) = self.ingesting.take() {
+                match tokio::time::timeout(TRICKLE_INGEST_WAIT, &mut ingest).await {
+                    Ok(done) => moved = self.finished(async { done }).await?,
+                    Err(_) => self.ingesting = Some(ingest),
+                }
             }
         }
         let free = self
@@ -751,7 +758,7 @@ impl ClaimLoop<'_> {
     /// Waits for an ingest task and notes what it did; returns the rows it moved.
     async fn finished(
         &mut self,
-        ingest: tokio::task::JoinHandle<Result<Ingested, Error>>,
+        ingest: impl Future<Output = Result<Result<Ingested, Error>, tokio::task::JoinError>>,
     ) -> Result<usize, Error> {
         let ingested = joined(ingest).await?;
         if ingested.compacted {
@@ -1004,7 +1011,7 @@ struct Ingested {
 /// or panicked) reports nothing moved: whatever its statement did on the server is found by
 /// the next claims, and the next step ingests again.
 async fn joined(
-    ingest: tokio::task::JoinHandle<Result<Ingested, Error>>,
+    ingest: impl Future<Output = Result<Result<Ingested, Error>, tokio::task::JoinError>>,
 ) -> Result<Ingested, Error> {
     ingest.await.unwrap_or_else(|error| {
         tracing::warn!(%error, "an ingest did not complete; it will be retried");
