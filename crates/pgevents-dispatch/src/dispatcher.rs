@@ -716,7 +716,7 @@ impl ClaimLoop<'_> {
         if trickle {
             if let Some(mut ingest) = self.ingesting.take() {
                 match tokio::time::timeout(TRICKLE_INGEST_WAIT, &mut ingest).await {
-                    Ok(done) => moved = self.finished(async { done }).await?,
+                    Ok(done) => moved = self.finished(done)?,
                     Err(_) => self.ingesting = Some(ingest),
                 }
             }
@@ -744,7 +744,7 @@ impl ClaimLoop<'_> {
             self.ingesting.take()
         };
         let unclaimed = match ingest {
-            Some(ingest) => self.finished(ingest).await?,
+            Some(ingest) => self.finished(ingest.await)?,
             None => 0,
         };
         self.backoff.reset();
@@ -755,12 +755,9 @@ impl ClaimLoop<'_> {
             .await
     }
 
-    /// Waits for an ingest task and notes what it did; returns the rows it moved.
-    async fn finished(
-        &mut self,
-        ingest: impl Future<Output = Result<Result<Ingested, Error>, tokio::task::JoinError>>,
-    ) -> Result<usize, Error> {
-        let ingested = joined(ingest).await?;
+    /// Notes what an ingest task that ended did; returns the rows it moved.
+    fn finished(&mut self, ended: Joined) -> Result<usize, Error> {
+        let ingested = joined(ended)?;
         if ingested.compacted {
             self.moved_since_compact = 0;
         }
@@ -1007,13 +1004,14 @@ struct Ingested {
     compacted: bool,
 }
 
-/// The result of a finished (or awaited) ingest task. A task that did not complete (aborted,
-/// or panicked) reports nothing moved: whatever its statement did on the server is found by
+/// How an ingest task ended, as its handle reports it.
+type Joined = Result<Result<Ingested, Error>, tokio::task::JoinError>;
+
+/// The result of an ingest task that ended. A task that did not complete (aborted, or
+/// panicked) reports nothing moved: whatever its statement did on the server is found by
 /// the next claims, and the next step ingests again.
-async fn joined(
-    ingest: impl Future<Output = Result<Result<Ingested, Error>, tokio::task::JoinError>>,
-) -> Result<Ingested, Error> {
-    ingest.await.unwrap_or_else(|error| {
+fn joined(ended: Joined) -> Result<Ingested, Error> {
+    ended.unwrap_or_else(|error| {
         tracing::warn!(%error, "an ingest did not complete; it will be retried");
         Ok(Ingested::default())
     })
