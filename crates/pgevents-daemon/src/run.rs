@@ -81,12 +81,8 @@ pub async fn run(
             ..Options::default()
         },
     )
-    .with_health(health.clone());
-    let dispatcher = if config.capture.mode == CaptureMode::Logical {
-        dispatcher.with_wal_capture()
-    } else {
-        dispatcher
-    };
+    .with_health(health.clone())
+    .with_wal_capture(config.capture.mode == CaptureMode::Logical);
     let admin_addr = admin_listener.local_addr().ok();
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(pgevents_admin::serve(

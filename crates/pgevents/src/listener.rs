@@ -318,15 +318,16 @@ impl ListenerBuilder {
             }
             None => None,
         };
-        let dispatcher =
-            Dispatcher::new(self.url.clone(), schema.clone(), salt, routes, self.options);
         Ok(Listener {
             triggers: names,
-            dispatcher: if capture.is_some() {
-                dispatcher.with_wal_capture()
-            } else {
-                dispatcher
-            },
+            dispatcher: Dispatcher::new(
+                self.url.clone(),
+                schema.clone(),
+                salt,
+                routes,
+                self.options,
+            )
+            .with_wal_capture(capture.is_some()),
             url: self.url,
             schema,
             capture,
