@@ -50,12 +50,13 @@ pub async fn backfill(
     // Never asked to stop: the process ends it (Ctrl-C), and the daemon continues.
     let (_keep, stop) = watch::channel(false);
     loop {
-        let driven = pgevents_dispatch::backfill::drive(&mut client, &schema, id, &stop, |rows| {
-            now.rows_done += rows;
-            now.rows_estimated = now.rows_estimated.max(now.rows_done);
-            progress(&now);
-        })
-        .await?;
+        let driven =
+            pgevents_dispatch::backfill::drive(&mut client, &schema, id, &stop, None, |rows| {
+                now.rows_done += rows;
+                now.rows_estimated = now.rows_estimated.max(now.rows_done);
+                progress(&now);
+            })
+            .await?;
         if driven != pgevents_dispatch::backfill::Driven::Busy {
             break;
         }

@@ -4,11 +4,15 @@
 //! lock ([`pgevents_log::backfill::try_lock`]): `pgevents backfill` while it runs, else any
 //! dispatcher's worker. A process that dies drops its connection and so its lock, and the
 //! next worker to look continues after the last chunk committed. Each chunk is one short
-//! transaction; its size adapts to the rows' size and to lock conflicts with writers.
+//! transaction; its size adapts to the rows' size, to its duration and to lock conflicts with
+//! writers. A dispatcher's worker delivers the chunk's events itself, before the chunk
+//! commits, where nothing pending holds them back; `pgevents backfill` leaves them all to
+//! the dispatchers.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use pgevents_log::backfill::{self, Chunk};
+use pgevents_log::backfill::{self, Chunk, ChunkDelivery};
 use pgevents_log::{Error, LogSchema};
 use tokio::sync::watch;
 use tokio_postgres::Client;
@@ -19,6 +23,9 @@ pub const MAX_CHUNK_ROWS: i64 = 5_000;
 const CHUNK_BYTES: i64 = 8 << 20;
 /// The pause after a chunk gave way to a writer's lock; it doubles, up to a second.
 const CONFLICT_PAUSE: Duration = Duration::from_millis(20);
+/// How long a chunk should take at most: its rows stay locked until it commits, and moving
+/// captured rows waits for it. A chunk that took longer is followed by one half its size.
+const CHUNK_TIME: Duration = Duration::from_millis(250);
 /// How often the worker looks for running backfills.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -34,7 +41,8 @@ pub enum Driven {
 }
 
 /// Writes backfill `id`'s chunks on `client` until it is no longer running, or `stop` turns
-/// true; `on_chunk` is told the rows of each chunk written. An error that is not about the
+/// true, delivering their events with `delivery` when given; `on_chunk` is told the rows of
+/// each chunk written. An error that is not about the
 /// connection (the table was dropped, say) marks the backfill failed. Lock conflicts with
 /// writers never end it: the chunk is tried again after a pause, smaller.
 pub async fn drive(
@@ -42,12 +50,13 @@ pub async fn drive(
     schema: &LogSchema,
     id: i64,
     stop: &watch::Receiver<bool>,
+    delivery: Option<&dyn ChunkDelivery>,
     mut on_chunk: impl FnMut(i64),
 ) -> Result<Driven, Error> {
     if !backfill::try_lock(client, schema, id).await? {
         return Ok(Driven::Busy);
     }
-    let driven = write_chunks(client, schema, id, stop, &mut on_chunk).await;
+    let driven = write_chunks(client, schema, id, stop, delivery, &mut on_chunk).await;
     if let Err(e) = &driven {
         if !e.is_connection() {
             backfill::fail(client, schema, id, &e.to_string()).await?;
@@ -64,6 +73,7 @@ async fn write_chunks(
     schema: &LogSchema,
     id: i64,
     stop: &watch::Receiver<bool>,
+    delivery: Option<&dyn ChunkDelivery>,
     on_chunk: &mut impl FnMut(i64),
 ) -> Result<Driven, Error> {
     let mut rows_per_chunk = MAX_CHUNK_ROWS;
@@ -72,14 +82,24 @@ async fn write_chunks(
         if *stop.borrow() {
             return Ok(Driven::Stopped);
         }
-        match backfill::run_chunk(client, schema, id, rows_per_chunk).await {
-            Ok(Chunk::Written { rows, bytes, done }) => {
+        let started = Instant::now();
+        match backfill::run_chunk(client, schema, id, rows_per_chunk, delivery).await {
+            Ok(Chunk::Written {
+                rows,
+                bytes,
+                delivered,
+                done,
+            }) => {
                 on_chunk(rows);
+                tracing::debug!(backfill = id, rows, delivered, took = ?started.elapsed(), "backfill chunk written");
                 if done {
                     tracing::info!(backfill = id, "backfill done");
                     return Ok(Driven::Ended);
                 }
                 rows_per_chunk = chunk_rows(rows, bytes);
+                if started.elapsed() > CHUNK_TIME {
+                    rows_per_chunk = rows_per_chunk.min((rows / 2).max(1));
+                }
                 pause = CONFLICT_PAUSE;
             }
             Ok(Chunk::Stopped) => return Ok(Driven::Ended),
@@ -109,8 +129,14 @@ fn chunk_rows(rows: i64, bytes: i64) -> i64 {
 }
 
 /// Writes the chunks of every running backfill, one after the other, until `stop` turns
-/// true; looks for new ones every second. Database faults are logged and retried.
-pub async fn run(url: String, schema: LogSchema, mut stop: watch::Receiver<bool>) {
+/// true, delivering their events with `delivery`; looks for new ones every second.
+/// Database faults are logged and retried.
+pub async fn run(
+    url: String,
+    schema: LogSchema,
+    delivery: Arc<dyn ChunkDelivery>,
+    mut stop: watch::Receiver<bool>,
+) {
     while !*stop.borrow() {
         let connected = tokio::select! {
             _ = stop.changed() => break,
@@ -118,7 +144,7 @@ pub async fn run(url: String, schema: LogSchema, mut stop: watch::Receiver<bool>
         };
         match connected {
             Ok(mut client) => {
-                if let Err(error) = serve(&mut client, &schema, &mut stop).await {
+                if let Err(error) = serve(&mut client, &schema, &*delivery, &mut stop).await {
                     tracing::warn!(%error, "backfills: database unavailable; trying again");
                 }
             }
@@ -134,11 +160,12 @@ pub async fn run(url: String, schema: LogSchema, mut stop: watch::Receiver<bool>
 async fn serve(
     client: &mut Client,
     schema: &LogSchema,
+    delivery: &dyn ChunkDelivery,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Error> {
     while !*stop.borrow() {
         for id in backfill::running(client, schema).await? {
-            match drive(client, schema, id, stop, |_| {}).await {
+            match drive(client, schema, id, stop, Some(delivery), |_| {}).await {
                 Ok(_) => {}
                 Err(e) if e.is_connection() => return Err(e),
                 Err(error) => tracing::warn!(backfill = id, %error, "backfill failed"),

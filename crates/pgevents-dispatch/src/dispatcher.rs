@@ -3,11 +3,13 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgevents_delivery::{DynSink, RetryPolicy};
 use pgevents_event::{Action, Event, EventParts};
+use pgevents_log::backfill::{ChunkDelivery, Reading};
 use pgevents_log::store::{ClaimToken, Claimed, Settlement, Store, Verdict};
 use pgevents_log::{Error, LogSchema};
 use pgevents_trigger::Trigger;
@@ -409,9 +411,17 @@ impl Dispatcher {
         // Backfills are written beside delivery, on a connection of their own; a chunk is short,
         // so the worker stops between two of them at shutdown.
         let (stop_backfills, backfills_stopped) = watch::channel(false);
+        let in_chunk = InChunk {
+            routes: self.routes.clone(),
+            salt: self.salt,
+            owner: self.owner,
+            shared: shared.clone(),
+            permits: Arc::new(Semaphore::new(self.options.max_in_flight)),
+        };
         let backfills = tokio::spawn(crate::backfill::run(
             self.url.clone(),
             self.schema.clone(),
+            Arc::new(in_chunk),
             backfills_stopped,
         ));
         let mut deliveries = JoinSet::new();
@@ -463,21 +473,85 @@ impl Dispatcher {
         self.health.set_capture_running(false);
         Ok(())
     }
+}
 
-    fn event(&self, claimed: Claimed, route: &Route) -> Result<Event, String> {
-        let action = Action::from_code(claimed.op).map_err(|e| e.to_string())?;
-        Ok(Event::from_parts(EventParts {
-            seq: claimed.seq,
-            salt: self.salt,
-            created_at: claimed.created_at,
-            trigger: route.name.clone(),
-            schema: route.schema.clone(),
-            table: route.table.clone(),
-            action,
-            old: claimed.old,
-            new: claimed.new,
-            ordering_key: claimed.row_key,
-        }))
+/// The event `claimed` holds, as `route` delivers it.
+fn event_of(claimed: Claimed, route: &Route, salt: u16) -> Result<Event, String> {
+    let action = Action::from_code(claimed.op).map_err(|e| e.to_string())?;
+    Ok(Event::from_parts(EventParts {
+        seq: claimed.seq,
+        salt,
+        created_at: claimed.created_at,
+        trigger: route.name.clone(),
+        schema: route.schema.clone(),
+        table: route.table.clone(),
+        action,
+        old: claimed.old,
+        new: claimed.new,
+        ordering_key: claimed.row_key,
+    }))
+}
+
+/// Delivers the `READ` events of backfill chunks from the chunk itself, while it holds
+/// their rows (see [`pgevents_log::backfill::run_chunk`]), to a trigger whose breaker is
+/// closed.
+struct InChunk {
+    routes: HashMap<i32, Route>,
+    salt: u16,
+    owner: i64,
+    shared: Arc<Shared>,
+    /// Bounds the attempts under way (`max_in_flight`). Not the claim loop's permits: it
+    /// claims as many events as it finds permits free, and each claimed event must get one.
+    permits: Arc<Semaphore>,
+}
+
+impl ChunkDelivery for InChunk {
+    fn owner(&self) -> i64 {
+        self.owner
+    }
+
+    fn deliver(
+        &self,
+        trigger_id: i32,
+        readings: Vec<Reading>,
+    ) -> Pin<Box<dyn Future<Output = Vec<Settlement>> + Send + '_>> {
+        Box::pin(async move {
+            let Some(route) = self.routes.get(&trigger_id) else {
+                return Vec::new();
+            };
+            let allowance = lock(&self.shared.breakers).allowance(trigger_id, Instant::now());
+            if allowance != Allowance::Closed {
+                return Vec::new();
+            }
+            let attempts = readings.into_iter().map(|r| async move {
+                let _permit = self.permits.clone().acquire_owned().await.ok()?;
+                let claimed = Claimed {
+                    seq: r.seq,
+                    trigger_id,
+                    op: Action::Read.code(),
+                    old: None,
+                    new: Some(r.image),
+                    created_at: r.created_at,
+                    attempts: 1,
+                    current_retry: 0,
+                    row_key: r.row_key,
+                };
+                let claim = claimed.token();
+                let event = event_of(claimed, route, self.salt).ok()?;
+                let settlement =
+                    deliver::attempt(route.sink.clone(), route.retry, event, 0, claim).await;
+                self.shared.record_outcome(trigger_id, &settlement.verdict);
+                if let Verdict::Retry(after) = settlement.verdict {
+                    lock(&self.shared.retries).push(Reverse(Instant::now() + after));
+                }
+                Some(settlement)
+            });
+            futures::future::join_all(attempts)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
+        })
     }
 }
 
@@ -878,7 +952,7 @@ impl ClaimLoop<'_> {
             lock(&self.shared.in_flight).insert(claim, c.trigger_id, c.size(), now);
             let current_retry = u32::try_from(c.current_retry).unwrap_or(0);
             let done_tx = self.done_tx.clone();
-            let settlement = match d.event(c, route) {
+            let settlement = match event_of(c, route, d.salt) {
                 Ok(event) => {
                     let sink = route.sink.clone();
                     let policy = route.retry;

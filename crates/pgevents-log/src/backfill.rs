@@ -4,31 +4,48 @@
 //! A backfill is a row of the log's `backfill` table. It advances chunk by chunk, each chunk
 //! one short READ COMMITTED transaction ([`run_chunk`]) that:
 //!
-//! 1. selects the next rows after `last_key` in key order, `FOR SHARE`, and writes their
-//!    `READ` events straight into `event` (`INSERT ... SELECT`: rows never leave PostgreSQL),
-//!    with the same ordering key and row image SQL as live capture ([`pgevents_trigger::ordering`],
-//!    [`pgevents_trigger::image`]). A writer that changed a row before the chunk either committed first
-//!    (the chunk reads its image, and its event has a lower position) or still holds the row,
-//!    and `FOR SHARE` waits for it and reads the newest version; a writer after the chunk
-//!    waits for the share lock, and its event gets a higher position. So a `READ` sits in
-//!    each row's order exactly where its image belongs;
+//! 1. reads the next rows after `last_key` in key order, `FOR SHARE`, with the same ordering
+//!    key and row image SQL as live capture ([`pgevents_trigger::ordering`],
+//!    [`pgevents_trigger::image`]), and takes each row's log position from the log's
+//!    sequence. A writer that changed a row before the chunk either committed first (the
+//!    chunk reads its image, and its event has a lower position) or still holds the row, and
+//!    `FOR SHARE` waits for it and reads the newest version; a writer after the chunk waits
+//!    for the share lock, and its event gets a higher position. So a `READ` sits in each
+//!    row's order exactly where its image belongs;
 //! 2. moves every captured row already committed into the log (trigger capture appends to
 //!    the index-free `capture` table first): an earlier change of a chunk's row then reaches
 //!    `event` in the same commit as the `READ`, and per-row ordering delivers it first. In
 //!    logical capture the writer of decoded changes is kept out for the chunk's duration
 //!    (its position rows are locked `FOR SHARE`): a decoded change lands wholly before the
 //!    chunk's `READ`s in the log or wholly after them;
-//! 3. moves `last_key` with a compare-and-set: when another process wrote that chunk first
+//! 3. when the caller delivers ([`ChunkDelivery`], a dispatcher's backfill worker), delivers
+//!    the `READ`s that nothing holds back — no pending event of their ordering key (or a
+//!    pending TRUNCATE of the trigger) in the log, no other row of the chunk with that key —
+//!    while their rows are still locked: each is then the next event of its key, and no
+//!    later change of its row exists until the chunk commits. Sequin delivers its backfills
+//!    from memory the same way; here it saves the log's claim and settle of every such event
+//!    (half the database's work per row, measured);
+//! 4. writes the `READ` events into `event`: those delivered as delivered, those whose
+//!    attempt failed with its outcome (retried by the dispatchers like any event, holding
+//!    back later events of their row), the rest pending;
+//! 5. moves `last_key` with a compare-and-set: when another process wrote that chunk first
 //!    (or the backfill was cancelled) nothing is written.
 //!
 //! The chunk's statement waits for a row lock at most [`CHUNK_LOCK_TIMEOUT_MS`]: on a
 //! conflict the backfill backs off and tries again ([`Error::is_lock_conflict`]), never a
-//! writer.
+//! writer. A process that dies after delivering some of a chunk's events and before its
+//! commit writes nothing of it: the chunk is read again, and those rows delivered again
+//! (under new ids, with their images of then).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
+use crate::store::{settle_in, Settlement, Verdict};
 use crate::{wake_channel, Error, LogSchema};
 use pgevents_postgres::{quote_ident, QualifiedName};
 use pgevents_trigger::image::image_sql;
@@ -123,10 +140,12 @@ pub struct Source<'a> {
 /// The alias a chunk's statement gives the table's rows: conditions are rendered on it.
 pub const ROW_ALIAS: &str = "pgevents_read";
 
-/// The statement that writes one chunk of `source`'s `READ` events: parameters `$1` the last
-/// key written (`text[]`, NULL at the start) and `$2` the most rows to read (`int8`); one row
-/// back with the rows written, their bytes of row text, and the chunk's last key (NULL when
-/// no row was left).
+/// The statement that reads one chunk of `source`'s rows for their `READ` events: parameters
+/// `$1` the last key read (`text[]`, NULL at the start) and `$2` the most rows to read
+/// (`int8`); a row back for each row read, in key order, locked `FOR SHARE` until the chunk
+/// commits: the event's position (taken from the log's sequence now, so it falls after every
+/// earlier change of the row and before every later one), its ordering key, its image as
+/// text, the row's key as text, and the time read.
 pub fn chunk_sql(schema: &LogSchema, source: &Source<'_>) -> String {
     let r = ROW_ALIAS;
     let columns: Vec<String> = source
@@ -140,56 +159,40 @@ pub fn chunk_sql(schema: &LogSchema, source: &Source<'_>) -> String {
         .enumerate()
         .map(|(i, (_, ty))| format!("($1::text[])[{}]::{ty}", i + 1))
         .collect();
-    let picked: Vec<String> = (0..source.key.len())
-        .map(|i| format!("c.pgevents_k{i}"))
-        .collect();
     let key_select = columns
         .iter()
         .enumerate()
         .map(|(i, c)| format!("{c} AS pgevents_k{i}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let key_text = (0..source.key.len())
+        .map(|i| format!("c.pgevents_k{i}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let seed = source.trigger_id.to_string();
     let key_columns: Vec<String> = source.key.iter().map(|(name, _)| name.clone()).collect();
     format!(
-        "WITH chunk AS (
-             SELECT {key_select}, {row_key} AS pgevents_key, {image} AS pgevents_image
-               FROM {table} AS {r}
-              WHERE ($1::text[] IS NULL OR ({columns}) > ({bounds})) AND ({condition})
-              ORDER BY {columns}
-              LIMIT $2::int8
-              FOR SHARE OF {r}),
-         written AS (
-             INSERT INTO {event} (trigger_id, op, row_key, new_row, size)
-             SELECT {id}, 'R', c.pgevents_key, c.pgevents_image,
-                    {size}(NULL, c.pgevents_image)
-               FROM chunk c ORDER BY {picked}
-             RETURNING size)
-         SELECT (SELECT count(*) FROM written),
-                (SELECT coalesce(sum(size), 0)::int8 FROM written),
-                (SELECT ARRAY[{picked_text}] FROM chunk c ORDER BY {picked_desc} LIMIT 1)",
+        "{READ_FORM}{sequence}), c.pgevents_key, c.pgevents_image::text, ARRAY[{key_text}], now()
+           FROM (SELECT {key_select}, {row_key} AS pgevents_key, {image} AS pgevents_image
+                   FROM {table} AS {r}
+                  WHERE ($1::text[] IS NULL OR ({columns}) > ({bounds})) AND ({condition})
+                  ORDER BY {columns}
+                  LIMIT $2::int8
+                  FOR SHARE OF {r}) c",
+        sequence = pgevents_postgres::quote_literal(&schema.object("event_seq")),
         row_key = key_sql(source.ordering, r, &key_columns, &seed),
         image = image_sql(r, source.payload_columns),
         table = source.table.quoted(),
         columns = columns.join(", "),
         bounds = bounds.join(", "),
         condition = source.condition.as_deref().unwrap_or("true"),
-        event = schema.object("event"),
-        size = schema.object("event_size"),
-        id = source.trigger_id,
-        picked = picked.join(", "),
-        picked_text = picked
-            .iter()
-            .map(|p| format!("{p}::text"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        picked_desc = picked
-            .iter()
-            .map(|p| format!("{p} DESC"))
-            .collect::<Vec<_>>()
-            .join(", "),
     )
 }
+
+/// How [`chunk_sql`]'s statements begin. Backfills started by log version 4 stored a
+/// statement that wrote the events itself (`WITH chunk AS (...) INSERT ...`); a chunk still
+/// runs those as they are.
+const READ_FORM: &str = "SELECT nextval(";
 
 /// Records a new running backfill of trigger `trigger_id` writing chunks with `chunk_sql`;
 /// returns its id.
@@ -370,6 +373,8 @@ pub enum Chunk {
         rows: i64,
         /// Their bytes of row text.
         bytes: i64,
+        /// Of those, the events delivered during the chunk (written as delivered).
+        delivered: i64,
         /// True when the backfill has read every row.
         done: bool,
     },
@@ -378,14 +383,46 @@ pub enum Chunk {
     Stopped,
 }
 
+/// A row a chunk read: its `READ` event, before the chunk writes it.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// The event's log position.
+    pub seq: i64,
+    /// Its ordering key (see the log schema), `None` when unordered.
+    pub row_key: Option<i64>,
+    /// The row's image (`data.new`) as JSON text.
+    pub image: String,
+    /// When it was read.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Delivers `READ` events while their chunk holds their rows (see [`run_chunk`]).
+pub trait ChunkDelivery: Send + Sync {
+    /// The lease owner the attempts are recorded under.
+    fn owner(&self) -> i64;
+
+    /// Attempts the events of `readings` (trigger `trigger_id`'s, each the first of its
+    /// ordering key with nothing of that key pending before it); returns the outcome of each
+    /// one attempted, under the claim (its position, attempt 1). Those left out are written
+    /// to the log as pending, for the dispatchers.
+    fn deliver(
+        &self,
+        trigger_id: i32,
+        readings: Vec<Reading>,
+    ) -> Pin<Box<dyn Future<Output = Vec<Settlement>> + Send + '_>>;
+}
+
 /// Writes the next chunk of backfill `id`, at most `max_rows` rows, in one transaction (see
-/// the module's documentation). A lock conflict fails with an error for which
+/// the module's documentation). With `delivery`, the chunk's events that nothing pending
+/// holds back are delivered before it commits and written as delivered (or, when the attempt
+/// failed, with its outcome). A lock conflict fails with an error for which
 /// [`Error::is_lock_conflict`] holds: try again after a pause, maybe with fewer rows.
 pub async fn run_chunk(
     client: &mut Client,
     schema: &LogSchema,
     id: i64,
     max_rows: i64,
+    delivery: Option<&dyn ChunkDelivery>,
 ) -> Result<Chunk, Error> {
     let tx = client
         .transaction()
@@ -414,10 +451,12 @@ pub async fn run_chunk(
     .await
     .map_err(|e| Error::query("locking for a backfill chunk", e))?;
     let backfill = schema.object("backfill");
+    // Locked until the chunk commits: a cancel waits for the chunk it would cut short.
     let Some(row) = tx
         .query_opt(
             &format!(
-                "SELECT chunk_sql, last_key FROM {backfill} WHERE id = $1 AND state = 'running'"
+                "SELECT trigger_id, chunk_sql, last_key FROM {backfill}
+                  WHERE id = $1 AND state = 'running' FOR NO KEY UPDATE"
             ),
             &[&id],
         )
@@ -426,38 +465,60 @@ pub async fn run_chunk(
     else {
         return Ok(Chunk::Stopped);
     };
-    let chunk_sql: String = row.get(0);
-    let last_key: Option<Vec<String>> = row.get(1);
-    let written = tx
-        .query_one(chunk_sql.as_str(), &[&last_key, &max_rows])
-        .await
-        .map_err(|e| match e.code() {
-            Some(code) if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
-                Error::NotPermitted(format!(
-                    "the role writing backfill {id}'s chunks may not read and lock its table's rows ({}): GRANT SELECT, UPDATE ON the table TO this role (rows are locked FOR SHARE, never changed), or run `pgevents backfill` as the table's owner",
-                    e.as_db_error().map_or("", |db| db.message())
-                ))
-            }
-            _ => Error::query(format!("writing backfill {id}'s next chunk"), e),
-        })?;
-    let rows: i64 = written.get(0);
-    let bytes: i64 = written.get(1);
-    let next_key: Option<Vec<String>> = written.get(2);
-    let done = rows < max_rows;
-    // Earlier changes of the chunk's rows that trigger capture holds are committed by now
-    // (FOR SHARE waited for them): move them into the log in this transaction, so none is
-    // claimed after the READ that follows it.
-    let ingest = format!("SELECT {}($1)", schema.object("ingest"));
-    loop {
-        let moved: i32 = tx
-            .query_one(ingest.as_str(), &[&INGEST_BATCH])
-            .await
-            .map_err(|e| Error::query("moving captured rows into the log", e))?
-            .get(0);
-        if moved < INGEST_BATCH {
-            break;
+    let trigger_id: i32 = row.get(0);
+    let chunk_sql: String = row.get(1);
+    let last_key: Option<Vec<String>> = row.get(2);
+    let chunk_error = |e: tokio_postgres::Error| {
+        match e.code() {
+        Some(code) if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+            Error::NotPermitted(format!(
+                "the role writing backfill {id}'s chunks may not read and lock its table's rows ({}): GRANT SELECT, UPDATE ON the table TO this role (rows are locked FOR SHARE, never changed), or run `pgevents backfill` as the table's owner",
+                e.as_db_error().map_or("", |db| db.message())
+            ))
         }
+        _ => Error::query(format!("writing backfill {id}'s next chunk"), e),
     }
+    };
+    let (rows, bytes, next_key, delivered) = if chunk_sql.starts_with(READ_FORM) {
+        let read = tx
+            .query(chunk_sql.as_str(), &[&last_key, &max_rows])
+            .await
+            .map_err(chunk_error)?;
+        let next_key: Option<Vec<String>> = read.last().map(|r| r.get(3));
+        let readings: Vec<Reading> = read
+            .into_iter()
+            .map(|r| Reading {
+                seq: r.get(0),
+                row_key: r.get(1),
+                image: r.get(2),
+                created_at: r.get(4),
+            })
+            .collect();
+        move_captured(&tx, schema).await?;
+        let attempted = match delivery {
+            Some(delivery) => {
+                let free = free_to_deliver(&tx, schema, trigger_id, &readings).await?;
+                if free.is_empty() {
+                    Vec::new()
+                } else {
+                    delivery.deliver(trigger_id, free).await
+                }
+            }
+            None => Vec::new(),
+        };
+        let owner = delivery.map_or(0, |d| d.owner());
+        let delivered = write_reads(&tx, schema, trigger_id, &readings, &attempted, owner).await?;
+        let bytes = readings.iter().map(|r| r.image.len() as i64).sum();
+        (readings.len() as i64, bytes, next_key, delivered)
+    } else {
+        let written = tx
+            .query_one(chunk_sql.as_str(), &[&last_key, &max_rows])
+            .await
+            .map_err(chunk_error)?;
+        move_captured(&tx, schema).await?;
+        (written.get(0), written.get(1), written.get(2), 0)
+    };
+    let done = rows < max_rows;
     let advanced = tx
         .execute(
             &format!(
@@ -478,7 +539,7 @@ pub async fn run_chunk(
             .map_err(|e| Error::query("abandoning a backfill chunk", e))?;
         return Ok(Chunk::Stopped);
     }
-    if rows > 0 {
+    if rows > delivered {
         tx.execute("SELECT pg_notify($1, '')", &[&wake_channel(schema)])
             .await
             .map_err(|e| Error::query("waking dispatchers", e))?;
@@ -486,7 +547,157 @@ pub async fn run_chunk(
     tx.commit()
         .await
         .map_err(|e| Error::query("committing a backfill chunk", e))?;
-    Ok(Chunk::Written { rows, bytes, done })
+    Ok(Chunk::Written {
+        rows,
+        bytes,
+        delivered,
+        done,
+    })
+}
+
+/// Moves every committed captured row into the log. Earlier changes of the chunk's rows
+/// that trigger capture holds are committed by now (FOR SHARE waited for them): moved in
+/// this transaction, none is claimed after the READ that follows it.
+async fn move_captured(tx: &Transaction<'_>, schema: &LogSchema) -> Result<(), Error> {
+    let ingest = format!("SELECT {}($1)", schema.object("ingest"));
+    loop {
+        let moved: i32 = tx
+            .query_one(ingest.as_str(), &[&INGEST_BATCH])
+            .await
+            .map_err(|e| Error::query("moving captured rows into the log", e))?
+            .get(0);
+        if moved < INGEST_BATCH {
+            return Ok(());
+        }
+    }
+}
+
+/// The readings whose events may be delivered before the chunk commits: those whose
+/// ordering key no other reading of the chunk shares and no pending event of the log holds
+/// (as key or old key), when no TRUNCATE of the trigger is pending. Each is then the first
+/// undelivered event of its key, and no later change of its row exists before the chunk
+/// commits (the row is locked).
+async fn free_to_deliver(
+    tx: &Transaction<'_>,
+    schema: &LogSchema,
+    trigger_id: i32,
+    readings: &[Reading],
+) -> Result<Vec<Reading>, Error> {
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    for key in readings.iter().filter_map(|r| r.row_key) {
+        *seen.entry(key).or_default() += 1;
+    }
+    let keys: Vec<i64> = seen.keys().copied().collect();
+    let event = schema.object("event");
+    let row = tx
+        .query_one(
+            &format!(
+                "SELECT ARRAY(SELECT k FROM unnest($1::int8[]) AS k
+                               WHERE EXISTS (SELECT 1 FROM {event} e
+                                              WHERE e.row_key = k AND e.status = 'p')
+                                  OR EXISTS (SELECT 1 FROM {event} e
+                                              WHERE e.old_key = k AND e.status = 'p')),
+                        EXISTS (SELECT 1 FROM {event} e
+                                 WHERE e.trigger_id = $2 AND e.status = 'p' AND e.op = 'T')"
+            ),
+            &[&keys, &trigger_id],
+        )
+        .await
+        .map_err(|e| Error::query("looking for pending events of a chunk's rows", e))?;
+    let held: Vec<i64> = row.get(0);
+    let truncating: bool = row.get(1);
+    if truncating {
+        return Ok(Vec::new());
+    }
+    let held: HashSet<i64> = held.into_iter().collect();
+    Ok(readings
+        .iter()
+        .filter(|r| {
+            r.row_key
+                .is_none_or(|k| seen.get(&k) == Some(&1) && !held.contains(&k))
+        })
+        .cloned()
+        .collect())
+}
+
+/// Writes the chunk's `READ` events: delivered (`attempted` says so), pending after the
+/// failed attempt `attempted` holds (its outcome recorded as a settle records it), or
+/// pending for the dispatchers. Returns how many were delivered.
+async fn write_reads(
+    tx: &Transaction<'_>,
+    schema: &LogSchema,
+    trigger_id: i32,
+    readings: &[Reading],
+    attempted: &[Settlement],
+    owner: i64,
+) -> Result<i64, Error> {
+    let by_seq: HashMap<i64, &Settlement> = attempted.iter().map(|s| (s.claim.seq, s)).collect();
+    // 0: not attempted; 1: delivered; 2: attempted, outcome recorded below.
+    let outcome: Vec<i16> = readings
+        .iter()
+        .map(|r| match by_seq.get(&r.seq) {
+            None => 0,
+            Some(s) if s.verdict == Verdict::Delivered => 1,
+            Some(_) => 2,
+        })
+        .collect();
+    let status: Vec<Option<i32>> = readings
+        .iter()
+        .map(|r| by_seq.get(&r.seq).and_then(|s| s.status))
+        .collect();
+    let duration: Vec<Option<i32>> = readings
+        .iter()
+        .map(|r| {
+            by_seq
+                .get(&r.seq)
+                .map(|s| i32::try_from(s.duration.as_millis()).unwrap_or(i32::MAX))
+        })
+        .collect();
+    let seq: Vec<i64> = readings.iter().map(|r| r.seq).collect();
+    let row_key: Vec<Option<i64>> = readings.iter().map(|r| r.row_key).collect();
+    let image: Vec<&str> = readings.iter().map(|r| r.image.as_str()).collect();
+    let created_at: Vec<DateTime<Utc>> = readings.iter().map(|r| r.created_at).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO {event}
+                 (seq, trigger_id, op, row_key, new_row, created_at, next_attempt_at, size,
+                  status, attempts, finished_at, last_status, last_duration_ms, owner, lease_until)
+             SELECT r.seq, $1, 'R', r.row_key, r.image::json, r.created_at, r.created_at,
+                    octet_length(r.image),
+                    CASE WHEN r.outcome = 1 THEN 'd' ELSE 'p' END::\"char\",
+                    CASE WHEN r.outcome = 0 THEN 0 ELSE 1 END,
+                    CASE WHEN r.outcome = 1 THEN now() END,
+                    r.status, r.duration_ms,
+                    CASE WHEN r.outcome = 2 THEN $2::int8 END,
+                    CASE WHEN r.outcome = 2 THEN now() END
+               FROM unnest($3::int8[], $4::int8[], $5::text[], $6::timestamptz[], $7::int2[],
+                           $8::int4[], $9::int4[])
+                 AS r(seq, row_key, image, created_at, outcome, status, duration_ms)",
+            event = schema.object("event"),
+        ),
+        &[
+            &trigger_id,
+            &owner,
+            &seq,
+            &row_key,
+            &image,
+            &created_at,
+            &outcome,
+            &status,
+            &duration,
+        ],
+    )
+    .await
+    .map_err(|e| Error::query("writing a backfill chunk's events", e))?;
+    let failed: Vec<Settlement> = attempted
+        .iter()
+        .filter(|s| s.verdict != Verdict::Delivered)
+        .cloned()
+        .collect();
+    if !failed.is_empty() {
+        settle_in(tx, schema, &failed, owner).await?;
+    }
+    Ok(outcome.iter().filter(|o| **o == 1).count() as i64)
 }
 
 /// The rows a backfill reads: those matching both the trigger's condition and the

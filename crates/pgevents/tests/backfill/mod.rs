@@ -299,3 +299,162 @@ async fn backfill_refuses_bad_input_and_starts_nothing() {
     assert_eq!(all[0].state, BackfillState::Running);
     assert_eq!(all[0].condition.as_deref(), Some("status = 'paid'"));
 }
+
+/// The events of a backfill's chunk are delivered by the chunk itself, while it holds their
+/// rows: the first `READ` reaches the handler before the chunk's progress is committed. A
+/// `READ` whose attempt fails there is written with that attempt, retried by the dispatcher,
+/// and holds back a later change of its row until it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 50) g",
+        )
+        .await
+        .expect("table");
+    let delivered = Arc::new(Mutex::new(Vec::<(Action, i64, i64, i64)>::new()));
+    let failures = Arc::new(AtomicI64::new(0));
+    let progress_at_first_read = Arc::new(Mutex::new(None::<i64>));
+    let watcher = Arc::new(connect(&db.url).await);
+    let (d, f, p, w) = (
+        delivered.clone(),
+        failures.clone(),
+        progress_at_first_read.clone(),
+        watcher.clone(),
+    );
+    let listener = Listener::builder(&db.url)
+        .on("accounts", move |event: Event| {
+            let (d, f, p, w) = (d.clone(), f.clone(), p.clone(), w.clone());
+            async move {
+                let row = event.new().cloned().unwrap_or_default();
+                let (id, v) = (
+                    row["id"].as_i64().unwrap_or(-1),
+                    row["v"].as_i64().unwrap_or(-1),
+                );
+                if event.action() == Action::Read && p.lock().expect("progress").is_none() {
+                    let done: i64 = w
+                        .query_one("SELECT rows_done FROM pgevents.backfill", &[])
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .get(0);
+                    *p.lock().expect("progress") = Some(done);
+                }
+                if event.action() == Action::Read && id == 7 && f.fetch_add(1, Ordering::SeqCst) < 2
+                {
+                    return Err("row 7 is not welcome yet".to_string());
+                }
+                d.lock()
+                    .expect("delivered")
+                    .push((event.action(), id, v, event.seq()));
+                Ok(())
+            }
+        })
+        .retry(pgevents::RetryPolicy {
+            max_retries: 5,
+            initial_interval: Duration::from_millis(400),
+            max_interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+        })
+        .build()
+        .await
+        .expect("listener");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(listener.run(async move {
+        let _ = stopped.await;
+    }));
+    // A change delivered first: a destination that has not delivered yet is on trial, and
+    // backfill chunks leave its events to the dispatcher.
+    db.client
+        .execute("INSERT INTO accounts VALUES (51, 0)", &[])
+        .await
+        .expect("insert row 51");
+    eventually(LIMIT, "the insert delivered", || {
+        let n = delivered.lock().expect("delivered").len();
+        async move { n >= 1 }
+    })
+    .await;
+    // Started the way an application starts one beside its running listener.
+    let starter = Listener::builder(&db.url)
+        .on("accounts", |_: Event| async {
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .build()
+        .await
+        .expect("a second listener");
+    let id = starter.backfill("accounts", None).await.expect("backfill");
+    eventually(LIMIT, "row 7's READ failing once", || {
+        let n = failures.load(Ordering::SeqCst);
+        async move { n >= 1 }
+    })
+    .await;
+    // Row 7's READ is now in the log, waiting for its retry: this change must wait for it.
+    db.client
+        .execute("UPDATE accounts SET v = 1 WHERE id = 7", &[])
+        .await
+        .expect("update row 7");
+    eventually(LIMIT, "every READ and the changes delivered", || {
+        let n = delivered.lock().expect("delivered").len();
+        async move { n >= 53 }
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.expect("listener task").expect("listener run");
+
+    assert_eq!(
+        *progress_at_first_read.lock().expect("progress"),
+        Some(0),
+        "the first READ was delivered before its chunk committed"
+    );
+    let delivered = delivered.lock().expect("delivered").clone();
+    let reads: Vec<i64> = delivered
+        .iter()
+        .filter(|e| e.0 == Action::Read)
+        .map(|e| e.1)
+        .collect();
+    let mut sorted = reads.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=51).collect::<Vec<i64>>(), "one READ per row");
+    let row7: Vec<(Action, i64)> = delivered
+        .iter()
+        .filter(|e| e.1 == 7)
+        .map(|e| (e.0, e.2))
+        .collect();
+    assert_eq!(
+        row7,
+        vec![(Action::Read, 0), (Action::Update, 1)],
+        "row 7: its READ, retried, before its later change"
+    );
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        3,
+        "two failed attempts, then one delivered"
+    );
+    let logged = db
+        .client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE op = 'R' AND status = 'd'),
+                    (SELECT attempts FROM pgevents.event WHERE op = 'R' AND new_row->>'id' = '7'),
+                    (SELECT count(*) FROM pgevents.attempt a JOIN pgevents.event e ON e.seq = a.event_seq
+                      WHERE e.op = 'R')
+               FROM pgevents.event",
+            &[],
+        )
+        .await
+        .expect("the log");
+    assert_eq!(
+        logged.get::<_, i64>(0),
+        51,
+        "every READ recorded as delivered"
+    );
+    assert_eq!(logged.get::<_, i32>(1), 3, "row 7's READ: three attempts");
+    assert_eq!(logged.get::<_, i64>(2), 2, "its two failed attempts logged");
+    let state: String = db
+        .client
+        .query_one("SELECT state FROM pgevents.backfill WHERE id = $1", &[&id])
+        .await
+        .expect("state")
+        .get(0);
+    assert_eq!(state, "done");
+}
