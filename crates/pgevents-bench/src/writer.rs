@@ -10,6 +10,7 @@ use std::future::poll_fn;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
@@ -186,15 +187,23 @@ async fn set_up(bench: &Bench, mode: Mode) -> anyhow::Result<Running> {
     })
 }
 
+/// What a delivering mode had left when pgbench ended.
+#[derive(Debug, Clone, Copy)]
+struct Behind {
+    /// Events not yet at the handler.
+    events: i64,
+    /// Seconds from pgbench's end to the last event's delivery (0 when none was left).
+    catch_up: f64,
+}
+
 /// One pgbench run of `workload` in `mode`, from a freshly reset table; returns its TPS and,
-/// for the draining mode, how many of its events had not reached the handler yet when
-/// pgbench ended.
+/// for the delivering modes, what was left to deliver when pgbench ended.
 async fn measure(
     bench: &Bench,
     script: &Path,
     workload: Workload,
     mode: Mode,
-) -> anyhow::Result<(f64, Option<i64>)> {
+) -> anyhow::Result<(f64, Option<Behind>)> {
     bench.reset(bench.sizes.update_rows).await?;
     let running = set_up(bench, mode).await?;
     bench.checkpoint().await?;
@@ -211,11 +220,20 @@ async fn measure(
     let mut behind = None;
     match running {
         Running::Listener(listener, counter) => {
+            let ended = Instant::now();
             let delivered = counter.count();
-            behind = Some(result.transactions.saturating_sub(delivered) as i64);
+            let last = counter
+                .wait_for(result.transactions, Duration::from_secs(120))
+                .await
+                .context("waiting for the last events after pgbench")?;
+            let catch_up = last.saturating_duration_since(ended).as_secs_f64();
+            behind = Some(Behind {
+                events: result.transactions.saturating_sub(delivered) as i64,
+                catch_up,
+            });
             listener.stop().await?;
             eprintln!(
-                "    (the handler had received {delivered} of {} events when pgbench ended)",
+                "    (the handler had received {delivered} of {} events when pgbench ended, the last {catch_up:.3} s later)",
                 result.transactions
             );
         }
@@ -224,7 +242,7 @@ async fn measure(
         }
         Running::Notifications(listener, task, received) => {
             // Let the last notifications arrive, then stop listening.
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
             eprintln!(
                 "    (the LISTENer received {} notifications)",
                 received.load(Ordering::Relaxed)
@@ -247,6 +265,8 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         let mut tps: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); MODES.len()];
         let mut behind = Vec::new();
         let mut behind_logical = Vec::new();
+        let mut catch_up = Vec::new();
+        let mut catch_up_logical = Vec::new();
         for run in 0..runs {
             for k in 0..MODES.len() {
                 let m = (k + run) % MODES.len();
@@ -262,9 +282,13 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
                     .await?;
                 eprintln!("    {t:.0} TPS");
                 tps[m].push(t);
-                match mode {
-                    Mode::LogicalDraining => behind_logical.extend(p.map(|p| p as f64)),
-                    _ => behind.extend(p.map(|p| p as f64)),
+                let (events, secs) = match mode {
+                    Mode::LogicalDraining => (&mut behind_logical, &mut catch_up_logical),
+                    _ => (&mut behind, &mut catch_up),
+                };
+                if let Some(p) = p {
+                    events.push(p.events as f64);
+                    secs.push(p.catch_up);
                 }
             }
         }
@@ -307,6 +331,26 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
             behind_logical,
             "0 would mean capture and delivery kept up",
         );
+        report.row(
+            SECTION,
+            format!(
+                "{} · seconds from pgbench's end to the last event delivered (dispatcher delivering)",
+                workload.name()
+            ),
+            Unit::Secs,
+            catch_up,
+            "",
+        );
+        report.row(
+            SECTION,
+            format!(
+                "{} · seconds from pgbench's end to the last event delivered (logical mode)",
+                workload.name()
+            ),
+            Unit::Secs,
+            catch_up_logical.clone(),
+            "",
+        );
         let trigger = overhead[2];
         let (limit, name) = match workload {
             Workload::Insert => (20.0, "INSERT"),
@@ -331,6 +375,14 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
             overhead[5],
             Unit::Percent,
             Goal::AtMost(15.0),
+        );
+        report.check(
+            format!(
+                "logical mode, {name} at 8 clients: nothing undelivered 1 s after the writers stop"
+            ),
+            median(&catch_up_logical),
+            Unit::Secs,
+            Goal::AtMost(1.0),
         );
         report.check(
             format!("writer overhead, trigger mode, {name} at 8 clients, a `where` rejecting every row: within 5 points of no capture"),

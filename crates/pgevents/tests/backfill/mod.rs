@@ -141,6 +141,27 @@ async fn table(db: &Db) -> HashMap<i64, String> {
         .collect()
 }
 
+/// Backfill `id`'s state.
+async fn state(client: &tokio_postgres::Client, id: i64) -> String {
+    client
+        .query_one("SELECT state FROM pgevents.backfill WHERE id = $1", &[&id])
+        .await
+        .expect("backfill state")
+        .get(0)
+}
+
+/// The rows backfill `id` has read.
+async fn rows_done(client: &tokio_postgres::Client, id: i64) -> i64 {
+    client
+        .query_one(
+            "SELECT rows_done FROM pgevents.backfill WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("rows done")
+        .get(0)
+}
+
 async fn consistent_while_writers_write(logical: Option<&str>) {
     let db = db().await;
     db.client
@@ -176,14 +197,7 @@ async fn consistent_while_writers_write(logical: Option<&str>) {
     let during = writer.commits.load(Ordering::Relaxed);
     eventually(LIMIT, "the backfill done", || {
         let client = &db.client;
-        async move {
-            client
-                .query_one("SELECT state FROM pgevents.backfill WHERE id = $1", &[&id])
-                .await
-                .expect("backfill state")
-                .get::<_, String>(0)
-                == "done"
-        }
+        async move { state(client, id).await == "done" }
     })
     .await;
     let took = started.elapsed();
@@ -210,15 +224,7 @@ async fn consistent_while_writers_write(logical: Option<&str>) {
     }
     let _ = stop.send(());
     running.await.expect("listener task").expect("listener run");
-    let rows_done: i64 = db
-        .client
-        .query_one(
-            "SELECT rows_done FROM pgevents.backfill WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .expect("rows done")
-        .get(0);
+    let rows_done = rows_done(&db.client, id).await;
     let copy = copy.lock().expect("copy");
     assert!(
         copy.out_of_order.is_empty(),
@@ -450,11 +456,78 @@ async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
     );
     assert_eq!(logged.get::<_, i32>(1), 3, "row 7's READ: three attempts");
     assert_eq!(logged.get::<_, i64>(2), 2, "its two failed attempts logged");
-    let state: String = db
-        .client
-        .query_one("SELECT state FROM pgevents.backfill WHERE id = $1", &[&id])
+    assert_eq!(state(&db.client, id).await, "done");
+}
+
+/// A backfill started by the previous release stored a chunk statement that writes its
+/// events itself; a chunk runs it as it is, and the events reach the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_started_by_the_previous_release_runs_on() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE ledger (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO ledger SELECT g, g * 10 FROM generate_series(1, 30) g",
+        )
         .await
-        .expect("state")
-        .get(0);
-    assert_eq!(state, "done");
+        .expect("table");
+    let reads = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let r = reads.clone();
+    let listener = Listener::builder(&db.url)
+        .on("ledger", move |event: Event| {
+            if event.action() == Action::Read {
+                let id = event.new().and_then(|row| row["id"].as_i64());
+                r.lock().expect("reads").push(id.unwrap_or(-1));
+            }
+            std::future::ready(Ok::<_, std::convert::Infallible>(()))
+        })
+        .build()
+        .await
+        .expect("listener");
+    let id = listener.backfill("ledger", None).await.expect("backfill");
+    // The statement log version 4 stored for this table (its chunks write their events).
+    db.client
+        .execute(
+            "UPDATE pgevents.backfill b SET chunk_sql = format($f$
+                WITH chunk AS (
+                     SELECT pgevents_read.id AS pgevents_k0,
+                            hashtextextended((pgevents_read.\"id\")::text, %1$s) AS pgevents_key,
+                            to_json(pgevents_read) AS pgevents_image
+                       FROM \"public\".\"ledger\" AS pgevents_read
+                      WHERE ($1::text[] IS NULL
+                             OR (pgevents_read.\"id\") > (($1::text[])[1]::integer)) AND (true)
+                      ORDER BY pgevents_read.\"id\"
+                      LIMIT $2::int8
+                      FOR SHARE OF pgevents_read),
+                 written AS (
+                     INSERT INTO \"pgevents\".\"event\" (trigger_id, op, row_key, new_row, size)
+                     SELECT %1$s, 'R', c.pgevents_key, c.pgevents_image,
+                            \"pgevents\".\"event_size\"(NULL, c.pgevents_image)
+                       FROM chunk c ORDER BY c.pgevents_k0
+                     RETURNING size)
+                 SELECT (SELECT count(*) FROM written),
+                        (SELECT coalesce(sum(size), 0)::int8 FROM written),
+                        (SELECT ARRAY[c.pgevents_k0::text] FROM chunk c
+                          ORDER BY c.pgevents_k0 DESC LIMIT 1)$f$, b.trigger_id)
+              WHERE b.id = $1",
+            &[&id],
+        )
+        .await
+        .expect("the previous release's statement");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(listener.run(async move {
+        let _ = stopped.await;
+    }));
+    eventually(LIMIT, "the backfill done and its READs delivered", || {
+        let client = &db.client;
+        let n = reads.lock().expect("reads").len();
+        async move { n >= 30 && state(client, id).await == "done" }
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.expect("listener task").expect("listener run");
+    let mut got = reads.lock().expect("reads").clone();
+    got.sort_unstable();
+    assert_eq!(got, (1..=30).collect::<Vec<i64>>(), "one READ per row");
+    assert_eq!(rows_done(&db.client, id).await, 30);
 }
