@@ -3,13 +3,11 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgevents_delivery::{DynSink, RetryPolicy};
 use pgevents_event::{Action, Event, EventParts};
-use pgevents_log::backfill::{ChunkDelivery, Reading};
 use pgevents_log::store::{ClaimToken, Claimed, Settlement, Store, Verdict};
 use pgevents_log::{Error, LogSchema};
 use pgevents_trigger::Trigger;
@@ -18,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::breaker::{Allowance, Breakers, TRIP_AFTER};
 use crate::deliver;
+use crate::in_chunk::InChunk;
 use crate::wake::Waker;
 use crate::Health;
 
@@ -25,12 +24,12 @@ use crate::Health;
 /// its ready sink and its retry policy.
 #[derive(Clone)]
 pub struct Route {
-    trigger_id: i32,
-    name: Arc<str>,
+    pub(crate) trigger_id: i32,
+    pub(crate) name: Arc<str>,
     schema: Arc<str>,
     table: Arc<str>,
-    sink: Arc<dyn DynSink>,
-    retry: RetryPolicy,
+    pub(crate) sink: Arc<dyn DynSink>,
+    pub(crate) retry: RetryPolicy,
 }
 
 impl Route {
@@ -184,25 +183,25 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 /// State shared by the claim loop, delivery tasks, the settler and the lease keeper.
-struct Shared {
+pub(crate) struct Shared {
     /// Claims not yet settled.
-    in_flight: Mutex<InFlight>,
+    pub(crate) in_flight: Mutex<InFlight>,
     /// Signalled after each settled batch: capacity is free, later events of a row may be due.
     settled: Notify,
     /// When the retries this dispatcher scheduled, and its breakers' probes, fall due
     /// (earliest first), so an idle loop wakes for them. One entry per retry verdict or
     /// opened breaker, dropped once due: at most the retries of the longest retry interval,
     /// and a failing destination's breaker keeps those to a trickle.
-    retries: Mutex<BinaryHeap<Reverse<Instant>>>,
+    pub(crate) retries: Mutex<BinaryHeap<Reverse<Instant>>>,
     /// Each trigger's circuit breaker.
-    breakers: Mutex<Breakers>,
+    pub(crate) breakers: Mutex<Breakers>,
 }
 
 impl Shared {
     /// Tells `trigger_id`'s breaker how an attempt went, as soon as it ended (not when the
     /// outcome is written: a dead destination is found within a claim); when that opens the
     /// breaker, the claim loop wakes for the probe.
-    fn record_outcome(&self, trigger_id: i32, verdict: &Verdict) {
+    pub(crate) fn record_outcome(&self, trigger_id: i32, verdict: &Verdict) {
         let delivered = match verdict {
             Verdict::Delivered => true,
             Verdict::Retry(_) => false,
@@ -215,14 +214,14 @@ impl Shared {
     }
 }
 
-struct Done {
-    settlement: Settlement,
-    _permit: OwnedSemaphorePermit,
+pub(crate) struct Done {
+    pub(crate) settlement: Settlement,
+    pub(crate) _permit: OwnedSemaphorePermit,
 }
 
 /// The claims a dispatcher holds and has not settled yet.
 #[derive(Default)]
-struct InFlight {
+pub(crate) struct InFlight {
     /// Each claim, with its trigger, its size and when its lease was last taken or renewed.
     leases: HashMap<ClaimToken, Lease>,
     /// How many claims each trigger holds.
@@ -238,7 +237,7 @@ struct Lease {
 }
 
 impl InFlight {
-    fn insert(&mut self, claim: ClaimToken, trigger_id: i32, size: usize, at: Instant) {
+    pub(crate) fn insert(&mut self, claim: ClaimToken, trigger_id: i32, size: usize, at: Instant) {
         let lease = Lease {
             trigger_id,
             size,
@@ -251,7 +250,7 @@ impl InFlight {
         self.bytes += size;
     }
 
-    fn remove(&mut self, claim: &ClaimToken) {
+    pub(crate) fn remove(&mut self, claim: &ClaimToken) {
         if let Some(lease) = self.leases.remove(claim) {
             self.release(&lease);
         }
@@ -411,17 +410,18 @@ impl Dispatcher {
         // Backfills are written beside delivery, on a connection of their own; a chunk is short,
         // so the worker stops between two of them at shutdown.
         let (stop_backfills, backfills_stopped) = watch::channel(false);
-        let in_chunk = InChunk {
-            routes: self.routes.clone(),
-            salt: self.salt,
-            owner: self.owner,
-            shared: shared.clone(),
-            permits: Arc::new(Semaphore::new(self.options.max_in_flight)),
-        };
+        let in_chunk = Arc::new(InChunk::new(
+            self.routes.clone(),
+            self.salt,
+            self.owner,
+            self.options.clone(),
+            shared.clone(),
+            done_tx.clone(),
+        ));
         let backfills = tokio::spawn(crate::backfill::run(
             self.url.clone(),
             self.schema.clone(),
-            Arc::new(in_chunk),
+            in_chunk.clone(),
             backfills_stopped,
         ));
         let mut deliveries = JoinSet::new();
@@ -452,8 +452,10 @@ impl Dispatcher {
         // Drain: let in-flight deliveries finish (bounded), then give back what is left.
         let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
         drain(&mut deliveries, deadline).await;
+        in_chunk.drain(deadline).await;
         let ClaimLoop { done_tx, store, .. } = claim;
         drop(done_tx);
+        drop(in_chunk);
         // The settler writes everything that finished, then exits when the channel closes;
         // past the drain deadline it stops retrying a database that is gone.
         let _ = stop_settler_tx.send(false);
@@ -476,7 +478,7 @@ impl Dispatcher {
 }
 
 /// The event `claimed` holds, as `route` delivers it.
-fn event_of(claimed: Claimed, route: &Route, salt: u16) -> Result<Event, String> {
+pub(crate) fn event_of(claimed: Claimed, route: &Route, salt: u16) -> Result<Event, String> {
     let action = Action::from_code(claimed.op).map_err(|e| e.to_string())?;
     Ok(Event::from_parts(EventParts {
         seq: claimed.seq,
@@ -492,72 +494,9 @@ fn event_of(claimed: Claimed, route: &Route, salt: u16) -> Result<Event, String>
     }))
 }
 
-/// Delivers the `READ` events of backfill chunks from the chunk itself, while it holds
-/// their rows (see [`pgevents_log::backfill::run_chunk`]), to a trigger whose breaker is
-/// closed.
-struct InChunk {
-    routes: HashMap<i32, Route>,
-    salt: u16,
-    owner: i64,
-    shared: Arc<Shared>,
-    /// Bounds the attempts under way (`max_in_flight`). Not the claim loop's permits: it
-    /// claims as many events as it finds permits free, and each claimed event must get one.
-    permits: Arc<Semaphore>,
-}
-
-impl ChunkDelivery for InChunk {
-    fn owner(&self) -> i64 {
-        self.owner
-    }
-
-    fn deliver(
-        &self,
-        trigger_id: i32,
-        readings: Vec<Reading>,
-    ) -> Pin<Box<dyn Future<Output = Vec<Settlement>> + Send + '_>> {
-        Box::pin(async move {
-            let Some(route) = self.routes.get(&trigger_id) else {
-                return Vec::new();
-            };
-            let allowance = lock(&self.shared.breakers).allowance(trigger_id, Instant::now());
-            if allowance != Allowance::Closed {
-                return Vec::new();
-            }
-            let attempts = readings.into_iter().map(|r| async move {
-                let _permit = self.permits.clone().acquire_owned().await.ok()?;
-                let claimed = Claimed {
-                    seq: r.seq,
-                    trigger_id,
-                    op: Action::Read.code(),
-                    old: None,
-                    new: Some(r.image),
-                    created_at: r.created_at,
-                    attempts: 1,
-                    current_retry: 0,
-                    row_key: r.row_key,
-                };
-                let claim = claimed.token();
-                let event = event_of(claimed, route, self.salt).ok()?;
-                let settlement =
-                    deliver::attempt(route.sink.clone(), route.retry, event, 0, claim).await;
-                self.shared.record_outcome(trigger_id, &settlement.verdict);
-                if let Verdict::Retry(after) = settlement.verdict {
-                    lock(&self.shared.retries).push(Reverse(Instant::now() + after));
-                }
-                Some(settlement)
-            });
-            futures::future::join_all(attempts)
-                .await
-                .into_iter()
-                .flatten()
-                .collect()
-        })
-    }
-}
-
 /// Waits for `deliveries` to finish until `deadline`, then aborts the rest (their events
 /// are released, or come back when their lease ends).
-async fn drain(deliveries: &mut JoinSet<()>, deadline: tokio::time::Instant) {
+pub(crate) async fn drain(deliveries: &mut JoinSet<()>, deadline: tokio::time::Instant) {
     while !deliveries.is_empty() {
         match tokio::time::timeout_at(deadline, deliveries.join_next()).await {
             Ok(Some(_)) => {}
@@ -592,7 +531,7 @@ async fn release_unfinished(shared: &Shared, store: Option<Store>, owner: i64) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these short locks cannot leave the data inconsistent.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -18,6 +18,7 @@ mod breaker;
 mod deliver;
 mod dispatcher;
 mod health;
+mod in_chunk;
 pub mod telemetry;
 mod wake;
 

@@ -27,7 +27,9 @@
 //!    (half the database's work per row, measured);
 //! 4. writes the `READ` events into `event`: those delivered as delivered, those whose
 //!    attempt failed with its outcome (retried by the dispatchers like any event, holding
-//!    back later events of their row), the rest pending;
+//!    back later events of their row), those whose attempt is still under way (the delivery
+//!    waits only a moment) leased to the delivering dispatcher, which settles them once the
+//!    chunk committed ([`ChunkDelivery::finished`]), the rest pending;
 //! 5. moves `last_key` with a compare-and-set: when another process wrote that chunk first
 //!    (or the backfill was cancelled) nothing is written.
 //!
@@ -40,6 +42,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -396,20 +399,39 @@ pub struct Reading {
     pub created_at: DateTime<Utc>,
 }
 
+/// What became of a `READ` a chunk gave its [`ChunkDelivery`].
+#[derive(Debug, Clone)]
+pub enum Attempted {
+    /// The attempt ended (under the claim of the event's position, attempt 1).
+    Ended(Settlement),
+    /// The attempt at the event at this position is still under way: the chunk writes it
+    /// leased to the delivery's owner for [`ChunkDelivery::lease`], and its outcome is
+    /// settled like any claimed event's once the chunk committed.
+    UnderWay(i64),
+}
+
 /// Delivers `READ` events while their chunk holds their rows (see [`run_chunk`]).
 pub trait ChunkDelivery: Send + Sync {
     /// The lease owner the attempts are recorded under.
     fn owner(&self) -> i64;
 
+    /// How long an event whose attempt is still under way stays leased (renewed by its
+    /// owner while it lives).
+    fn lease(&self) -> Duration;
+
     /// Attempts the events of `readings` (trigger `trigger_id`'s, each the first of its
-    /// ordering key with nothing of that key pending before it); returns the outcome of each
-    /// one attempted, under the claim (its position, attempt 1). Those left out are written
-    /// to the log as pending, for the dispatchers.
+    /// ordering key with nothing of that key pending before it) and returns what became of
+    /// each one attempted; those left out are written to the log as pending, for the
+    /// dispatchers. Should return soon: the chunk holds its rows until it commits.
     fn deliver(
         &self,
         trigger_id: i32,
         readings: Vec<Reading>,
-    ) -> Pin<Box<dyn Future<Output = Vec<Settlement>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Vec<Attempted>> + Send + '_>>;
+
+    /// Called once after each [`deliver`](Self::deliver): whether the chunk committed (the
+    /// events under way are in the log) or not (they are not, and their outcomes are moot).
+    fn finished(&self, committed: bool);
 }
 
 /// Writes the next chunk of backfill `id`, at most `max_rows` rows, in one transaction (see
@@ -479,57 +501,102 @@ pub async fn run_chunk(
         _ => Error::query(format!("writing backfill {id}'s next chunk"), e),
     }
     };
-    let (rows, bytes, next_key, delivered) = if chunk_sql.starts_with(READ_FORM) {
-        let read = tx
-            .query(chunk_sql.as_str(), &[&last_key, &max_rows])
-            .await
-            .map_err(chunk_error)?;
-        let next_key: Option<Vec<String>> = read.last().map(|r| r.get(3));
-        let readings: Vec<Reading> = read
-            .into_iter()
-            .map(|r| Reading {
-                seq: r.get(0),
-                row_key: r.get(1),
-                image: r.get(2),
-                created_at: r.get(4),
-            })
-            .collect();
-        move_captured(&tx, schema).await?;
-        let attempted = match delivery {
-            Some(delivery) => {
-                let free = free_to_deliver(&tx, schema, trigger_id, &readings).await?;
-                if free.is_empty() {
-                    Vec::new()
-                } else {
-                    delivery.deliver(trigger_id, free).await
-                }
-            }
-            None => Vec::new(),
-        };
-        let owner = delivery.map_or(0, |d| d.owner());
-        let delivered = write_reads(&tx, schema, trigger_id, &readings, &attempted, owner).await?;
-        let bytes = readings.iter().map(|r| r.image.len() as i64).sum();
-        (readings.len() as i64, bytes, next_key, delivered)
-    } else {
+    if !chunk_sql.starts_with(READ_FORM) {
         let written = tx
             .query_one(chunk_sql.as_str(), &[&last_key, &max_rows])
             .await
             .map_err(chunk_error)?;
         move_captured(&tx, schema).await?;
-        (written.get(0), written.get(1), written.get(2), 0)
+        let read = Read {
+            rows: written.get(0),
+            bytes: written.get(1),
+            next_key: written.get(2),
+            delivered: 0,
+        };
+        return conclude(tx, schema, id, &last_key, read, max_rows).await;
+    }
+    let rows = tx
+        .query(chunk_sql.as_str(), &[&last_key, &max_rows])
+        .await
+        .map_err(chunk_error)?;
+    let next_key: Option<Vec<String>> = rows.last().map(|r| r.get(3));
+    let readings: Vec<Reading> = rows
+        .into_iter()
+        .map(|r| Reading {
+            seq: r.get(0),
+            row_key: r.get(1),
+            image: r.get(2),
+            created_at: r.get(4),
+        })
+        .collect();
+    move_captured(&tx, schema).await?;
+    let bytes = readings.iter().map(|r| r.image.len() as i64).sum();
+    let mut read = Read {
+        rows: readings.len() as i64,
+        bytes,
+        next_key,
+        delivered: 0,
     };
-    let done = rows < max_rows;
+    let free = match delivery {
+        Some(_) => free_to_deliver(&tx, schema, trigger_id, &readings).await?,
+        None => Vec::new(),
+    };
+    let (Some(delivery), false) = (delivery, free.is_empty()) else {
+        write_reads(&tx, schema, trigger_id, &readings, &[], None).await?;
+        return conclude(tx, schema, id, &last_key, read, max_rows).await;
+    };
+    // From here the delivery is told whether the chunk committed: its attempts still under
+    // way report their outcomes only for events the log holds.
+    let attempted = delivery.deliver(trigger_id, free).await;
+    let chunk = async {
+        read.delivered = write_reads(
+            &tx,
+            schema,
+            trigger_id,
+            &readings,
+            &attempted,
+            Some(delivery),
+        )
+        .await?;
+        conclude(tx, schema, id, &last_key, read, max_rows).await
+    }
+    .await;
+    delivery.finished(matches!(chunk, Ok(Chunk::Written { .. })));
+    chunk
+}
+
+/// What a chunk read and wrote.
+struct Read {
+    rows: i64,
+    bytes: i64,
+    next_key: Option<Vec<String>>,
+    delivered: i64,
+}
+
+/// Moves backfill `id`'s last key from `last_key` past the chunk `read` (done when it held
+/// fewer than `max_rows` rows) and commits the chunk; when another process moved it first,
+/// rolls the chunk back.
+async fn conclude(
+    tx: Transaction<'_>,
+    schema: &LogSchema,
+    id: i64,
+    last_key: &Option<Vec<String>>,
+    read: Read,
+    max_rows: i64,
+) -> Result<Chunk, Error> {
+    let done = read.rows < max_rows;
     let advanced = tx
         .execute(
             &format!(
-                "UPDATE {backfill}
+                "UPDATE {}
                     SET last_key = coalesce($3, last_key), rows_done = rows_done + $4,
                         updated_at = now(),
                         state = CASE WHEN $5 THEN 'done' ELSE state END,
                         finished_at = CASE WHEN $5 THEN now() END
-                  WHERE id = $1 AND state = 'running' AND last_key IS NOT DISTINCT FROM $2"
+                  WHERE id = $1 AND state = 'running' AND last_key IS NOT DISTINCT FROM $2",
+                schema.object("backfill")
             ),
-            &[&id, &last_key, &next_key, &rows, &done],
+            &[&id, last_key, &read.next_key, &read.rows, &done],
         )
         .await
         .map_err(|e| Error::query("recording a backfill's progress", e))?;
@@ -539,7 +606,7 @@ pub async fn run_chunk(
             .map_err(|e| Error::query("abandoning a backfill chunk", e))?;
         return Ok(Chunk::Stopped);
     }
-    if rows > delivered {
+    if read.rows > read.delivered {
         tx.execute("SELECT pg_notify($1, '')", &[&wake_channel(schema)])
             .await
             .map_err(|e| Error::query("waking dispatchers", e))?;
@@ -548,9 +615,9 @@ pub async fn run_chunk(
         .await
         .map_err(|e| Error::query("committing a backfill chunk", e))?;
     Ok(Chunk::Written {
-        rows,
-        bytes,
-        delivered,
+        rows: read.rows,
+        bytes: read.bytes,
+        delivered: read.delivered,
         done,
     })
 }
@@ -620,43 +687,53 @@ async fn free_to_deliver(
         .collect())
 }
 
-/// Writes the chunk's `READ` events: delivered (`attempted` says so), pending after the
-/// failed attempt `attempted` holds (its outcome recorded as a settle records it), or
-/// pending for the dispatchers. Returns how many were delivered.
+/// Writes the chunk's `READ` events: delivered, pending after a failed attempt (its outcome
+/// recorded as a settle records it), leased to `delivery`'s owner while their attempt is
+/// under way, or pending for the dispatchers, as `attempted` says. Returns how many were
+/// delivered.
 async fn write_reads(
     tx: &Transaction<'_>,
     schema: &LogSchema,
     trigger_id: i32,
     readings: &[Reading],
-    attempted: &[Settlement],
-    owner: i64,
+    attempted: &[Attempted],
+    delivery: Option<&dyn ChunkDelivery>,
 ) -> Result<i64, Error> {
-    let by_seq: HashMap<i64, &Settlement> = attempted.iter().map(|s| (s.claim.seq, s)).collect();
-    // 0: not attempted; 1: delivered; 2: attempted, outcome recorded below.
+    let (owner, lease) = delivery.map_or((0, Duration::ZERO), |d| (d.owner(), d.lease()));
+    let by_seq: HashMap<i64, &Attempted> = attempted
+        .iter()
+        .map(|a| match a {
+            Attempted::Ended(s) => (s.claim.seq, a),
+            Attempted::UnderWay(seq) => (*seq, a),
+        })
+        .collect();
+    let ended = |r: &Reading| match by_seq.get(&r.seq) {
+        Some(Attempted::Ended(s)) => Some(s),
+        _ => None,
+    };
+    // 0: not attempted; 1: delivered; 2: failed, outcome recorded below; 3: under way.
     let outcome: Vec<i16> = readings
         .iter()
         .map(|r| match by_seq.get(&r.seq) {
             None => 0,
-            Some(s) if s.verdict == Verdict::Delivered => 1,
-            Some(_) => 2,
+            Some(Attempted::Ended(s)) if s.verdict == Verdict::Delivered => 1,
+            Some(Attempted::Ended(_)) => 2,
+            Some(Attempted::UnderWay(_)) => 3,
         })
         .collect();
     let status: Vec<Option<i32>> = readings
         .iter()
-        .map(|r| by_seq.get(&r.seq).and_then(|s| s.status))
+        .map(|r| ended(r).and_then(|s| s.status))
         .collect();
     let duration: Vec<Option<i32>> = readings
         .iter()
-        .map(|r| {
-            by_seq
-                .get(&r.seq)
-                .map(|s| i32::try_from(s.duration.as_millis()).unwrap_or(i32::MAX))
-        })
+        .map(|r| ended(r).map(|s| i32::try_from(s.duration.as_millis()).unwrap_or(i32::MAX)))
         .collect();
     let seq: Vec<i64> = readings.iter().map(|r| r.seq).collect();
     let row_key: Vec<Option<i64>> = readings.iter().map(|r| r.row_key).collect();
     let image: Vec<&str> = readings.iter().map(|r| r.image.as_str()).collect();
     let created_at: Vec<DateTime<Utc>> = readings.iter().map(|r| r.created_at).collect();
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     tx.execute(
         &format!(
             "INSERT INTO {event}
@@ -668,8 +745,9 @@ async fn write_reads(
                     CASE WHEN r.outcome = 0 THEN 0 ELSE 1 END,
                     CASE WHEN r.outcome = 1 THEN now() END,
                     r.status, r.duration_ms,
-                    CASE WHEN r.outcome = 2 THEN $2::int8 END,
-                    CASE WHEN r.outcome = 2 THEN now() END
+                    CASE WHEN r.outcome IN (2, 3) THEN $2::int8 END,
+                    CASE r.outcome WHEN 2 THEN now()
+                                   WHEN 3 THEN now() + $10::int8 * interval '1 millisecond' END
                FROM unnest($3::int8[], $4::int8[], $5::text[], $6::timestamptz[], $7::int2[],
                            $8::int4[], $9::int4[])
                  AS r(seq, row_key, image, created_at, outcome, status, duration_ms)",
@@ -685,12 +763,14 @@ async fn write_reads(
             &outcome,
             &status,
             &duration,
+            &lease_ms,
         ],
     )
     .await
     .map_err(|e| Error::query("writing a backfill chunk's events", e))?;
-    let failed: Vec<Settlement> = attempted
+    let failed: Vec<Settlement> = readings
         .iter()
+        .filter_map(ended)
         .filter(|s| s.verdict != Verdict::Delivered)
         .cloned()
         .collect();

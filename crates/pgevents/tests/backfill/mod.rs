@@ -531,3 +531,117 @@ async fn a_backfill_started_by_the_previous_release_runs_on() {
     assert_eq!(got, (1..=30).collect::<Vec<i64>>(), "one READ per row");
     assert_eq!(rows_done(&db.client, id).await, 30);
 }
+
+/// A chunk does not wait for a slow destination: an attempt still under way after a moment
+/// is written leased to the dispatcher, the chunk commits (its rows unlocked), and the
+/// attempt's outcome is settled afterwards; a later change of that row waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_read_leaves_its_chunk_and_still_comes_first() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE slow (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO slow SELECT g, 0 FROM generate_series(1, 20) g",
+        )
+        .await
+        .expect("table");
+    let delivered = Arc::new(Mutex::new(Vec::<(Action, i64, i64)>::new()));
+    let d = delivered.clone();
+    let listener = Listener::builder(&db.url)
+        .on("slow", move |event: Event| {
+            let d = d.clone();
+            async move {
+                let row = event.new().cloned().unwrap_or_default();
+                let (id, v) = (
+                    row["id"].as_i64().unwrap_or(-1),
+                    row["v"].as_i64().unwrap_or(-1),
+                );
+                if event.action() == Action::Read && id == 5 {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                d.lock().expect("delivered").push((event.action(), id, v));
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+        .build()
+        .await
+        .expect("listener");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(listener.run(async move {
+        let _ = stopped.await;
+    }));
+    db.client
+        .execute("INSERT INTO slow VALUES (21, 0)", &[])
+        .await
+        .expect("insert row 21");
+    eventually(LIMIT, "the insert delivered", || {
+        let n = delivered.lock().expect("delivered").len();
+        async move { n >= 1 }
+    })
+    .await;
+    let starter = Listener::builder(&db.url)
+        .on("slow", |_: Event| async {
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .build()
+        .await
+        .expect("a second listener");
+    let id = starter.backfill("slow", None).await.expect("backfill");
+    eventually(LIMIT, "the backfill done", || {
+        let client = &db.client;
+        async move { state(client, id).await == "done" }
+    })
+    .await;
+    assert!(
+        !delivered
+            .lock()
+            .expect("delivered")
+            .iter()
+            .any(|e| e.0 == Action::Read && e.1 == 5),
+        "the chunk committed while row 5's READ was still being delivered"
+    );
+    // Row 5's READ is in the log, leased while its attempt goes on: this change waits for it.
+    db.client
+        .execute("UPDATE slow SET v = 1 WHERE id = 5", &[])
+        .await
+        .expect("update row 5");
+    eventually(LIMIT, "every READ and the update delivered", || {
+        let n = delivered.lock().expect("delivered").len();
+        async move { n >= 23 }
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.expect("listener task").expect("listener run");
+    let row5: Vec<(Action, i64)> = delivered
+        .lock()
+        .expect("delivered")
+        .iter()
+        .filter(|e| e.1 == 5)
+        .map(|e| (e.0, e.2))
+        .collect();
+    assert_eq!(
+        row5,
+        vec![(Action::Read, 0), (Action::Update, 1)],
+        "row 5: its READ before its later change"
+    );
+    let logged = db
+        .client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'd'),
+                    count(*) FILTER (WHERE new_row->>'id' = '5' AND status = 'd' AND attempts = 1)
+               FROM pgevents.event WHERE op = 'R'",
+            &[],
+        )
+        .await
+        .expect("the log");
+    assert_eq!(
+        logged.get::<_, i64>(0),
+        21,
+        "every READ recorded as delivered"
+    );
+    assert_eq!(
+        logged.get::<_, i64>(1),
+        1,
+        "row 5's READ settled after its chunk, once"
+    );
+}

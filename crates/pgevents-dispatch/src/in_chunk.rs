@@ -1,0 +1,194 @@
+//! Delivering the `READ` events of backfill chunks from the chunk itself, while it holds
+//! their rows (see [`pgevents_log::backfill::run_chunk`]).
+//!
+//! A chunk waits at most [`CHUNK_WAIT`] for its attempts: its rows stay locked until it
+//! commits, and writers changing them wait meanwhile. An attempt still under way then is
+//! written leased to this dispatcher and becomes one of its claims: its lease is renewed,
+//! and once the chunk has committed its outcome goes to the settler like any other.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgevents_event::Action;
+use pgevents_log::backfill::{Attempted, ChunkDelivery, Reading};
+use pgevents_log::store::{Claimed, Verdict};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::breaker::Allowance;
+use crate::deliver;
+use crate::dispatcher::{drain, event_of, lock, Done, Options, Route, Shared};
+
+/// How long a chunk waits for its attempts before it leaves those still under way to the
+/// settler.
+const CHUNK_WAIT: Duration = Duration::from_millis(100);
+
+/// A dispatcher's delivery of backfill chunks' events, to triggers whose breaker is closed.
+pub(crate) struct InChunk {
+    routes: HashMap<i32, Route>,
+    salt: u16,
+    owner: i64,
+    lease: Duration,
+    shared: Arc<Shared>,
+    /// Bounds the attempts under way (`max_in_flight`). Not the claim loop's permits: it
+    /// claims as many events as it finds permits free, and each claimed event must get one.
+    permits: Arc<Semaphore>,
+    /// Where attempts that outlived their chunk's wait send their outcome.
+    done_tx: mpsc::Sender<Done>,
+    /// The attempts (reaped at each chunk, drained at shutdown).
+    tasks: Mutex<JoinSet<()>>,
+    /// Tells the current chunk's attempts whether it committed.
+    committed: Mutex<Option<watch::Sender<Option<bool>>>>,
+}
+
+impl InChunk {
+    pub(crate) fn new(
+        routes: HashMap<i32, Route>,
+        salt: u16,
+        owner: i64,
+        options: Options,
+        shared: Arc<Shared>,
+        done_tx: mpsc::Sender<Done>,
+    ) -> InChunk {
+        InChunk {
+            routes,
+            salt,
+            owner,
+            lease: options.lease,
+            shared,
+            permits: Arc::new(Semaphore::new(options.max_in_flight)),
+            done_tx,
+            tasks: Mutex::new(JoinSet::new()),
+            committed: Mutex::new(None),
+        }
+    }
+
+    /// Waits for the attempts still under way until `deadline`, then aborts the rest (their
+    /// events are released with the dispatcher's other claims, or come back when their
+    /// lease ends).
+    pub(crate) async fn drain(&self, deadline: tokio::time::Instant) {
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
+        drain(&mut tasks, deadline).await;
+    }
+}
+
+impl ChunkDelivery for InChunk {
+    fn owner(&self) -> i64 {
+        self.owner
+    }
+
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn deliver(
+        &self,
+        trigger_id: i32,
+        readings: Vec<Reading>,
+    ) -> Pin<Box<dyn Future<Output = Vec<Attempted>> + Send + '_>> {
+        Box::pin(async move {
+            let Some(route) = self.routes.get(&trigger_id) else {
+                return Vec::new();
+            };
+            let allowance = lock(&self.shared.breakers).allowance(trigger_id, Instant::now());
+            if allowance != Allowance::Closed {
+                return Vec::new();
+            }
+            let (commit_tx, commit_rx) = watch::channel(None);
+            *lock(&self.committed) = Some(commit_tx);
+            {
+                let mut tasks = lock(&self.tasks);
+                while tasks.try_join_next().is_some() {}
+            }
+            let deadline = tokio::time::Instant::now() + CHUNK_WAIT;
+            let mut waiting = Vec::with_capacity(readings.len());
+            for r in readings {
+                let permit = self.permits.clone().acquire_owned();
+                let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, permit).await else {
+                    break;
+                };
+                let claimed = Claimed {
+                    seq: r.seq,
+                    trigger_id,
+                    op: Action::Read.code(),
+                    old: None,
+                    new: Some(r.image),
+                    created_at: r.created_at,
+                    attempts: 1,
+                    current_retry: 0,
+                    row_key: r.row_key,
+                };
+                let (claim, size) = (claimed.token(), claimed.size());
+                let Ok(event) = event_of(claimed, route, self.salt) else {
+                    continue;
+                };
+                let (sink, policy) = (route.sink.clone(), route.retry);
+                let (shared, done_tx) = (self.shared.clone(), self.done_tx.clone());
+                let mut committed = commit_rx.clone();
+                let (ended_tx, ended_rx) = oneshot::channel();
+                lock(&self.tasks).spawn(async move {
+                    let settlement = deliver::attempt(sink, policy, event, 0, claim).await;
+                    shared.record_outcome(trigger_id, &settlement.verdict);
+                    let retry = match settlement.verdict {
+                        Verdict::Retry(after) => Some(after),
+                        _ => None,
+                    };
+                    // Taken by the chunk, which writes the outcome itself.
+                    let Err(settlement) = ended_tx.send(settlement) else {
+                        if let Some(after) = retry {
+                            lock(&shared.retries).push(Reverse(Instant::now() + after));
+                        }
+                        return;
+                    };
+                    // Left under way: settled like any claim once the chunk committed.
+                    let outcome = committed.wait_for(Option::is_some).await.map(|c| *c);
+                    if matches!(outcome, Ok(Some(true))) {
+                        let _ = done_tx
+                            .send(Done {
+                                settlement,
+                                _permit: permit,
+                            })
+                            .await;
+                    } else {
+                        lock(&shared.in_flight).remove(&settlement.claim);
+                    }
+                });
+                waiting.push((claim, size, ended_rx));
+            }
+            let mut attempted = Vec::with_capacity(waiting.len());
+            for (claim, size, mut ended) in waiting {
+                match tokio::time::timeout_at(deadline, &mut ended).await {
+                    Ok(Ok(settlement)) => attempted.push(Attempted::Ended(settlement)),
+                    // The attempt's task is gone: the event is written pending.
+                    Ok(Err(_)) => {}
+                    Err(_) => {
+                        ended.close();
+                        match ended.try_recv() {
+                            Ok(settlement) => attempted.push(Attempted::Ended(settlement)),
+                            Err(_) => {
+                                lock(&self.shared.in_flight).insert(
+                                    claim,
+                                    trigger_id,
+                                    size,
+                                    Instant::now(),
+                                );
+                                attempted.push(Attempted::UnderWay(claim.seq));
+                            }
+                        }
+                    }
+                }
+            }
+            attempted
+        })
+    }
+
+    fn finished(&self, committed: bool) {
+        if let Some(tx) = lock(&self.committed).take() {
+            let _ = tx.send(Some(committed));
+        }
+    }
+}
