@@ -162,6 +162,46 @@ async fn rows_done(client: &tokio_postgres::Client, id: i64) -> i64 {
         .get(0)
 }
 
+/// Runs `listener` (whose table `table` has columns `id` and `v`), inserts row `new_id` and
+/// waits for it to be delivered (`delivered` counts deliveries; a destination that has not
+/// delivered yet is on trial, and backfill chunks leave its events to the dispatcher), then
+/// starts a backfill of the table the way an application does beside its running listener.
+/// Returns the listener's stop, its task and the backfill's id.
+async fn backfill_after_a_change(
+    db: &Db,
+    listener: Listener,
+    table: &str,
+    new_id: i32,
+    delivered: impl Fn() -> usize,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), pgevents::Error>>,
+    i64,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(listener.run(async move {
+        let _ = stopped.await;
+    }));
+    db.client
+        .execute(&format!("INSERT INTO {table} VALUES ($1, 0)"), &[&new_id])
+        .await
+        .expect("insert a row");
+    eventually(LIMIT, "the insert delivered", || {
+        let n = delivered();
+        async move { n >= 1 }
+    })
+    .await;
+    let starter = Listener::builder(&db.url)
+        .on(table, |_: Event| async {
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .build()
+        .await
+        .expect("a second listener");
+    let id = starter.backfill(table, None).await.expect("backfill");
+    (stop, running, id)
+}
+
 async fn consistent_while_writers_write(logical: Option<&str>) {
     let db = db().await;
     db.client
@@ -366,30 +406,10 @@ async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
         .build()
         .await
         .expect("listener");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(listener.run(async move {
-        let _ = stopped.await;
-    }));
-    // A change delivered first: a destination that has not delivered yet is on trial, and
-    // backfill chunks leave its events to the dispatcher.
-    db.client
-        .execute("INSERT INTO accounts VALUES (51, 0)", &[])
-        .await
-        .expect("insert row 51");
-    eventually(LIMIT, "the insert delivered", || {
-        let n = delivered.lock().expect("delivered").len();
-        async move { n >= 1 }
+    let (stop, running, id) = backfill_after_a_change(&db, listener, "accounts", 51, || {
+        delivered.lock().expect("delivered").len()
     })
     .await;
-    // Started the way an application starts one beside its running listener.
-    let starter = Listener::builder(&db.url)
-        .on("accounts", |_: Event| async {
-            Ok::<_, std::convert::Infallible>(())
-        })
-        .build()
-        .await
-        .expect("a second listener");
-    let id = starter.backfill("accounts", None).await.expect("backfill");
     eventually(LIMIT, "row 7's READ failing once", || {
         let n = failures.load(Ordering::SeqCst);
         async move { n >= 1 }
@@ -566,27 +586,10 @@ async fn a_slow_read_leaves_its_chunk_and_still_comes_first() {
         .build()
         .await
         .expect("listener");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(listener.run(async move {
-        let _ = stopped.await;
-    }));
-    db.client
-        .execute("INSERT INTO slow VALUES (21, 0)", &[])
-        .await
-        .expect("insert row 21");
-    eventually(LIMIT, "the insert delivered", || {
-        let n = delivered.lock().expect("delivered").len();
-        async move { n >= 1 }
+    let (stop, running, id) = backfill_after_a_change(&db, listener, "slow", 21, || {
+        delivered.lock().expect("delivered").len()
     })
     .await;
-    let starter = Listener::builder(&db.url)
-        .on("slow", |_: Event| async {
-            Ok::<_, std::convert::Infallible>(())
-        })
-        .build()
-        .await
-        .expect("a second listener");
-    let id = starter.backfill("slow", None).await.expect("backfill");
     eventually(LIMIT, "the backfill done", || {
         let client = &db.client;
         async move { state(client, id).await == "done" }
