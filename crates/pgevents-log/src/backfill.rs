@@ -436,8 +436,9 @@ pub trait ChunkDelivery: Send + Sync {
 
 /// Writes the next chunk of backfill `id`, at most `max_rows` rows, in one transaction (see
 /// the module's documentation). With `delivery`, the chunk's events that nothing pending
-/// holds back are delivered before it commits and written as delivered (or, when the attempt
-/// failed, with its outcome). A lock conflict fails with an error for which
+/// holds back are delivered before it commits and written as delivered (or with the failed
+/// attempt's outcome, or leased to `delivery` while the attempt goes on). A lock conflict
+/// fails with an error for which
 /// [`Error::is_lock_conflict`] holds: try again after a pause, maybe with fewer rows.
 pub async fn run_chunk(
     client: &mut Client,
@@ -490,17 +491,7 @@ pub async fn run_chunk(
     let trigger_id: i32 = row.get(0);
     let chunk_sql: String = row.get(1);
     let last_key: Option<Vec<String>> = row.get(2);
-    let chunk_error = |e: tokio_postgres::Error| {
-        match e.code() {
-        Some(code) if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
-            Error::NotPermitted(format!(
-                "the role writing backfill {id}'s chunks may not read and lock its table's rows ({}): GRANT SELECT, UPDATE ON the table TO this role (rows are locked FOR SHARE, never changed), or run `pgevents backfill` as the table's owner",
-                e.as_db_error().map_or("", |db| db.message())
-            ))
-        }
-        _ => Error::query(format!("writing backfill {id}'s next chunk"), e),
-    }
-    };
+    let chunk_error = |e| chunk_error(id, e);
     if !chunk_sql.starts_with(READ_FORM) {
         let written = tx
             .query_one(chunk_sql.as_str(), &[&last_key, &max_rows])
@@ -563,6 +554,20 @@ pub async fn run_chunk(
     .await;
     delivery.finished(matches!(chunk, Ok(Chunk::Written { .. })));
     chunk
+}
+
+/// The error of backfill `id`'s chunk statement `e`: naming the grant that fixes it when the
+/// role may not read or lock the table's rows.
+fn chunk_error(id: i64, e: tokio_postgres::Error) -> Error {
+    match e.code() {
+        Some(code) if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+            Error::NotPermitted(format!(
+                "the role writing backfill {id}'s chunks may not read and lock its table's rows ({}): GRANT SELECT, UPDATE ON the table TO this role (rows are locked FOR SHARE, never changed), or run `pgevents backfill` as the table's owner",
+                e.as_db_error().map_or("", |db| db.message())
+            ))
+        }
+        _ => Error::query(format!("writing backfill {id}'s next chunk"), e),
+    }
 }
 
 /// What a chunk read and wrote.
