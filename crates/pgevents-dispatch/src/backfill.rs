@@ -12,7 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgevents_log::backfill::{self, Chunk, ChunkDelivery};
+use pgevents_log::backfill::{self, Chunk};
+use pgevents_log::inline::DeliverFirst;
 use pgevents_log::{Error, LogSchema};
 use tokio::sync::watch;
 use tokio_postgres::Client;
@@ -50,7 +51,7 @@ pub async fn drive(
     schema: &LogSchema,
     id: i64,
     stop: &watch::Receiver<bool>,
-    delivery: Option<&dyn ChunkDelivery>,
+    delivery: Option<&dyn DeliverFirst>,
     mut on_chunk: impl FnMut(i64),
 ) -> Result<Driven, Error> {
     if !backfill::try_lock(client, schema, id).await? {
@@ -73,7 +74,7 @@ async fn write_chunks(
     schema: &LogSchema,
     id: i64,
     stop: &watch::Receiver<bool>,
-    delivery: Option<&dyn ChunkDelivery>,
+    delivery: Option<&dyn DeliverFirst>,
     on_chunk: &mut impl FnMut(i64),
 ) -> Result<Driven, Error> {
     let mut rows_per_chunk = MAX_CHUNK_ROWS;
@@ -134,7 +135,7 @@ fn chunk_rows(rows: i64, bytes: i64) -> i64 {
 pub async fn run(
     url: String,
     schema: LogSchema,
-    delivery: Arc<dyn ChunkDelivery>,
+    delivery: Arc<dyn DeliverFirst>,
     mut stop: watch::Receiver<bool>,
 ) {
     while !*stop.borrow() {
@@ -160,7 +161,7 @@ pub async fn run(
 async fn serve(
     client: &mut Client,
     schema: &LogSchema,
-    delivery: &dyn ChunkDelivery,
+    delivery: &dyn DeliverFirst,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Error> {
     while !*stop.borrow() {

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::breaker::{Allowance, Breakers, TRIP_AFTER};
 use crate::deliver;
-use crate::in_chunk::InChunk;
+use crate::inline::Inline;
 use crate::wake::Waker;
 use crate::Health;
 
@@ -81,6 +81,16 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// has no index, to keep writers fast), so big batches keep a large backlog's cost linear;
 /// ingests run beside claims, on their own connection, so a long one stalls nothing.
 const INGEST_BATCH: i32 = 50_000;
+/// How many captured rows a move that delivers them takes at most ([`Store::move_delivering`]):
+/// after a move of fewer, the next one delivers; after a full one, moves run in bulk
+/// ([`INGEST_BATCH`]) until a backlog is gone.
+const INLINE_BATCH: i32 = 1000;
+/// Captured rows whose images hold this many bytes or more are moved into the log pending,
+/// inside the database, never through the dispatcher's memory.
+const INLINE_BYTES: i32 = 64 << 10;
+/// How long a move waits for the attempts at the events it delivers: no other move runs
+/// meanwhile, so a slow destination's attempts are handed to the settler after this.
+const MOVE_WAIT: Duration = Duration::from_millis(5);
 /// How long the log must stay empty before a dispatcher sleeps. While it sleeps, every
 /// writing transaction sends a NOTIFY, which serialises writers at commit (a NOTIFY per
 /// row costs about 70% of INSERT TPS at 8 clients, see BENCHMARKS.md); a dispatcher that
@@ -410,7 +420,7 @@ impl Dispatcher {
         // Backfills are written beside delivery, on a connection of their own; a chunk is short,
         // so the worker stops between two of them at shutdown.
         let (stop_backfills, backfills_stopped) = watch::channel(false);
-        let in_chunk = Arc::new(InChunk::new(
+        let inline = Arc::new(Inline::new(
             self.routes.clone(),
             self.salt,
             self.owner,
@@ -421,7 +431,7 @@ impl Dispatcher {
         let backfills = tokio::spawn(crate::backfill::run(
             self.url.clone(),
             self.schema.clone(),
-            in_chunk.clone(),
+            inline.clone(),
             backfills_stopped,
         ));
         let mut deliveries = JoinSet::new();
@@ -432,6 +442,7 @@ impl Dispatcher {
             done_tx,
             store: None,
             ingest_store: None,
+            inline: inline.clone(),
             ingesting: None,
             moved_since_compact: 0,
             compact_tried: Instant::now(),
@@ -452,10 +463,15 @@ impl Dispatcher {
         // Drain: let in-flight deliveries finish (bounded), then give back what is left.
         let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
         drain(&mut deliveries, deadline).await;
-        in_chunk.drain(deadline).await;
-        let ClaimLoop { done_tx, store, .. } = claim;
-        drop(done_tx);
-        drop(in_chunk);
+        inline.drain(deadline).await;
+        // Every sender of outcomes goes (the inline delivery holds one), so the settler ends.
+        let ClaimLoop {
+            done_tx,
+            store,
+            inline: claim_inline,
+            ..
+        } = claim;
+        drop((done_tx, claim_inline, inline));
         // The settler writes everything that finished, then exits when the channel closes;
         // past the drain deadline it stops retrying a database that is gone.
         let _ = stop_settler_tx.send(false);
@@ -562,6 +578,8 @@ struct ClaimLoop<'a> {
     store: Option<Store>,
     /// The connection ingests run on, beside claims.
     ingest_store: Option<Arc<Store>>,
+    /// Delivers captured rows as they are moved, in a trickle.
+    inline: Arc<Inline>,
     /// The ingest under way, if any.
     ingesting: Option<tokio::task::JoinHandle<Result<Ingested, Error>>>,
     /// Rows moved through the capture table since it was last compacted.
@@ -608,12 +626,15 @@ impl ClaimLoop<'_> {
             while deliveries.try_join_next().is_some() {}
             let step = self.step(&trigger_ids, deliveries, &note_tx).await;
             self.dispatcher.health.set_database_reachable(step.is_ok());
+            if step.is_err() {
+                self.stop_ingest().await;
+            }
             let wait = match self.pause_after(step, &mut short_wait) {
                 Pause::Again => continue,
                 Pause::Gather => {
                     tokio::select! {
                         _ = &mut *shutdown => {
-                            self.stop_ingest();
+                            self.stop_ingest().await;
                             return;
                         }
                         _ = tokio::time::sleep(TRICKLE_WAIT) => {}
@@ -642,7 +663,7 @@ impl ClaimLoop<'_> {
                 }
             }
             if matches!(idle, Idle::Shutdown) {
-                self.stop_ingest();
+                self.stop_ingest().await;
                 return;
             }
         }
@@ -662,7 +683,6 @@ impl ClaimLoop<'_> {
                     self.ingest_store = None;
                     self.waker = None;
                 }
-                self.stop_ingest();
                 Pause::Wait(wait)
             }
             Ok(Step::Busy) => {
@@ -693,9 +713,13 @@ impl ClaimLoop<'_> {
     /// Cancels the ingest task under way, if any. Its statement may still finish on the
     /// server (the rows it moved are found by the next claims) or roll back (the next ingest
     /// moves them): either way nothing is lost or moved twice.
-    fn stop_ingest(&mut self) {
+    /// Waits for the ingest under way, if any, and drops its outcome. Never aborted: a move
+    /// that delivers runs a transaction on the ingest connection, and cut short after a
+    /// delivery it would leave that event to be delivered again (and the connection inside
+    /// its transaction).
+    async fn stop_ingest(&mut self) {
         if let Some(ingest) = self.ingesting.take() {
-            ingest.abort();
+            let _ = ingest.await;
         }
     }
 
@@ -820,8 +844,17 @@ impl ClaimLoop<'_> {
         }
         if let Some(ingest_store) = self.ingest_store.clone() {
             let schema = self.dispatcher.schema.clone();
+            // A trickle is delivered as it moves; a backlog moves in bulk, inside the database.
+            let inline = (self.last_moved < INLINE_BATCH as usize).then(|| self.inline.clone());
             self.ingesting = Some(tokio::spawn(async move {
-                let moved = ingest_store.ingest(INGEST_BATCH).await?;
+                let moved = match inline {
+                    Some(inline) => {
+                        ingest_store
+                            .move_delivering(INLINE_BATCH, INLINE_BYTES, &*inline, MOVE_WAIT)
+                            .await?
+                    }
+                    None => ingest_store.ingest(INGEST_BATCH).await?,
+                };
                 crate::telemetry::captured(moved);
                 let compacted =
                     moved == 0 && compact && ingest_store.compact_capture(&schema).await?;

@@ -18,7 +18,7 @@ mod breaker;
 mod deliver;
 mod dispatcher;
 mod health;
-mod in_chunk;
+mod inline;
 pub mod telemetry;
 mod wake;
 

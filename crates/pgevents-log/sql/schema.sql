@@ -143,11 +143,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $size$
     SELECT coalesce(octet_length(old_row::text), 0) + coalesce(octet_length(new_row::text), 0)
 $size$;
 
--- Moves up to `max_rows` captured rows, oldest first, into the event log, and no more rows
--- once 32 MB of them (as stored: compressed values count compressed) have moved — the first
--- always moves — so an ingest stays a short transaction whatever the rows' size. Records
--- each event's size. Returns how many moved. One mover at a time (others return 0 at once),
--- so rows of one table row always reach the log in commit order.
+-- Moves up to `max_rows` captured rows, oldest first, out of the capture table, and no more
+-- rows once 32 MB of them (as stored: compressed values count compressed) have moved — the
+-- first always moves — so a move stays a short transaction whatever the rows' size. Rows whose
+-- images hold `inline_bytes` or more (as text) are written into the event log here, pending,
+-- with their size; the others are returned with their images, for the caller to write in the
+-- same transaction (a dispatcher delivers those it can first: see `Store::move_delivering`).
+-- Every moved row is returned, in log order (`inlined` false and no images for those written
+-- here). One mover at a time (others return nothing at once, under the advisory lock), so
+-- rows of one table row always reach the log in commit order.
 --
 -- Its statement is planned once per session, not at every call: while writers run, each
 -- call moves a dozen rows, and planning cost a third of the move (measured: 7.2 of 17.3 µs
@@ -156,19 +160,21 @@ $size$;
 -- deleted by TID — and without that setting the generic plan deletes with a sequential
 -- scan that compares every row with every picked TID. JIT is off: the cost of the disabled
 -- scan would pass JIT's thresholds, and compiling the plan took 195 ms per call.
-CREATE OR REPLACE FUNCTION @schema@.ingest(max_rows integer) RETURNS integer
+CREATE OR REPLACE FUNCTION @schema@.take_captured(max_rows integer, inline_bytes integer)
+RETURNS TABLE (seq bigint, trigger_id integer, op "char", row_key bigint, old_key bigint,
+               old_row text, new_row text, created_at timestamptz, inlined boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off
 SET jit = off
 SET plan_cache_mode = force_generic_plan
-AS $ingest$
-DECLARE
-    moved integer;
+AS $take$
+#variable_conflict use_column
 BEGIN
     IF NOT pg_try_advisory_xact_lock(@ingest_key@) THEN
-        RETURN 0;
+        RETURN;
     END IF;
+    RETURN QUERY
     WITH batch AS (
         DELETE FROM @schema@.capture c
         WHERE c.ctid = ANY (ARRAY(
@@ -180,17 +186,32 @@ BEGIN
                                + coalesce(pg_column_size(z.new_row), 0) AS stored
                           FROM @schema@.capture z ORDER BY z.seq LIMIT max_rows) y) x
              WHERE x.upto - x.stored < 32 * 1024 * 1024))
-        RETURNING c.seq, c.trigger_id, c.op, c.row_key, c.old_key, c.old_row, c.new_row, c.created_at
+        RETURNING c.seq, c.trigger_id, c.op, c.row_key, c.old_key, c.old_row, c.new_row,
+                  c.created_at, @schema@.event_size(c.old_row, c.new_row) AS size
+    ),
+    written AS (
+        INSERT INTO @schema@.event
+            (seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at, next_attempt_at,
+             size)
+        SELECT b.seq, b.trigger_id, b.op, b.row_key, b.old_key, b.old_row, b.new_row,
+               b.created_at, b.created_at, b.size
+          FROM batch b WHERE b.size >= inline_bytes
     )
-    INSERT INTO @schema@.event
-        (seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at, next_attempt_at,
-         size)
-    SELECT seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at, created_at,
-           @schema@.event_size(old_row, new_row)
-      FROM batch;
-    GET DIAGNOSTICS moved = ROW_COUNT;
-    RETURN moved;
+    SELECT b.seq, b.trigger_id, b.op, b.row_key, b.old_key,
+           CASE WHEN b.size < inline_bytes THEN b.old_row::text END,
+           CASE WHEN b.size < inline_bytes THEN b.new_row::text END,
+           b.created_at, b.size < inline_bytes
+      FROM batch b ORDER BY b.seq;
 END
+$take$;
+
+-- Moves up to `max_rows` captured rows into the event log, all written here (see
+-- take_captured). Returns how many moved.
+CREATE OR REPLACE FUNCTION @schema@.ingest(max_rows integer) RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $ingest$
+    SELECT count(*)::integer FROM @schema@.take_captured(max_rows, 0)
 $ingest$;
 
 -- Empties the capture table's file once a big backlog has passed through it: capture has no

@@ -39,16 +39,13 @@
 //! commit writes nothing of it: the chunk is read again, and those rows delivered again
 //! (under new ids, with their images of then).
 
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::{Client, Transaction};
 
-use crate::store::{settle_in, Settlement, Verdict};
+use crate::inline::{self, DeliverFirst, Unwritten};
 use crate::{wake_channel, Error, LogSchema};
 use pgevents_postgres::{quote_ident, QualifiedName};
 use pgevents_trigger::image::image_sql;
@@ -62,6 +59,10 @@ pub const CHUNK_LOCK_TIMEOUT_MS: u64 = 100;
 /// by a dispatcher moving a batch of captured rows, or the logical writer writing a batch),
 /// before the chunk locks any row.
 const INGEST_LOCK_TIMEOUT_MS: u64 = 5_000;
+
+/// How long a chunk waits for the attempts at its events (its rows stay locked meanwhile);
+/// those still under way are then settled after it commits.
+const CHUNK_WAIT: Duration = Duration::from_millis(100);
 
 /// Captured rows moved into the log per ingest call while a chunk catches up.
 const INGEST_BATCH: i32 = 10_000;
@@ -386,54 +387,6 @@ pub enum Chunk {
     Stopped,
 }
 
-/// A row a chunk read: its `READ` event, before the chunk writes it.
-#[derive(Debug, Clone)]
-pub struct Reading {
-    /// The event's log position.
-    pub seq: i64,
-    /// Its ordering key (see the log schema), `None` when unordered.
-    pub row_key: Option<i64>,
-    /// The row's image (`data.new`) as JSON text.
-    pub image: String,
-    /// When it was read.
-    pub created_at: DateTime<Utc>,
-}
-
-/// What became of a `READ` a chunk gave its [`ChunkDelivery`].
-#[derive(Debug, Clone)]
-pub enum Attempted {
-    /// The attempt ended (under the claim of the event's position, attempt 1).
-    Ended(Settlement),
-    /// The attempt at the event at this position is still under way: the chunk writes it
-    /// leased to the delivery's owner for [`ChunkDelivery::lease`], and its outcome is
-    /// settled like any claimed event's once the chunk committed.
-    UnderWay(i64),
-}
-
-/// Delivers `READ` events while their chunk holds their rows (see [`run_chunk`]).
-pub trait ChunkDelivery: Send + Sync {
-    /// The lease owner the attempts are recorded under.
-    fn owner(&self) -> i64;
-
-    /// How long an event whose attempt is still under way stays leased (renewed by its
-    /// owner while it lives).
-    fn lease(&self) -> Duration;
-
-    /// Attempts the events of `readings` (trigger `trigger_id`'s, each the first of its
-    /// ordering key with nothing of that key pending before it) and returns what became of
-    /// each one attempted; those left out are written to the log as pending, for the
-    /// dispatchers. Should return soon: the chunk holds its rows until it commits.
-    fn deliver(
-        &self,
-        trigger_id: i32,
-        readings: Vec<Reading>,
-    ) -> Pin<Box<dyn Future<Output = Vec<Attempted>> + Send + '_>>;
-
-    /// Called once after each [`deliver`](Self::deliver): whether the chunk committed (the
-    /// events under way are in the log) or not (they are not, and their outcomes are moot).
-    fn finished(&self, committed: bool);
-}
-
 /// Writes the next chunk of backfill `id`, at most `max_rows` rows, in one transaction (see
 /// the module's documentation). With `delivery`, the chunk's events that nothing pending
 /// holds back are delivered before it commits and written as delivered (or with the failed
@@ -445,7 +398,7 @@ pub async fn run_chunk(
     schema: &LogSchema,
     id: i64,
     max_rows: i64,
-    delivery: Option<&dyn ChunkDelivery>,
+    delivery: Option<&dyn DeliverFirst>,
 ) -> Result<Chunk, Error> {
     let tx = client
         .transaction()
@@ -511,48 +464,36 @@ pub async fn run_chunk(
         .await
         .map_err(chunk_error)?;
     let next_key: Option<Vec<String>> = rows.last().map(|r| r.get(3));
-    let readings: Vec<Reading> = rows
+    let events: Vec<Unwritten> = rows
         .into_iter()
-        .map(|r| Reading {
+        .map(|r| Unwritten {
             seq: r.get(0),
+            trigger_id,
+            op: b'R' as i8,
             row_key: r.get(1),
-            image: r.get(2),
+            old_key: None,
+            old: None,
+            new: r.get(2),
             created_at: r.get(4),
         })
         .collect();
     move_captured(&tx, schema).await?;
-    let bytes = readings.iter().map(|r| r.image.len() as i64).sum();
-    let mut read = Read {
-        rows: readings.len() as i64,
+    let bytes = events
+        .iter()
+        .map(|e| e.new.as_ref().map_or(0, |n| n.len() as i64))
+        .sum();
+    let (delivered, told) =
+        inline::deliver_and_write(&tx, schema, &events, delivery, CHUNK_WAIT).await?;
+    let read = Read {
+        rows: events.len() as i64,
         bytes,
         next_key,
-        delivered: 0,
+        delivered,
     };
-    let free = match delivery {
-        Some(_) => free_to_deliver(&tx, schema, trigger_id, &readings).await?,
-        None => Vec::new(),
-    };
-    let (Some(delivery), false) = (delivery, free.is_empty()) else {
-        write_reads(&tx, schema, trigger_id, &readings, &[], None).await?;
-        return conclude(tx, schema, id, &last_key, read, max_rows).await;
-    };
-    // From here the delivery is told whether the chunk committed: its attempts still under
-    // way report their outcomes only for events the log holds.
-    let attempted = delivery.deliver(trigger_id, free).await;
-    let chunk = async {
-        read.delivered = write_reads(
-            &tx,
-            schema,
-            trigger_id,
-            &readings,
-            &attempted,
-            Some(delivery),
-        )
-        .await?;
-        conclude(tx, schema, id, &last_key, read, max_rows).await
+    let chunk = conclude(tx, schema, id, &last_key, read, max_rows).await;
+    if let (Some(delivery), true) = (delivery, told) {
+        delivery.finished(matches!(chunk, Ok(Chunk::Written { .. })));
     }
-    .await;
-    delivery.finished(matches!(chunk, Ok(Chunk::Written { .. })));
     chunk
 }
 
@@ -642,147 +583,6 @@ async fn move_captured(tx: &Transaction<'_>, schema: &LogSchema) -> Result<(), E
             return Ok(());
         }
     }
-}
-
-/// The readings whose events may be delivered before the chunk commits: those whose
-/// ordering key no other reading of the chunk shares and no pending event of the log holds
-/// (as key or old key), when no TRUNCATE of the trigger is pending. Each is then the first
-/// undelivered event of its key, and no later change of its row exists before the chunk
-/// commits (the row is locked).
-async fn free_to_deliver(
-    tx: &Transaction<'_>,
-    schema: &LogSchema,
-    trigger_id: i32,
-    readings: &[Reading],
-) -> Result<Vec<Reading>, Error> {
-    let mut seen: HashMap<i64, usize> = HashMap::new();
-    for key in readings.iter().filter_map(|r| r.row_key) {
-        *seen.entry(key).or_default() += 1;
-    }
-    let keys: Vec<i64> = seen.keys().copied().collect();
-    let event = schema.object("event");
-    let row = tx
-        .query_one(
-            &format!(
-                "SELECT ARRAY(SELECT k FROM unnest($1::int8[]) AS k
-                               WHERE EXISTS (SELECT 1 FROM {event} e
-                                              WHERE e.row_key = k AND e.status = 'p')
-                                  OR EXISTS (SELECT 1 FROM {event} e
-                                              WHERE e.old_key = k AND e.status = 'p')),
-                        EXISTS (SELECT 1 FROM {event} e
-                                 WHERE e.trigger_id = $2 AND e.status = 'p' AND e.op = 'T')"
-            ),
-            &[&keys, &trigger_id],
-        )
-        .await
-        .map_err(|e| Error::query("looking for pending events of a chunk's rows", e))?;
-    let held: Vec<i64> = row.get(0);
-    let truncating: bool = row.get(1);
-    if truncating {
-        return Ok(Vec::new());
-    }
-    let held: HashSet<i64> = held.into_iter().collect();
-    Ok(readings
-        .iter()
-        .filter(|r| {
-            r.row_key
-                .is_none_or(|k| seen.get(&k) == Some(&1) && !held.contains(&k))
-        })
-        .cloned()
-        .collect())
-}
-
-/// Writes the chunk's `READ` events: delivered, pending after a failed attempt (its outcome
-/// recorded as a settle records it), leased to `delivery`'s owner while their attempt is
-/// under way, or pending for the dispatchers, as `attempted` says. Returns how many were
-/// delivered.
-async fn write_reads(
-    tx: &Transaction<'_>,
-    schema: &LogSchema,
-    trigger_id: i32,
-    readings: &[Reading],
-    attempted: &[Attempted],
-    delivery: Option<&dyn ChunkDelivery>,
-) -> Result<i64, Error> {
-    let (owner, lease) = delivery.map_or((0, Duration::ZERO), |d| (d.owner(), d.lease()));
-    let by_seq: HashMap<i64, &Attempted> = attempted
-        .iter()
-        .map(|a| match a {
-            Attempted::Ended(s) => (s.claim.seq, a),
-            Attempted::UnderWay(seq) => (*seq, a),
-        })
-        .collect();
-    let ended = |r: &Reading| match by_seq.get(&r.seq) {
-        Some(Attempted::Ended(s)) => Some(s),
-        _ => None,
-    };
-    // 0: not attempted; 1: delivered; 2: failed, outcome recorded below; 3: under way.
-    let outcome: Vec<i16> = readings
-        .iter()
-        .map(|r| match by_seq.get(&r.seq) {
-            None => 0,
-            Some(Attempted::Ended(s)) if s.verdict == Verdict::Delivered => 1,
-            Some(Attempted::Ended(_)) => 2,
-            Some(Attempted::UnderWay(_)) => 3,
-        })
-        .collect();
-    let status: Vec<Option<i32>> = readings
-        .iter()
-        .map(|r| ended(r).and_then(|s| s.status))
-        .collect();
-    let duration: Vec<Option<i32>> = readings
-        .iter()
-        .map(|r| ended(r).map(|s| i32::try_from(s.duration.as_millis()).unwrap_or(i32::MAX)))
-        .collect();
-    let seq: Vec<i64> = readings.iter().map(|r| r.seq).collect();
-    let row_key: Vec<Option<i64>> = readings.iter().map(|r| r.row_key).collect();
-    let image: Vec<&str> = readings.iter().map(|r| r.image.as_str()).collect();
-    let created_at: Vec<DateTime<Utc>> = readings.iter().map(|r| r.created_at).collect();
-    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    tx.execute(
-        &format!(
-            "INSERT INTO {event}
-                 (seq, trigger_id, op, row_key, new_row, created_at, next_attempt_at, size,
-                  status, attempts, finished_at, last_status, last_duration_ms, owner, lease_until)
-             SELECT r.seq, $1, 'R', r.row_key, r.image::json, r.created_at, r.created_at,
-                    octet_length(r.image),
-                    CASE WHEN r.outcome = 1 THEN 'd' ELSE 'p' END::\"char\",
-                    CASE WHEN r.outcome = 0 THEN 0 ELSE 1 END,
-                    CASE WHEN r.outcome = 1 THEN now() END,
-                    r.status, r.duration_ms,
-                    CASE WHEN r.outcome IN (2, 3) THEN $2::int8 END,
-                    CASE r.outcome WHEN 2 THEN now()
-                                   WHEN 3 THEN now() + $10::int8 * interval '1 millisecond' END
-               FROM unnest($3::int8[], $4::int8[], $5::text[], $6::timestamptz[], $7::int2[],
-                           $8::int4[], $9::int4[])
-                 AS r(seq, row_key, image, created_at, outcome, status, duration_ms)",
-            event = schema.object("event"),
-        ),
-        &[
-            &trigger_id,
-            &owner,
-            &seq,
-            &row_key,
-            &image,
-            &created_at,
-            &outcome,
-            &status,
-            &duration,
-            &lease_ms,
-        ],
-    )
-    .await
-    .map_err(|e| Error::query("writing a backfill chunk's events", e))?;
-    let failed: Vec<Settlement> = readings
-        .iter()
-        .filter_map(ended)
-        .filter(|s| s.verdict != Verdict::Delivered)
-        .cloned()
-        .collect();
-    if !failed.is_empty() {
-        settle_in(tx, schema, &failed, owner).await?;
-    }
-    Ok(outcome.iter().filter(|o| **o == 1).count() as i64)
 }
 
 /// The rows a backfill reads: those matching both the trigger's condition and the

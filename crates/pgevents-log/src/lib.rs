@@ -9,6 +9,7 @@
 pub mod backfill;
 pub mod browse;
 mod error;
+pub mod inline;
 mod schema;
 pub mod store;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, GenericClient, Statement, ToStatement};
 
+use crate::inline::{self, DeliverFirst, Unwritten};
 use crate::{Error, LogSchema};
 
 /// One event claimed for delivery.
@@ -98,7 +99,9 @@ const PENDING: &str = "e.status NOT IN ('d', 'f')";
 /// A connection with the hot-path statements prepared.
 pub struct Store {
     client: Client,
+    schema: LogSchema,
     ingest: Statement,
+    take: Statement,
     claim: Statement,
     settle: Statement,
     settle_delivered: Statement,
@@ -137,6 +140,7 @@ impl Store {
             async move { pgevents_postgres::prepare(client, &sql, &context).await }
         };
         let ingest = prepare(format!("SELECT {s}.ingest($1)"), "ingest").await?;
+        let take = prepare(format!("SELECT * FROM {s}.take_captured($1, $2)"), "move").await?;
         let claim = prepare(
             format!("SELECT * FROM {s}.claim($1, $2, $3, $4, $5, $6)"),
             "claim",
@@ -183,7 +187,9 @@ impl Store {
         .await?;
         Ok(Store {
             client,
+            schema: schema.clone(),
             ingest,
+            take,
             claim,
             settle,
             settle_delivered,
@@ -225,6 +231,69 @@ impl Store {
             .await
             .map_err(|e| Error::query("moving captured rows into the event log", e))?;
         Ok(row.get(0))
+    }
+
+    /// Moves up to `max_rows` captured rows into the event log in one transaction, as
+    /// [`ingest`](Self::ingest) does, but delivers first, with `delivery`, those that nothing
+    /// holds back among the rows whose images are under `inline_bytes` (waiting at most
+    /// `wait` for the attempts) and writes them as delivered ([`crate::inline`]); bigger
+    /// rows are written pending by the database itself. Returns how many moved.
+    pub async fn move_delivering(
+        &self,
+        max_rows: i32,
+        inline_bytes: i32,
+        delivery: &dyn DeliverFirst,
+        wait: Duration,
+    ) -> Result<i32, Error> {
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| Error::query("starting a move of captured rows", e))?;
+        let moved = async {
+            let rows = self
+                .client
+                .query(&self.take, &[&max_rows, &inline_bytes])
+                .await
+                .map_err(|e| Error::query("moving captured rows into the event log", e))?;
+            let events: Vec<Unwritten> = rows
+                .iter()
+                .filter(|r| r.get::<_, bool>(8))
+                .map(|r| Unwritten {
+                    seq: r.get(0),
+                    trigger_id: r.get(1),
+                    op: r.get(2),
+                    row_key: r.get(3),
+                    old_key: r.get(4),
+                    old: r.get(5),
+                    new: r.get(6),
+                    created_at: r.get(7),
+                })
+                .collect();
+            let (_, told) = inline::deliver_and_write(
+                &self.client,
+                &self.schema,
+                &events,
+                Some(delivery),
+                wait,
+            )
+            .await?;
+            Ok::<_, Error>((i32::try_from(rows.len()).unwrap_or(i32::MAX), told))
+        }
+        .await;
+        match moved {
+            Ok((moved, told)) => {
+                let committed = self.client.batch_execute("COMMIT").await;
+                if told {
+                    delivery.finished(committed.is_ok());
+                }
+                committed.map_err(|e| Error::query("committing a move of captured rows", e))?;
+                Ok(moved)
+            }
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
     }
 
     /// Claims up to `limits[i]` due events of trigger `triggers[i]`, `max_events` in all

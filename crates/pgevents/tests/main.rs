@@ -601,3 +601,67 @@ async fn shutdown_drains_in_flight_deliveries() {
         "their outcomes were recorded before run() returned"
     );
 }
+
+/// A trickle of changes is delivered while it moves into the log: the handler sees each
+/// event before the log holds it, and then the log holds it as delivered, with its attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_is_delivered_as_it_moves_into_the_log() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await
+        .expect("table");
+    let watcher = Arc::new(support::connect(&db.url).await);
+    let seen_in_log = Arc::new(Mutex::new(Vec::<(i64, i64)>::new()));
+    let events = Collector::default();
+    let (w, s, e) = (watcher.clone(), seen_in_log.clone(), events.clone());
+    let running = start(Listener::builder(&db.url).on("notes", move |event: Event| {
+        let (w, s, e) = (w.clone(), s.clone(), e.clone());
+        async move {
+            let logged: i64 = w
+                .query_one(
+                    "SELECT count(*) FROM pgevents.event WHERE seq = $1",
+                    &[&event.seq()],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            s.lock().expect("seen").push((event.seq(), logged));
+            e.push(event);
+            Ok::<_, String>(())
+        }
+    }))
+    .await;
+    // The first delivery closes the destination's breaker (a new one is on trial).
+    for id in 1..=20 {
+        db.client
+            .execute("INSERT INTO notes VALUES ($1, 'hello')", &[&id])
+            .await
+            .expect("insert");
+        let n = id as usize;
+        events
+            .wait_until(WAIT, "the insert delivered", |e| e.len() >= n)
+            .await;
+    }
+    running.stop().await;
+    let seen = seen_in_log.lock().expect("seen").clone();
+    let early = seen.iter().filter(|(_, logged)| *logged == 0).count();
+    assert!(
+        early >= 15,
+        "most of a trickle is delivered before the log holds it: {seen:?}"
+    );
+    let recorded: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pgevents.event WHERE status = 'd' AND attempts = 1
+                AND finished_at IS NOT NULL AND last_duration_ms IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("the log")
+        .get(0);
+    assert_eq!(
+        recorded, 20,
+        "every event recorded as delivered, with its attempt"
+    );
+}

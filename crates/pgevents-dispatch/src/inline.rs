@@ -1,10 +1,11 @@
-//! Delivering the `READ` events of backfill chunks from the chunk itself, while it holds
-//! their rows (see [`pgevents_log::backfill::run_chunk`]).
+//! Delivering events before they are written to the log: a backfill chunk's `READ` events
+//! while it holds their rows, and captured rows while they are moved into the log (see
+//! [`pgevents_log::inline`]).
 //!
-//! A chunk waits at most [`CHUNK_WAIT`] for its attempts: its rows stay locked until it
-//! commits, and writers changing them wait meanwhile. An attempt still under way then is
-//! written leased to this dispatcher and becomes one of its claims: its lease is renewed,
-//! and once the chunk has committed its outcome goes to the settler like any other.
+//! The writing transaction waits only a moment for the attempts (a chunk's rows stay locked,
+//! and no other move runs, until it commits). An attempt still under way then is written
+//! leased to this dispatcher and becomes one of its claims: its lease is renewed, and once
+//! the transaction has committed its outcome goes to the settler like any other.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -13,8 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgevents_event::Action;
-use pgevents_log::backfill::{Attempted, ChunkDelivery, Reading};
+use pgevents_log::inline::{Attempted, DeliverFirst};
 use pgevents_log::store::{Claimed, Verdict};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -23,12 +23,9 @@ use crate::breaker::Allowance;
 use crate::deliver;
 use crate::dispatcher::{drain, event_of, lock, Done, Options, Route, Shared};
 
-/// How long a chunk waits for its attempts before it leaves those still under way to the
-/// settler.
-const CHUNK_WAIT: Duration = Duration::from_millis(100);
-
-/// A dispatcher's delivery of backfill chunks' events, to triggers whose breaker is closed.
-pub(crate) struct InChunk {
+/// A dispatcher's delivery of events before they are written, to triggers it routes whose
+/// breaker is closed.
+pub(crate) struct Inline {
     routes: HashMap<i32, Route>,
     salt: u16,
     owner: i64,
@@ -41,11 +38,11 @@ pub(crate) struct InChunk {
     done_tx: mpsc::Sender<Done>,
     /// The attempts (reaped at each chunk, drained at shutdown).
     tasks: Mutex<JoinSet<()>>,
-    /// Tells the current chunk's attempts whether it committed.
+    /// Tells the attempts of the current writing transaction whether it committed.
     committed: Mutex<Option<watch::Sender<Option<bool>>>>,
 }
 
-impl InChunk {
+impl Inline {
     pub(crate) fn new(
         routes: HashMap<i32, Route>,
         salt: u16,
@@ -53,8 +50,8 @@ impl InChunk {
         options: Options,
         shared: Arc<Shared>,
         done_tx: mpsc::Sender<Done>,
-    ) -> InChunk {
-        InChunk {
+    ) -> Inline {
+        Inline {
             routes,
             salt,
             owner,
@@ -71,12 +68,14 @@ impl InChunk {
     /// events are released with the dispatcher's other claims, or come back when their
     /// lease ends).
     pub(crate) async fn drain(&self, deadline: tokio::time::Instant) {
+        // Every writing transaction has ended by now; one that did not say so never will.
+        drop(lock(&self.committed).take());
         let mut tasks = std::mem::take(&mut *lock(&self.tasks));
         drain(&mut tasks, deadline).await;
     }
 }
 
-impl ChunkDelivery for InChunk {
+impl DeliverFirst for Inline {
     fn owner(&self) -> i64 {
         self.owner
     }
@@ -87,42 +86,37 @@ impl ChunkDelivery for InChunk {
 
     fn deliver(
         &self,
-        trigger_id: i32,
-        readings: Vec<Reading>,
+        events: Vec<Claimed>,
+        wait: Duration,
     ) -> Pin<Box<dyn Future<Output = Vec<Attempted>> + Send + '_>> {
         Box::pin(async move {
-            let Some(route) = self.routes.get(&trigger_id) else {
-                return Vec::new();
+            let now = Instant::now();
+            let open: HashMap<i32, &Route> = {
+                let breakers = lock(&self.shared.breakers);
+                self.routes
+                    .iter()
+                    .filter(|(t, _)| breakers.allowance(**t, now) == Allowance::Closed)
+                    .map(|(t, r)| (*t, r))
+                    .collect()
             };
-            let allowance = lock(&self.shared.breakers).allowance(trigger_id, Instant::now());
-            if allowance != Allowance::Closed {
-                return Vec::new();
-            }
             let (commit_tx, commit_rx) = watch::channel(None);
             *lock(&self.committed) = Some(commit_tx);
             {
                 let mut tasks = lock(&self.tasks);
                 while tasks.try_join_next().is_some() {}
             }
-            let deadline = tokio::time::Instant::now() + CHUNK_WAIT;
-            let mut waiting = Vec::with_capacity(readings.len());
-            for r in readings {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut waiting = Vec::with_capacity(events.len());
+            for claimed in events {
+                let (trigger_id, claim, size) =
+                    (claimed.trigger_id, claimed.token(), claimed.size());
+                let Some(route) = open.get(&trigger_id) else {
+                    continue;
+                };
                 let permit = self.permits.clone().acquire_owned();
                 let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, permit).await else {
                     break;
                 };
-                let claimed = Claimed {
-                    seq: r.seq,
-                    trigger_id,
-                    op: Action::Read.code(),
-                    old: None,
-                    new: Some(r.image),
-                    created_at: r.created_at,
-                    attempts: 1,
-                    current_retry: 0,
-                    row_key: r.row_key,
-                };
-                let (claim, size) = (claimed.token(), claimed.size());
                 let Ok(event) = event_of(claimed, route, self.salt) else {
                     continue;
                 };
@@ -137,14 +131,14 @@ impl ChunkDelivery for InChunk {
                         Verdict::Retry(after) => Some(after),
                         _ => None,
                     };
-                    // Taken by the chunk, which writes the outcome itself.
+                    // Taken by the writing transaction, which records the outcome itself.
                     let Err(settlement) = ended_tx.send(settlement) else {
                         if let Some(after) = retry {
                             lock(&shared.retries).push(Reverse(Instant::now() + after));
                         }
                         return;
                     };
-                    // Left under way: settled like any claim once the chunk committed.
+                    // Left under way: settled like any claim once the transaction committed.
                     let outcome = committed.wait_for(Option::is_some).await.map(|c| *c);
                     if matches!(outcome, Ok(Some(true))) {
                         let _ = done_tx
@@ -157,10 +151,10 @@ impl ChunkDelivery for InChunk {
                         lock(&shared.in_flight).remove(&settlement.claim);
                     }
                 });
-                waiting.push((claim, size, ended_rx));
+                waiting.push((trigger_id, claim, size, ended_rx));
             }
             let mut attempted = Vec::with_capacity(waiting.len());
-            for (claim, size, mut ended) in waiting {
+            for (trigger_id, claim, size, mut ended) in waiting {
                 match tokio::time::timeout_at(deadline, &mut ended).await {
                     Ok(Ok(settlement)) => attempted.push(Attempted::Ended(settlement)),
                     // The attempt's task is gone: the event is written pending.
