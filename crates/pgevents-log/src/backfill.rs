@@ -18,20 +18,18 @@
 //!    logical capture the writer of decoded changes is kept out for the chunk's duration
 //!    (its position rows are locked `FOR SHARE`): a decoded change lands wholly before the
 //!    chunk's `READ`s in the log or wholly after them;
-//! 3. when the caller delivers ([`DeliverFirst`](crate::inline::DeliverFirst), a
-//!    dispatcher's backfill worker), delivers the `READ`s that nothing holds back — no
-//!    pending event of their ordering key (or a pending TRUNCATE of the trigger) in the log,
-//!    no other row of the chunk with that key — while their rows are still locked: each is
-//!    then the next event of its key, and no later change of its row exists until the chunk
-//!    commits. Sequin delivers its backfills from memory the same way; here it saves the
+//! 3. when the caller delivers ([`DeliverFirst`], a dispatcher's backfill worker), delivers
+//!    the `READ`s that nothing holds back — no pending event of their ordering key (or a
+//!    pending TRUNCATE of the trigger) in the log, no other row of the chunk with that key —
+//!    while their rows are still locked: each is then the next event of its key, and no
+//!    later change of its row exists until the chunk commits. Sequin delivers its backfills from memory the same way; here it saves the
 //!    log's claim and settle of every such event (measured beside 8 writers: 31,000 READ/s
 //!    before, 69,000–73,000 after; BENCHMARKS.md);
 //! 4. writes the `READ` events into `event`: those delivered as delivered, those whose
 //!    attempt failed with its outcome (retried by the dispatchers like any event, holding
 //!    back later events of their row), those whose attempt is still under way (the delivery
 //!    waits only a moment) leased to the delivering dispatcher, which settles them once the
-//!    chunk committed ([`DeliverFirst::finished`](crate::inline::DeliverFirst::finished)),
-//!    the rest pending;
+//!    chunk committed ([`DeliverFirst::finished`]), the rest pending;
 //! 5. moves `last_key` with a compare-and-set: when another process wrote that chunk first
 //!    (or the backfill was cancelled) nothing is written.
 //!
