@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgevents_log::inline::{Attempted, DeliverFirst};
+use pgevents_log::inline::{Attempted, DeliverFirst, Delivered};
 use pgevents_log::store::{Claimed, Verdict};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -38,8 +38,6 @@ pub(crate) struct Inline {
     done_tx: mpsc::Sender<Done>,
     /// The attempts (reaped at each chunk, drained at shutdown).
     tasks: Mutex<JoinSet<()>>,
-    /// Tells the attempts of the current writing transaction whether it committed.
-    committed: Mutex<Option<watch::Sender<Option<bool>>>>,
 }
 
 impl Inline {
@@ -60,7 +58,6 @@ impl Inline {
             permits: Arc::new(Semaphore::new(options.max_in_flight)),
             done_tx,
             tasks: Mutex::new(JoinSet::new()),
-            committed: Mutex::new(None),
         }
     }
 
@@ -68,8 +65,6 @@ impl Inline {
     /// events are released with the dispatcher's other claims, or come back when their
     /// lease ends).
     pub(crate) async fn drain(&self, deadline: tokio::time::Instant) {
-        // Every writing transaction has ended by now; one that did not say so never will.
-        drop(lock(&self.committed).take());
         let mut tasks = std::mem::take(&mut *lock(&self.tasks));
         drain(&mut tasks, deadline).await;
     }
@@ -88,7 +83,7 @@ impl DeliverFirst for Inline {
         &self,
         events: Vec<Claimed>,
         wait: Duration,
-    ) -> Pin<Box<dyn Future<Output = Vec<Attempted>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Delivered> + Send + '_>> {
         Box::pin(async move {
             let now = Instant::now();
             let open: HashMap<i32, &Route> = {
@@ -99,8 +94,9 @@ impl DeliverFirst for Inline {
                     .map(|(t, r)| (*t, r))
                     .collect()
             };
+            // This transaction's own signal: another one (a backfill chunk beside a move)
+            // may be delivering at the same time.
             let (commit_tx, commit_rx) = watch::channel(None);
-            *lock(&self.committed) = Some(commit_tx);
             {
                 let mut tasks = lock(&self.tasks);
                 while tasks.try_join_next().is_some() {}
@@ -176,13 +172,12 @@ impl DeliverFirst for Inline {
                     }
                 }
             }
-            attempted
+            Delivered {
+                attempted,
+                finish: Box::new(move |committed| {
+                    let _ = commit_tx.send(Some(committed));
+                }),
+            }
         })
-    }
-
-    fn finished(&self, committed: bool) {
-        if let Some(tx) = lock(&self.committed).take() {
-            let _ = tx.send(Some(committed));
-        }
     }
 }

@@ -29,7 +29,8 @@
 //!    attempt failed with its outcome (retried by the dispatchers like any event, holding
 //!    back later events of their row), those whose attempt is still under way (the delivery
 //!    waits only a moment) leased to the delivering dispatcher, which settles them once the
-//!    chunk committed ([`DeliverFirst::finished`]), the rest pending;
+//!    chunk committed ([`Delivered::finish`](crate::inline::Delivered::finish)), the rest
+//!    pending;
 //! 5. moves `last_key` with a compare-and-set: when another process wrote that chunk first
 //!    (or the backfill was cancelled) nothing is written.
 //!
@@ -482,7 +483,7 @@ pub async fn run_chunk(
         .iter()
         .map(|e| e.new.as_ref().map_or(0, |n| n.len() as i64))
         .sum();
-    let (delivered, told) =
+    let (delivered, finish) =
         inline::deliver_and_write(&tx, schema, &events, delivery, CHUNK_WAIT).await?;
     let read = Read {
         rows: events.len() as i64,
@@ -491,8 +492,8 @@ pub async fn run_chunk(
         delivered,
     };
     let chunk = conclude(tx, schema, id, &last_key, read, max_rows).await;
-    if let (Some(delivery), true) = (delivery, told) {
-        delivery.finished(matches!(chunk, Ok(Chunk::Written { .. })));
+    if let Some(finish) = finish {
+        finish(matches!(chunk, Ok(Chunk::Written { .. })));
     }
     chunk
 }

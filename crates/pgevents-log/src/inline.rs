@@ -75,6 +75,16 @@ pub enum Attempted {
     UnderWay(i64),
 }
 
+/// What a [`DeliverFirst`] did with the events it was given.
+pub struct Delivered {
+    /// What became of each event attempted.
+    pub attempted: Vec<Attempted>,
+    /// Tells the attempts still under way whether the writing transaction committed (the
+    /// events are in the log) or not (they are not; their outcomes are moot). Dropped
+    /// uncalled, it means "not committed".
+    pub finish: Box<dyn FnOnce(bool) + Send>,
+}
+
 /// Delivers events before the transaction that writes them commits.
 pub trait DeliverFirst: Send + Sync {
     /// The lease owner the attempts are recorded under.
@@ -85,32 +95,28 @@ pub trait DeliverFirst: Send + Sync {
     fn lease(&self) -> Duration;
 
     /// Attempts `events` (each the next of its ordering key), waiting at most `wait` for
-    /// the attempts, and returns what became of each one attempted; those left out are
-    /// written pending, for the dispatchers.
+    /// the attempts; those it leaves out are written pending, for the dispatchers.
     fn deliver(
         &self,
         events: Vec<Claimed>,
         wait: Duration,
-    ) -> Pin<Box<dyn Future<Output = Vec<Attempted>> + Send + '_>>;
-
-    /// Called once after each [`deliver`](Self::deliver): whether the transaction committed
-    /// (the events under way are in the log) or not (they are not; their outcomes are moot).
-    fn finished(&self, committed: bool);
+    ) -> Pin<Box<dyn Future<Output = Delivered> + Send + '_>>;
 }
 
 /// Delivers with `delivery` (when given) those of `events` that nothing holds back, waiting
 /// at most `wait`, and writes them all into the log inside the caller's transaction
-/// `client`. Returns how many were delivered, and whether `delivery` was called (then the
-/// caller must tell it, [`DeliverFirst::finished`], whether the transaction committed).
+/// `client`. Returns how many were delivered and, when `delivery` was called, its
+/// [`Delivered::finish`], for the caller to call once it knows whether the transaction
+/// committed.
 pub(crate) async fn deliver_and_write(
     client: &impl GenericClient,
     schema: &LogSchema,
     events: &[Unwritten],
     delivery: Option<&dyn DeliverFirst>,
     wait: Duration,
-) -> Result<(i64, bool), Error> {
+) -> Result<(i64, Option<Box<dyn FnOnce(bool) + Send>>), Error> {
     if events.is_empty() {
-        return Ok((0, false));
+        return Ok((0, None));
     }
     let free = match delivery {
         Some(_) => free_to_deliver(client, schema, events).await?,
@@ -118,18 +124,14 @@ pub(crate) async fn deliver_and_write(
     };
     let (Some(delivery), false) = (delivery, free.is_empty()) else {
         write(client, schema, events, &[], None).await?;
-        return Ok((0, false));
+        return Ok((0, None));
     };
-    let attempted = delivery
+    let delivered = delivery
         .deliver(free.iter().map(|&i| events[i].claimed()).collect(), wait)
         .await;
-    match write(client, schema, events, &attempted, Some(delivery)).await {
-        Ok(delivered) => Ok((delivered, true)),
-        Err(e) => {
-            delivery.finished(false);
-            Err(e)
-        }
-    }
+    // On an error the finish is dropped uncalled: not committed.
+    let count = write(client, schema, events, &delivered.attempted, Some(delivery)).await?;
+    Ok((count, Some(delivered.finish)))
 }
 
 /// The positions in `events` of those that may be delivered before they are written: see

@@ -269,7 +269,7 @@ impl Store {
                     created_at: r.get(7),
                 })
                 .collect();
-            let (_, told) = inline::deliver_and_write(
+            let (_, finish) = inline::deliver_and_write(
                 &self.client,
                 &self.schema,
                 &events,
@@ -277,14 +277,14 @@ impl Store {
                 wait,
             )
             .await?;
-            Ok::<_, Error>((i32::try_from(rows.len()).unwrap_or(i32::MAX), told))
+            Ok::<_, Error>((i32::try_from(rows.len()).unwrap_or(i32::MAX), finish))
         }
         .await;
         match moved {
-            Ok((moved, told)) => {
+            Ok((moved, finish)) => {
                 let committed = self.client.batch_execute("COMMIT").await;
-                if told {
-                    delivery.finished(committed.is_ok());
+                if let Some(finish) = finish {
+                    finish(committed.is_ok());
                 }
                 committed.map_err(|e| Error::query("committing a move of captured rows", e))?;
                 Ok(moved)
