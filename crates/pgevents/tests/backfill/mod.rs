@@ -648,3 +648,81 @@ async fn a_slow_read_leaves_its_chunk_and_still_comes_first() {
         "row 5's READ settled after its chunk, once"
     );
 }
+
+/// A backfill chunk and moves of live changes deliver at the same time, both with attempts
+/// that outlast their short wait (slow handlers): each transaction settles its own attempts
+/// under way, so every event is delivered once and recorded with one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reads_beside_slow_live_changes_are_each_delivered_once() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE busy (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO busy SELECT g, 0 FROM generate_series(1, 2000) g",
+        )
+        .await
+        .expect("table");
+    let delivered = Arc::new(Mutex::new(Vec::<(Action, i64)>::new()));
+    let d = delivered.clone();
+    let listener = Listener::builder(&db.url)
+        .on("busy", move |event: Event| {
+            let d = d.clone();
+            async move {
+                let id = event.new().and_then(|row| row["id"].as_i64()).unwrap_or(-1);
+                // Longer than a chunk's and a move's wait: handed to the settler.
+                let slow = match event.action() {
+                    Action::Read if id % 100 == 0 => Duration::from_millis(300),
+                    Action::Insert => Duration::from_millis(30),
+                    _ => Duration::ZERO,
+                };
+                tokio::time::sleep(slow).await;
+                d.lock().expect("delivered").push((event.action(), id));
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+        .build()
+        .await
+        .expect("listener");
+    let (stop, running, id) = backfill_after_a_change(&db, listener, "busy", 2001, || {
+        delivered.lock().expect("delivered").len()
+    })
+    .await;
+    // Live inserts all through the backfill, each moved (and delivered) on its own.
+    let mut inserted = 0;
+    while state(&db.client, id).await != "done" || inserted < 20 {
+        db.client
+            .execute("INSERT INTO busy VALUES ($1, 0)", &[&(10_000 + inserted)])
+            .await
+            .expect("insert");
+        inserted += 1;
+        assert!(inserted < 100_000, "the backfill never ended");
+    }
+    // READs of every row read (live rows too, when a chunk read them), the first insert, the
+    // live inserts.
+    let expected = rows_done(&db.client, id).await as usize + 1 + inserted as usize;
+    eventually(LIMIT, "every event delivered", || {
+        let n = delivered.lock().expect("delivered").len();
+        async move { n >= expected }
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.expect("listener task").expect("listener run");
+    let delivered = delivered.lock().expect("delivered").clone();
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<_> = delivered.iter().filter(|e| !seen.insert(**e)).collect();
+    assert!(twice.is_empty(), "events delivered twice: {twice:?}");
+    assert_eq!(delivered.len(), expected, "every event delivered once");
+    let more_than_once: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pgevents.event WHERE status <> 'd' OR attempts <> 1",
+            &[],
+        )
+        .await
+        .expect("the log")
+        .get(0);
+    assert_eq!(
+        more_than_once, 0,
+        "every event recorded delivered at its first attempt"
+    );
+}
