@@ -202,6 +202,89 @@ async fn backfill_after_a_change(
     (stop, running, id)
 }
 
+/// One delivery to a handler of an `(id, v)` table: the event's action, row id, `v` and log
+/// position.
+type Delivery = (Action, i64, i64, i64);
+
+/// What a handler of an `(id, v)` table was given, in delivery order.
+#[derive(Clone, Default)]
+struct Deliveries(Arc<Mutex<Vec<Delivery>>>);
+
+impl Deliveries {
+    /// The row id and `v` of `event`'s new image (-1 where it has none).
+    fn row(event: &Event) -> (i64, i64) {
+        let image = event.new();
+        let field = |name: &str| image.and_then(|row| row[name].as_i64()).unwrap_or(-1);
+        (field("id"), field("v"))
+    }
+
+    fn push(&self, event: &Event) {
+        let (id, v) = Self::row(event);
+        self.0
+            .lock()
+            .expect("deliveries")
+            .push((event.action(), id, v, event.seq()));
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().expect("deliveries").len()
+    }
+
+    fn all(&self) -> Vec<Delivery> {
+        self.0.lock().expect("deliveries").clone()
+    }
+
+    /// Row `id`'s deliveries, `(action, v)`, in delivery order.
+    fn of_row(&self, id: i64) -> Vec<(Action, i64)> {
+        self.all()
+            .into_iter()
+            .filter(|e| e.1 == id)
+            .map(|e| (e.0, e.2))
+            .collect()
+    }
+
+    /// Asserts that no event arrived twice and that each row's events arrived in log order.
+    fn assert_once_in_order(&self) {
+        let mut last: HashMap<i64, i64> = HashMap::new();
+        for (action, id, _, seq) in self.all() {
+            if let Some(before) = last.insert(id, seq) {
+                assert!(
+                    before < seq,
+                    "row {id}: {action} at {seq} delivered after the event at {before} (twice, or out of order)"
+                );
+            }
+        }
+    }
+}
+
+/// Changes row `id` of `table` (`v` = 1) while its READ waits in the log undelivered, waits
+/// until `total` events were delivered, stops the listener and returns the row's deliveries
+/// (`(action, v)`).
+async fn change_behind_its_read(
+    db: &Db,
+    table: &str,
+    id: i32,
+    total: usize,
+    deliveries: &Deliveries,
+    (stop, running): (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), pgevents::Error>>,
+    ),
+) -> Vec<(Action, i64)> {
+    db.client
+        .execute(&format!("UPDATE {table} SET v = 1 WHERE id = $1"), &[&id])
+        .await
+        .expect("update the row");
+    eventually(LIMIT, "every READ and the changes delivered", || {
+        let n = deliveries.len();
+        async move { n >= total }
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.expect("listener task").expect("listener run");
+    deliveries.of_row(i64::from(id))
+}
+
 async fn consistent_while_writers_write(logical: Option<&str>) {
     let db = db().await;
     db.client
@@ -360,7 +443,7 @@ async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
         )
         .await
         .expect("table");
-    let delivered = Arc::new(Mutex::new(Vec::<(Action, i64, i64, i64)>::new()));
+    let delivered = Deliveries::default();
     let failures = Arc::new(AtomicI64::new(0));
     let progress_at_first_read = Arc::new(Mutex::new(None::<i64>));
     let watcher = Arc::new(connect(&db.url).await);
@@ -374,11 +457,7 @@ async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
         .on("accounts", move |event: Event| {
             let (d, f, p, w) = (d.clone(), f.clone(), p.clone(), w.clone());
             async move {
-                let row = event.new().cloned().unwrap_or_default();
-                let (id, v) = (
-                    row["id"].as_i64().unwrap_or(-1),
-                    row["v"].as_i64().unwrap_or(-1),
-                );
+                let (id, _) = Deliveries::row(&event);
                 if event.action() == Action::Read && p.lock().expect("progress").is_none() {
                     let done: i64 = w
                         .query_one("SELECT rows_done FROM pgevents.backfill", &[])
@@ -391,9 +470,7 @@ async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
                 {
                     return Err("row 7 is not welcome yet".to_string());
                 }
-                d.lock()
-                    .expect("delivered")
-                    .push((event.action(), id, v, event.seq()));
+                d.push(&event);
                 Ok(())
             }
         })
@@ -406,47 +483,30 @@ async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
         .build()
         .await
         .expect("listener");
-    let (stop, running, id) = backfill_after_a_change(&db, listener, "accounts", 51, || {
-        delivered.lock().expect("delivered").len()
-    })
-    .await;
+    let (stop, running, id) =
+        backfill_after_a_change(&db, listener, "accounts", 51, || delivered.len()).await;
     eventually(LIMIT, "row 7's READ failing once", || {
         let n = failures.load(Ordering::SeqCst);
         async move { n >= 1 }
     })
     .await;
     // Row 7's READ is now in the log, waiting for its retry: this change must wait for it.
-    db.client
-        .execute("UPDATE accounts SET v = 1 WHERE id = 7", &[])
-        .await
-        .expect("update row 7");
-    eventually(LIMIT, "every READ and the changes delivered", || {
-        let n = delivered.lock().expect("delivered").len();
-        async move { n >= 53 }
-    })
-    .await;
-    let _ = stop.send(());
-    running.await.expect("listener task").expect("listener run");
+    let row7 = change_behind_its_read(&db, "accounts", 7, 53, &delivered, (stop, running)).await;
 
     assert_eq!(
         *progress_at_first_read.lock().expect("progress"),
         Some(0),
         "the first READ was delivered before its chunk committed"
     );
-    let delivered = delivered.lock().expect("delivered").clone();
-    let reads: Vec<i64> = delivered
+    delivered.assert_once_in_order();
+    let mut reads: Vec<i64> = delivered
+        .all()
         .iter()
         .filter(|e| e.0 == Action::Read)
         .map(|e| e.1)
         .collect();
-    let mut sorted = reads.clone();
-    sorted.sort_unstable();
-    assert_eq!(sorted, (1..=51).collect::<Vec<i64>>(), "one READ per row");
-    let row7: Vec<(Action, i64)> = delivered
-        .iter()
-        .filter(|e| e.1 == 7)
-        .map(|e| (e.0, e.2))
-        .collect();
+    reads.sort_unstable();
+    assert_eq!(reads, (1..=51).collect::<Vec<i64>>(), "one READ per row");
     assert_eq!(
         row7,
         vec![(Action::Read, 0), (Action::Update, 1)],
@@ -565,63 +625,36 @@ async fn a_slow_read_leaves_its_chunk_and_still_comes_first() {
         )
         .await
         .expect("table");
-    let delivered = Arc::new(Mutex::new(Vec::<(Action, i64, i64)>::new()));
+    let delivered = Deliveries::default();
     let d = delivered.clone();
     let listener = Listener::builder(&db.url)
         .on("slow", move |event: Event| {
             let d = d.clone();
             async move {
-                let row = event.new().cloned().unwrap_or_default();
-                let (id, v) = (
-                    row["id"].as_i64().unwrap_or(-1),
-                    row["v"].as_i64().unwrap_or(-1),
-                );
-                if event.action() == Action::Read && id == 5 {
+                if event.action() == Action::Read && Deliveries::row(&event).0 == 5 {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
-                d.lock().expect("delivered").push((event.action(), id, v));
+                d.push(&event);
                 Ok::<_, std::convert::Infallible>(())
             }
         })
         .build()
         .await
         .expect("listener");
-    let (stop, running, id) = backfill_after_a_change(&db, listener, "slow", 21, || {
-        delivered.lock().expect("delivered").len()
-    })
-    .await;
+    let (stop, running, id) =
+        backfill_after_a_change(&db, listener, "slow", 21, || delivered.len()).await;
     eventually(LIMIT, "the backfill done", || {
         let client = &db.client;
         async move { state(client, id).await == "done" }
     })
     .await;
     assert!(
-        !delivered
-            .lock()
-            .expect("delivered")
-            .iter()
-            .any(|e| e.0 == Action::Read && e.1 == 5),
+        delivered.of_row(5).is_empty(),
         "the chunk committed while row 5's READ was still being delivered"
     );
     // Row 5's READ is in the log, leased while its attempt goes on: this change waits for it.
-    db.client
-        .execute("UPDATE slow SET v = 1 WHERE id = 5", &[])
-        .await
-        .expect("update row 5");
-    eventually(LIMIT, "every READ and the update delivered", || {
-        let n = delivered.lock().expect("delivered").len();
-        async move { n >= 23 }
-    })
-    .await;
-    let _ = stop.send(());
-    running.await.expect("listener task").expect("listener run");
-    let row5: Vec<(Action, i64)> = delivered
-        .lock()
-        .expect("delivered")
-        .iter()
-        .filter(|e| e.1 == 5)
-        .map(|e| (e.0, e.2))
-        .collect();
+    let row5 = change_behind_its_read(&db, "slow", 5, 23, &delivered, (stop, running)).await;
+    delivered.assert_once_in_order();
     assert_eq!(
         row5,
         vec![(Action::Read, 0), (Action::Update, 1)],
@@ -649,9 +682,9 @@ async fn a_slow_read_leaves_its_chunk_and_still_comes_first() {
     );
 }
 
-/// A backfill chunk and moves of live changes deliver at the same time, both with attempts
-/// that outlast their short wait (slow handlers): each transaction settles its own attempts
-/// under way, so every event is delivered once and recorded with one attempt.
+/// A backfill whose chunks hand their slow `READ`s to the settler, beside a stream of live
+/// inserts whose moves hand their slow attempts over too: every event is delivered once, in
+/// its row's log order, and recorded delivered at its first attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reads_beside_slow_live_changes_are_each_delivered_once() {
     let db = db().await;
@@ -662,13 +695,13 @@ async fn slow_reads_beside_slow_live_changes_are_each_delivered_once() {
         )
         .await
         .expect("table");
-    let delivered = Arc::new(Mutex::new(Vec::<(Action, i64)>::new()));
+    let delivered = Deliveries::default();
     let d = delivered.clone();
     let listener = Listener::builder(&db.url)
         .on("busy", move |event: Event| {
             let d = d.clone();
             async move {
-                let id = event.new().and_then(|row| row["id"].as_i64()).unwrap_or(-1);
+                let (id, _) = Deliveries::row(&event);
                 // Longer than a chunk's and a move's wait: handed to the settler.
                 let slow = match event.action() {
                     Action::Read if id % 100 == 0 => Duration::from_millis(300),
@@ -676,17 +709,15 @@ async fn slow_reads_beside_slow_live_changes_are_each_delivered_once() {
                     _ => Duration::ZERO,
                 };
                 tokio::time::sleep(slow).await;
-                d.lock().expect("delivered").push((event.action(), id));
+                d.push(&event);
                 Ok::<_, std::convert::Infallible>(())
             }
         })
         .build()
         .await
         .expect("listener");
-    let (stop, running, id) = backfill_after_a_change(&db, listener, "busy", 2001, || {
-        delivered.lock().expect("delivered").len()
-    })
-    .await;
+    let (stop, running, id) =
+        backfill_after_a_change(&db, listener, "busy", 2001, || delivered.len()).await;
     // Live inserts all through the backfill, each moved (and delivered) on its own.
     let mut inserted = 0;
     while state(&db.client, id).await != "done" || inserted < 20 {
@@ -701,16 +732,13 @@ async fn slow_reads_beside_slow_live_changes_are_each_delivered_once() {
     // live inserts.
     let expected = rows_done(&db.client, id).await as usize + 1 + inserted as usize;
     eventually(LIMIT, "every event delivered", || {
-        let n = delivered.lock().expect("delivered").len();
+        let n = delivered.len();
         async move { n >= expected }
     })
     .await;
     let _ = stop.send(());
     running.await.expect("listener task").expect("listener run");
-    let delivered = delivered.lock().expect("delivered").clone();
-    let mut seen = std::collections::HashSet::new();
-    let twice: Vec<_> = delivered.iter().filter(|e| !seen.insert(**e)).collect();
-    assert!(twice.is_empty(), "events delivered twice: {twice:?}");
+    delivered.assert_once_in_order();
     assert_eq!(delivered.len(), expected, "every event delivered once");
     let more_than_once: i64 = db
         .client
