@@ -94,8 +94,8 @@ impl DeliverFirst for Inline {
                     .map(|(t, r)| (*t, r))
                     .collect()
             };
-            // This transaction's own signal: another one (a backfill chunk beside a move)
-            // may be delivering at the same time.
+            // This transaction's own signal, whatever else delivers meanwhile (today the
+            // ingest lock keeps a chunk and a move apart; nothing here relies on it).
             let (commit_tx, commit_rx) = watch::channel(None);
             {
                 let mut tasks = lock(&self.tasks);
