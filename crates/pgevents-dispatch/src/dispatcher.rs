@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use pgevents_delivery::{DynSink, RetryPolicy};
 use pgevents_event::{Action, Event, EventParts};
+use pgevents_log::inline::Offer;
 use pgevents_log::store::{ClaimToken, Claimed, Settlement, Store, Verdict};
 use pgevents_log::{Error, LogSchema};
 use pgevents_trigger::Trigger;
@@ -87,7 +88,7 @@ const INGEST_BATCH: i32 = 50_000;
 const INLINE_BATCH: i32 = 1000;
 /// Captured rows whose images hold this many bytes or more are moved into the log pending,
 /// inside the database, never through the dispatcher's memory.
-const INLINE_BYTES: i32 = 64 << 10;
+const INLINE_BYTES: i32 = pgevents_log::inline::INLINE_BYTES as i32;
 /// How long a move waits for the attempts at the events it delivers: no other move runs
 /// meanwhile, so a slow destination's attempts are handed to the settler after this.
 const MOVE_WAIT: Duration = Duration::from_millis(5);
@@ -180,6 +181,7 @@ pub struct Dispatcher {
     health: Health,
     /// Whether its triggers' events reach the log from the WAL, not the capture table.
     wal_capture: bool,
+    offer: Option<Offer>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -358,6 +360,7 @@ impl Dispatcher {
             owner: rand::random::<i64>().wrapping_abs().max(1),
             health: Health::new(),
             wal_capture: false,
+            offer: None,
         }
     }
 
@@ -369,6 +372,15 @@ impl Dispatcher {
     /// database time per event delivered).
     pub fn with_wal_capture(mut self, wal_capture: bool) -> Dispatcher {
         self.wal_capture = wal_capture;
+        self
+    }
+
+    /// Offers this dispatcher's delivery through `offer` while it runs, to a writer of the
+    /// log in the same process (logical capture), which then delivers the events that
+    /// nothing holds back before it writes them, as a move of captured rows does
+    /// ([`pgevents_log::inline`]). The offer is withdrawn before the drain.
+    pub fn with_offer(mut self, offer: Offer) -> Dispatcher {
+        self.offer = Some(offer);
         self
     }
 
@@ -428,6 +440,9 @@ impl Dispatcher {
             shared.clone(),
             done_tx.clone(),
         ));
+        if let Some(offer) = &self.offer {
+            offer.set(Some(inline.clone()));
+        }
         let backfills = tokio::spawn(crate::backfill::run(
             self.url.clone(),
             self.schema.clone(),
@@ -455,6 +470,9 @@ impl Dispatcher {
         };
         tokio::pin!(shutdown);
         claim.run(&mut deliveries, &mut shutdown).await;
+        if let Some(offer) = &self.offer {
+            offer.set(None);
+        }
         let _ = stop_backfills.send(true);
         if let Err(error) = backfills.await {
             tracing::error!(%error, "the backfill task failed");

@@ -36,8 +36,9 @@ pub(crate) struct Inline {
     permits: Arc<Semaphore>,
     /// Where attempts that outlived their chunk's wait send their outcome.
     done_tx: mpsc::Sender<Done>,
-    /// The attempts (reaped at each chunk, drained at shutdown).
-    tasks: Mutex<JoinSet<()>>,
+    /// The attempts (reaped at each chunk, drained at shutdown); `None` once drained: a
+    /// writer still holding this delivery then writes its events pending.
+    tasks: Mutex<Option<JoinSet<()>>>,
 }
 
 impl Inline {
@@ -57,7 +58,7 @@ impl Inline {
             shared,
             permits: Arc::new(Semaphore::new(options.max_in_flight)),
             done_tx,
-            tasks: Mutex::new(JoinSet::new()),
+            tasks: Mutex::new(Some(JoinSet::new())),
         }
     }
 
@@ -65,7 +66,9 @@ impl Inline {
     /// events are released with the dispatcher's other claims, or come back when their
     /// lease ends).
     pub(crate) async fn drain(&self, deadline: tokio::time::Instant) {
-        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
+        let Some(mut tasks) = lock(&self.tasks).take() else {
+            return;
+        };
         drain(&mut tasks, deadline).await;
     }
 }
@@ -97,8 +100,7 @@ impl DeliverFirst for Inline {
             // This transaction's own signal, whatever else delivers meanwhile (today the
             // ingest lock keeps a chunk and a move apart; nothing here relies on it).
             let (commit_tx, commit_rx) = watch::channel(None);
-            {
-                let mut tasks = lock(&self.tasks);
+            if let Some(tasks) = lock(&self.tasks).as_mut() {
                 while tasks.try_join_next().is_some() {}
             }
             let deadline = tokio::time::Instant::now() + wait;
@@ -120,7 +122,7 @@ impl DeliverFirst for Inline {
                 let (shared, done_tx) = (self.shared.clone(), self.done_tx.clone());
                 let mut committed = commit_rx.clone();
                 let (ended_tx, ended_rx) = oneshot::channel();
-                lock(&self.tasks).spawn(async move {
+                let attempt = async move {
                     let settlement = deliver::attempt(sink, policy, event, 0, claim).await;
                     shared.record_outcome(trigger_id, &settlement.verdict);
                     let retry = match settlement.verdict {
@@ -146,7 +148,14 @@ impl DeliverFirst for Inline {
                     } else {
                         lock(&shared.in_flight).remove(&settlement.claim);
                     }
-                });
+                };
+                match lock(&self.tasks).as_mut() {
+                    Some(tasks) => {
+                        tasks.spawn(attempt);
+                    }
+                    // Drained (shutdown): this and the rest are written pending.
+                    None => break,
+                }
                 waiting.push((trigger_id, claim, size, ended_rx));
             }
             let mut attempted = Vec::with_capacity(waiting.len());

@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +22,37 @@ use tokio_postgres::GenericClient;
 
 use crate::store::{settle_in, Claimed, Settlement, Verdict};
 use crate::{Error, LogSchema};
+
+/// Events whose row images (as the capture holds them) reach this many bytes are written
+/// pending without passing through a [`DeliverFirst`]: the writer never holds a big row's
+/// payload in memory a second time.
+pub const INLINE_BYTES: usize = 64 << 10;
+
+/// A [`DeliverFirst`] offered by a dispatcher to a writer of the log in the same process
+/// (logical capture), for as long as the dispatcher delivers: set when it starts, taken
+/// back before it drains. Without one, the writer writes every event pending.
+#[derive(Clone, Default)]
+pub struct Offer(Arc<Mutex<Option<Arc<dyn DeliverFirst>>>>);
+
+impl Offer {
+    /// Offers `delivery`, or withdraws the offer (`None`).
+    pub fn set(&self, delivery: Option<Arc<dyn DeliverFirst>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = delivery;
+    }
+
+    /// The delivery offered now, if any.
+    pub fn current(&self) -> Option<Arc<dyn DeliverFirst>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl std::fmt::Debug for Offer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offer")
+            .field("offered", &self.current().is_some())
+            .finish()
+    }
+}
 
 /// An event about to be written to the log.
 #[derive(Debug, Clone)]
@@ -108,7 +140,7 @@ pub trait DeliverFirst: Send + Sync {
 /// `client`. Returns how many were delivered and, when `delivery` was called, its
 /// [`Delivered::finish`], for the caller to call once it knows whether the transaction
 /// committed.
-pub(crate) async fn deliver_and_write(
+pub async fn deliver_and_write(
     client: &impl GenericClient,
     schema: &LogSchema,
     events: &[Unwritten],

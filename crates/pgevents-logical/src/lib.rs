@@ -61,6 +61,16 @@
 //! keepalives between transactions, are confirmed at once, so a slot on quiet tables in a
 //! busy database does not hold WAL back.
 //!
+//! **Delivered as written.** Run beside a dispatcher of the same process (the library's
+//! `Listener`, the daemon), a write renders its rows' events and, before it commits,
+//! delivers those that nothing holds back (no pending event of their row or old key, no
+//! pending TRUNCATE, no other event of the batch on their keys) through the dispatcher's
+//! destinations, waiting at most 5 ms, then writes each event once: delivered, failed with
+//! its outcome (retried by the dispatchers, holding back its row), leased to the dispatcher
+//! while its attempt is still under way, or pending. No claim and no settle for the events
+//! delivered so, and the slot is confirmed, as always, only behind what the log holds. Rows
+//! of 64 kB or more are written pending by the server without passing through the process.
+//!
 //! **Values rendered by PostgreSQL itself.** pgoutput sends each value in its type's text
 //! form (the walsender session is pinned to ISO dates, UTC, shortest-exact floats and hex
 //! bytea so these read back exactly). The INSERT that writes a batch casts each value back
@@ -121,6 +131,7 @@ mod writer;
 
 use std::time::Duration;
 
+use pgevents_log::inline::Offer;
 use pgevents_log::LogSchema;
 use pgevents_trigger::{Condition, Trigger};
 
@@ -197,6 +208,7 @@ pub struct LogicalCapture {
     publication: String,
     tables: Vec<LogicalTable>,
     options: Options,
+    delivery: Offer,
 }
 
 impl LogicalCapture {
@@ -236,6 +248,7 @@ impl LogicalCapture {
             publication,
             tables,
             options: Options::default(),
+            delivery: Offer::default(),
         })
     }
 
@@ -246,6 +259,16 @@ impl LogicalCapture {
             batch_bytes: options.batch_bytes.max(1),
             ..options
         };
+        self
+    }
+
+    /// Delivers, with the delivery `offer`ed by a dispatcher of the same process
+    /// ([`pgevents_log::inline::Offer`]) while it is offered, the events that nothing holds
+    /// back before the write that puts them into the log commits, and writes them once, as
+    /// delivered: no claim, no settle. The slot is still confirmed only behind what the log
+    /// holds.
+    pub fn with_delivery(mut self, offer: Offer) -> LogicalCapture {
+        self.delivery = offer;
         self
     }
 

@@ -249,7 +249,9 @@ impl LogicalCapture {
     ) -> Result<(), Error> {
         let rows = decoder.batch.len();
         let started = Instant::now();
-        writer.write(&decoder.batch).await?;
+        writer
+            .write(&decoder.batch, self.delivery.current())
+            .await?;
         if let Some(end) = decoder.batch.end_lsn {
             stream.update_applied_lsn(Lsn(end));
         }

@@ -5,7 +5,9 @@
 //! the capture to. [`Writer::write`] commits it in one log transaction: it locks the slot's
 //! row in `logical_progress`, drops the rows that row says are already written (a replay
 //! after a crash, or an overlapping former leader), inserts the rest into `event`, moves the
-//! cursor, and wakes the dispatchers — all or nothing.
+//! cursor, and wakes the dispatchers — all or nothing. Given a delivery
+//! ([`pgevents_log::inline`]), it has the events rendered back instead, delivers those that
+//! nothing holds back before the commit, and writes them once, with their outcome.
 //!
 //! The `data` JSON is built by the server from the text values: each row image becomes a
 //! subquery whose columns are the decoded text cast to the column's type (named by
@@ -22,10 +24,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use pgevents_log::inline::{self, DeliverFirst, Unwritten, INLINE_BYTES};
 use pgevents_log::{wake_channel, LogSchema};
-use pgevents_postgres::quote_ident;
+use pgevents_postgres::{quote_ident, quote_literal};
 use pgevents_trigger::image::{image_sql, in_table_order};
 use pgevents_trigger::ordering::{key_sql, old_key_sql};
 use pgevents_trigger::Ordering;
@@ -255,13 +259,21 @@ impl Batch {
 /// At most this many row shapes keep a prepared statement.
 const MAX_STATEMENTS: usize = 256;
 
+/// A row shape, what a trigger takes from it, and what the statement does with the events.
+type StatementKey = (Arc<Shape>, Option<Arc<Projection>>, Form);
+
+/// How long a write waits for the attempts at the events it delivers before it commits:
+/// the stream waits meanwhile, so a slow destination's attempts are handed to the
+/// dispatcher's settler after this.
+const DELIVERY_WAIT: Duration = Duration::from_millis(5);
+
 /// The log connection of a capture session.
 pub(crate) struct Writer {
     client: Client,
     schema: LogSchema,
     slot: String,
     channel: String,
-    statements: HashMap<(Arc<Shape>, Option<Arc<Projection>>), Statement>,
+    statements: HashMap<StatementKey, Statement>,
     truncate: Statement,
     lock_progress: Statement,
     save_progress: Statement,
@@ -357,15 +369,29 @@ impl Writer {
 
     /// Writes `batch` and the position it reaches in one log transaction; rows the log
     /// already holds are skipped. Returns the position now saved.
-    pub async fn write(&mut self, batch: &Batch) -> Result<Progress, Error> {
+    ///
+    /// With a `delivery`, the events of rows under [`INLINE_BYTES`] that nothing holds back
+    /// are delivered before the transaction commits and written once, as delivered
+    /// ([`inline`]); the others are written pending.
+    pub async fn write(
+        &mut self,
+        batch: &Batch,
+        delivery: Option<Arc<dyn DeliverFirst>>,
+    ) -> Result<Progress, Error> {
+        let form = |row: &Row| match delivery {
+            Some(_) if row.size() < INLINE_BYTES => Form::Render,
+            _ => Form::Insert,
+        };
         for row in &batch.rows {
             if let Some(shape) = &row.shape {
-                let key = (shape.clone(), row.projection.clone());
+                let key = (shape.clone(), row.projection.clone(), form(row));
                 if !self.statements.contains_key(&key) {
                     if self.statements.len() >= MAX_STATEMENTS {
                         self.statements.clear();
                     }
-                    let statement = self.prepare_shape(shape, row.projection.as_deref()).await?;
+                    let statement = self
+                        .prepare_shape(shape, row.projection.as_deref(), key.2)
+                        .await?;
                     self.statements.insert(key, statement);
                 }
             }
@@ -391,12 +417,16 @@ impl Writer {
             .iter()
             .filter(|r| !saved.cursor.covers(r.at.0, r.at.1))
             .collect();
+        let mut unwritten = Vec::new();
         let mut start = 0;
         while start < fresh.len() {
             let (shape, projection) = (&fresh[start].shape, &fresh[start].projection);
+            let run_form = form(fresh[start]);
             let end = fresh[start..]
                 .iter()
-                .position(|r| r.shape != *shape || r.projection != *projection)
+                .position(|r| {
+                    r.shape != *shape || r.projection != *projection || form(r) != run_form
+                })
                 .map_or(fresh.len(), |n| start + n);
             let run = &fresh[start..end];
             match shape {
@@ -410,13 +440,31 @@ impl Writer {
                 Some(shape) => {
                     let statement = self
                         .statements
-                        .get(&(shape.clone(), projection.clone()))
+                        .get(&(shape.clone(), projection.clone(), run_form))
                         .ok_or_else(|| Error::Decode("a row shape lost its statement".into()))?;
-                    insert_rows(&tx, statement, shape, run).await?;
+                    let rendered = run_rows(&tx, statement, shape, run).await?;
+                    unwritten.extend(rendered.iter().map(|r| Unwritten {
+                        seq: r.get(0),
+                        trigger_id: r.get(1),
+                        op: r.get(2),
+                        row_key: r.get(3),
+                        old_key: r.get(4),
+                        old: r.get(5),
+                        new: r.get(6),
+                        created_at: r.get(7),
+                    }));
                 }
             }
             start = end;
         }
+        let (_, finish) = inline::deliver_and_write(
+            &tx,
+            &self.schema,
+            &unwritten,
+            delivery.as_deref(),
+            DELIVERY_WAIT,
+        )
+        .await?;
         let cursor = saved.cursor.max(batch.cursor);
         let end_lsn = saved.end_lsn.max(batch.end_lsn.unwrap_or(0));
         tx.execute(
@@ -435,9 +483,11 @@ impl Writer {
                 .await
                 .map_err(|e| Error::query("waking the dispatchers", e))?;
         }
-        tx.commit()
-            .await
-            .map_err(|e| Error::query("committing a log write", e))?;
+        let committed = tx.commit().await;
+        if let Some(finish) = finish {
+            finish(committed.is_ok());
+        }
+        committed.map_err(|e| Error::query("committing a log write", e))?;
         if fresh.len() < batch.rows.len() {
             tracing::debug!(
                 skipped = batch.rows.len() - fresh.len(),
@@ -451,6 +501,7 @@ impl Writer {
         &self,
         shape: &Shape,
         projection: Option<&Projection>,
+        form: Form,
     ) -> Result<Statement, Error> {
         let oids: Vec<u32> = shape.columns.iter().map(|c| c.type_oid).collect();
         let mods: Vec<i32> = shape.columns.iter().map(|c| c.type_modifier).collect();
@@ -484,6 +535,7 @@ impl Writer {
             shape,
             &names,
             projection.unwrap_or(&Projection::whole()),
+            form,
         );
         self.client
             .prepare(&sql)
@@ -504,8 +556,18 @@ fn progress_of(row: &tokio_postgres::Row) -> Progress {
     }
 }
 
-/// The INSERT for rows of `shape`, whose column types are named `types`, taking from each
-/// row what `projection` says.
+/// What a statement of [`insert_sql`] does with the events it renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Form {
+    /// Writes them into the log, pending.
+    Insert,
+    /// Returns them, each with its log position taken, for [`inline::deliver_and_write`]:
+    /// position, trigger, op, row key, old key, old and new image as JSON text, commit time.
+    Render,
+}
+
+/// The statement that renders rows of `shape`, whose column types are named `types`, taking
+/// from each row what `projection` says, as events, and writes or returns them (`form`).
 ///
 /// Parameters: trigger ids, ops, orderings (`r`ow, `t`able, `n`one, `c`olumns), commit times, has-old and has-new flags, then
 /// one text array per column for the old images and one per column for the new.
@@ -514,6 +576,7 @@ fn insert_sql(
     shape: &Shape,
     types: &[String],
     projection: &Projection,
+    form: Form,
 ) -> String {
     let n = shape.columns.len();
     let names = shape.image_columns();
@@ -590,12 +653,8 @@ fn insert_sql(
             aliases.push(format!("{prefix}{i}"));
         }
     }
-    format!(
-        "INSERT INTO {event} (trigger_id, op, row_key, old_key, old_row, new_row, created_at, next_attempt_at, size)
-         SELECT r.trigger_id, r.op, r.row_key, r.old_key, r.old_row, r.new_row, r.created_at, now(),
-                {size}(r.old_row, r.new_row)
-           FROM (
-         SELECT u.trigger_id, u.op,
+    let rows = format!(
+        "SELECT u.trigger_id, u.op,
                 CASE u.ordering
                   WHEN 'r' THEN CASE WHEN u.op = 'D' THEN {old_key} ELSE {new_key} END
                   WHEN 't' THEN {table_key}
@@ -609,10 +668,7 @@ fn insert_sql(
            {old_image}
            {new_image}
           {filter}
-          OFFSET 0) r
-          ORDER BY r.ord",
-        event = schema.object("event"),
-        size = schema.object("event_size"),
+          OFFSET 0",
         old_key = row_key("o"),
         new_key = row_key("n"),
         table_key = key_sql(&Ordering::Table, "n", &key_columns, seed),
@@ -631,15 +687,34 @@ fn insert_sql(
         aliases = aliases.join(", "),
         old_image = image("o", "has_old"),
         new_image = image("n", "has_new"),
-    )
+    );
+    match form {
+        Form::Insert => format!(
+            "INSERT INTO {event} (trigger_id, op, row_key, old_key, old_row, new_row, created_at, next_attempt_at, size)
+             SELECT r.trigger_id, r.op, r.row_key, r.old_key, r.old_row, r.new_row, r.created_at, now(),
+                    {size}(r.old_row, r.new_row)
+               FROM ({rows}) r
+              ORDER BY r.ord",
+            event = schema.object("event"),
+            size = schema.object("event_size"),
+        ),
+        // Positions taken in the stream's order: the sorted subquery comes out in order.
+        Form::Render => format!(
+            "SELECT nextval({sequence}), r.trigger_id, r.op, r.row_key, r.old_key,
+                    r.old_row::text, r.new_row::text, r.created_at
+               FROM (SELECT * FROM ({rows}) r ORDER BY r.ord OFFSET 0) r",
+            sequence = quote_literal(&schema.object("event_seq")),
+        ),
+    }
 }
 
-async fn insert_rows(
+/// Runs a statement of [`insert_sql`] on `rows`; returns what it returns.
+async fn run_rows(
     tx: &tokio_postgres::Transaction<'_>,
     statement: &Statement,
     shape: &Shape,
     rows: &[&Row],
-) -> Result<(), Error> {
+) -> Result<Vec<tokio_postgres::Row>, Error> {
     let n = shape.columns.len();
     let triggers: Vec<i32> = rows.iter().map(|r| r.trigger_id).collect();
     let ops: Vec<i8> = rows.iter().map(|r| r.op).collect();
@@ -669,10 +744,9 @@ async fn insert_rows(
     for c in &columns {
         params.push(c);
     }
-    tx.execute(statement, &params)
+    tx.query(statement, &params)
         .await
-        .map_err(|e| Error::query("writing captured rows to the event log", e))?;
-    Ok(())
+        .map_err(|e| Error::query("writing captured rows to the event log", e))
 }
 
 /// The `"char"` code of `ordering` in the event insert's parameters.
@@ -730,6 +804,7 @@ mod tests {
             &shape,
             &["bigint".into(), "text".into()],
             &Projection::whole(),
+            Form::Insert,
         );
         assert!(sql.contains("u.o0::bigint AS \"Id \"\"x\"\"\""));
         assert!(
@@ -787,6 +862,7 @@ mod tests {
             &shape,
             &["integer".into(), "integer".into()],
             &Projection::whole(),
+            Form::Render,
         );
         assert!(sql.contains(
             "(SELECT \"id\", ((qty * 2)) AS \"double\", \"qty\" FROM (SELECT u.n0::integer AS \"id\", u.n1::integer AS \"qty\" WHERE u.has_new OFFSET 0) n_published OFFSET 0) n ON true"
@@ -815,6 +891,7 @@ mod tests {
             &shape,
             &["text".into(), "text".into(), "text".into()],
             &projection,
+            Form::Insert,
         );
         assert!(sql.contains("(SELECT n.\"id\", n.\"account\") pgevents_image"));
         assert!(sql.contains("WHEN 'c' THEN CASE WHEN u.op = 'D' THEN hashtextextended(ROW(o.\"account\")::text, u.trigger_id)"));

@@ -522,6 +522,140 @@ async fn the_listener_captures_through_the_slot() {
     assert!(!ids.contains(&swept.id()));
 }
 
+/// A trickle read from the slot is delivered before the write that puts it into the log
+/// commits, and recorded once, as delivered, with its attempt; an attempt that fails is
+/// recorded with its outcome and retried, and holds back the later changes of its row only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_delivers_from_the_stream_before_the_log_holds_it() {
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await
+        .expect("schema");
+    let watcher = std::sync::Arc::new(pgevents_testkit::db::connect(&db.url).await);
+    // (row id, action, body, whether the log held the event as it arrived)
+    type Seen = Vec<(i64, Action, String, bool)>;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::new()));
+    let failed_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (w, s, f) = (watcher.clone(), seen.clone(), failed_once.clone());
+    let listener = pgevents::Listener::builder(&db.url)
+        .on("notes", move |event: pgevents::Event| {
+            let (w, s, f) = (w.clone(), s.clone(), f.clone());
+            async move {
+                let logged: i64 = w
+                    .query_one(
+                        "SELECT count(*) FROM pgevents.event WHERE seq = $1",
+                        &[&event.seq()],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                let image = event.new().or(event.old()).expect("an image");
+                let id = image["id"].as_i64().expect("id");
+                let body = image["body"].as_str().unwrap_or_default().to_string();
+                s.lock()
+                    .expect("seen")
+                    .push((id, event.action(), body, logged > 0));
+                if id == 5
+                    && event.action() == Action::Insert
+                    && !f.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    return Err("the first attempt at row 5 fails".to_string());
+                }
+                Ok::<_, String>(())
+            }
+        })
+        .retry(pgevents::RetryPolicy {
+            max_retries: 5,
+            initial_interval: Duration::from_millis(300),
+            max_interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+        })
+        .capture_logical("inline", "inline")
+        .build()
+        .await
+        .expect("logical-mode build");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listener.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let delivered = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            eventually(WAIT, "the changes delivered", || {
+                let seen = seen.clone();
+                async move { seen.lock().expect("seen").len() >= n }
+            })
+            .await
+        }
+    };
+    // Row 1 first: the first delivery closes the destination's breaker (a new one is on trial).
+    for id in 1..=20 {
+        db.client
+            .execute("INSERT INTO notes VALUES ($1, 'first')", &[&id])
+            .await
+            .expect("insert");
+        // Row 5's failed attempt is one more delivery.
+        delivered(id as usize + usize::from(id >= 5)).await;
+    }
+    db.client
+        .batch_execute("UPDATE notes SET body = 'second' WHERE id IN (5, 6)")
+        .await
+        .expect("update");
+    delivered(23).await;
+    let _ = stop_tx.send(());
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("listener stops")
+        .expect("task")
+        .expect("run");
+    let seen = seen.lock().expect("seen").clone();
+    let of_row = |id: i64| -> Vec<(Action, String)> {
+        seen.iter()
+            .filter(|(i, ..)| *i == id)
+            .map(|(_, a, b, _)| (*a, b.clone()))
+            .collect()
+    };
+    let insert = (Action::Insert, "first".to_string());
+    let update = (Action::Update, "second".to_string());
+    assert_eq!(
+        of_row(5),
+        [insert.clone(), insert.clone(), update.clone()],
+        "the failed insert is retried before the update of its row"
+    );
+    assert_eq!(of_row(6), [insert.clone(), update.clone()]);
+    for id in (1..=20).filter(|i| ![5, 6].contains(i)) {
+        assert_eq!(
+            of_row(id),
+            std::slice::from_ref(&insert),
+            "row {id}: once, nothing lost"
+        );
+    }
+    let early = seen.iter().filter(|(.., logged)| !logged).count();
+    assert!(
+        early >= 15,
+        "most of a trickle is delivered before the log holds it: {seen:?}"
+    );
+    let recorded: Vec<(i64, i32)> = db
+        .client
+        .query(
+            "SELECT count(*), attempts FROM pgevents.event
+              WHERE status = 'd' AND finished_at IS NOT NULL AND last_duration_ms IS NOT NULL
+              GROUP BY attempts ORDER BY attempts",
+            &[],
+        )
+        .await
+        .expect("the log")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        recorded,
+        [(21, 1), (1, 2)],
+        "every event recorded once as delivered, with its attempts"
+    );
+}
+
 /// A server without wal_level = logical gets an explanation, not a protocol error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_wal_level_is_explained() {

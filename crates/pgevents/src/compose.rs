@@ -5,6 +5,7 @@
 use std::future::Future;
 
 use pgevents_dispatch::Dispatcher;
+use pgevents_log::inline::Offer;
 use pgevents_logical::LogicalCapture;
 
 /// Runs `capture` beside `dispatcher` until `shutdown` completes: both stop on shutdown (the
@@ -18,6 +19,10 @@ pub async fn run_beside<F: Future>(
     Result<(), pgevents_logical::Error>,
     Result<(), pgevents_log::Error>,
 ) {
+    // Events that nothing holds back are delivered as they are written from the stream.
+    let offer = Offer::default();
+    let capture = capture.with_delivery(offer.clone());
+    let dispatcher = dispatcher.with_offer(offer);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
