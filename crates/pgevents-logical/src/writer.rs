@@ -418,6 +418,8 @@ impl Writer {
             .filter(|r| !saved.cursor.covers(r.at.0, r.at.1))
             .collect();
         let mut unwritten = Vec::new();
+        // Whether events were written pending by the server (dispatchers must look).
+        let mut inserted = false;
         let mut start = 0;
         while start < fresh.len() {
             let (shape, projection) = (&fresh[start].shape, &fresh[start].projection);
@@ -431,6 +433,7 @@ impl Writer {
             let run = &fresh[start..end];
             match shape {
                 None => {
+                    inserted = true;
                     let triggers: Vec<i32> = run.iter().map(|r| r.trigger_id).collect();
                     let times: Vec<DateTime<Utc>> = run.iter().map(|r| r.created_at).collect();
                     tx.execute(&self.truncate, &[&triggers, &times])
@@ -442,6 +445,7 @@ impl Writer {
                         .statements
                         .get(&(shape.clone(), projection.clone(), run_form))
                         .ok_or_else(|| Error::Decode("a row shape lost its statement".into()))?;
+                    inserted |= run_form == Form::Insert;
                     let rendered = run_rows(&tx, statement, shape, run).await?;
                     unwritten.extend(rendered.iter().map(|r| Unwritten {
                         seq: r.get(0),
@@ -457,7 +461,7 @@ impl Writer {
             }
             start = end;
         }
-        let (_, finish) = inline::deliver_and_write(
+        let (delivered, finish) = inline::deliver_and_write(
             &tx,
             &self.schema,
             &unwritten,
@@ -478,7 +482,8 @@ impl Writer {
         )
         .await
         .map_err(|e| Error::query("saving the capture position", e))?;
-        if !fresh.is_empty() {
+        // Events all delivered leave the dispatchers nothing to claim: no wake-up.
+        if inserted || delivered < unwritten.len() as i64 {
             tx.execute("SELECT pg_notify($1, '')", &[&self.channel])
                 .await
                 .map_err(|e| Error::query("waking the dispatchers", e))?;
