@@ -76,6 +76,22 @@ pub struct Unwritten {
 }
 
 impl Unwritten {
+    /// The event a statement returned as (position, trigger, op, row key, old key, old image,
+    /// new image, capture time): the columns of `take_captured` and of logical capture's
+    /// rendering.
+    pub fn from_row(row: &tokio_postgres::Row) -> Unwritten {
+        Unwritten {
+            seq: row.get(0),
+            trigger_id: row.get(1),
+            op: row.get(2),
+            row_key: row.get(3),
+            old_key: row.get(4),
+            old: row.get(5),
+            new: row.get(6),
+            created_at: row.get(7),
+        }
+    }
+
     /// The event as a claim of its first attempt.
     fn claimed(&self) -> Claimed {
         Claimed {

@@ -258,16 +258,7 @@ impl Store {
             let events: Vec<Unwritten> = rows
                 .iter()
                 .filter(|r| r.get::<_, bool>(8))
-                .map(|r| Unwritten {
-                    seq: r.get(0),
-                    trigger_id: r.get(1),
-                    op: r.get(2),
-                    row_key: r.get(3),
-                    old_key: r.get(4),
-                    old: r.get(5),
-                    new: r.get(6),
-                    created_at: r.get(7),
-                })
+                .map(Unwritten::from_row)
                 .collect();
             let (_, finish) = inline::deliver_and_write(
                 &self.client,

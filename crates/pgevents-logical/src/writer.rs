@@ -447,16 +447,7 @@ impl Writer {
                         .ok_or_else(|| Error::Decode("a row shape lost its statement".into()))?;
                     inserted |= run_form == Form::Insert;
                     let rendered = run_rows(&tx, statement, shape, run).await?;
-                    unwritten.extend(rendered.iter().map(|r| Unwritten {
-                        seq: r.get(0),
-                        trigger_id: r.get(1),
-                        op: r.get(2),
-                        row_key: r.get(3),
-                        old_key: r.get(4),
-                        old: r.get(5),
-                        new: r.get(6),
-                        created_at: r.get(7),
-                    }));
+                    unwritten.extend(rendered.iter().map(Unwritten::from_row));
                 }
             }
             start = end;

@@ -428,6 +428,32 @@ async fn install_follows_the_configuration_and_uninstall_cleans_up() {
     assert_eq!(publications, 0);
 }
 
+/// A listener running in a task of its own until [`ListenerTask::stop`].
+struct ListenerTask {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), pgevents::Error>>,
+}
+
+impl ListenerTask {
+    fn start(listener: pgevents::Listener) -> ListenerTask {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(listener.run(async move {
+            let _ = stopped.await;
+        }));
+        ListenerTask { stop, task }
+    }
+
+    /// Stops the listener; fails the test unless it stops cleanly in time.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("listener stops")
+            .expect("task")
+            .expect("run");
+    }
+}
+
 /// The listener's logical mode: triggers of an earlier trigger-mode build are removed and
 /// handlers receive the changes from the WAL, and the change that build's trigger captured
 /// and no dispatcher moved into the log (a logical-mode dispatcher still sweeps the capture
@@ -474,10 +500,7 @@ async fn the_listener_captures_through_the_slot() {
         .await
         .expect("logical-mode build");
     assert_eq!(triggers().await, 0, "capture triggers are removed");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(listener.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let running = ListenerTask::start(listener);
     db.client
         .batch_execute(
             "INSERT INTO orders VALUES (7, 'new'); UPDATE orders SET status = 'paid' WHERE id = 7",
@@ -511,12 +534,7 @@ async fn the_listener_captures_through_the_slot() {
     assert!(got[1]
         .payload_str()
         .ends_with(r#""data":{"old":{"id":7,"status":"new"},"new":{"id":7,"status":"paid"}}}"#));
-    let _ = stop_tx.send(());
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("listener stops")
-        .expect("task")
-        .expect("run");
+    running.stop().await;
     let ids: HashSet<_> = got.iter().map(|e| e.id()).collect();
     assert_eq!(ids.len(), 2);
     assert!(!ids.contains(&swept.id()));
@@ -542,20 +560,13 @@ async fn the_listener_delivers_from_the_stream_before_the_log_holds_it() {
         .on("notes", move |event: pgevents::Event| {
             let (w, s, f) = (w.clone(), s.clone(), f.clone());
             async move {
-                let logged: i64 = w
-                    .query_one(
-                        "SELECT count(*) FROM pgevents.event WHERE seq = $1",
-                        &[&event.seq()],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
+                let logged = pgevents_testkit::db::in_log(&w, event.seq()).await?;
                 let image = event.new().or(event.old()).expect("an image");
                 let id = image["id"].as_i64().expect("id");
                 let body = image["body"].as_str().unwrap_or_default().to_string();
                 s.lock()
                     .expect("seen")
-                    .push((id, event.action(), body, logged > 0));
+                    .push((id, event.action(), body, logged));
                 if id == 5
                     && event.action() == Action::Insert
                     && !f.swap(true, std::sync::atomic::Ordering::SeqCst)
@@ -575,10 +586,7 @@ async fn the_listener_delivers_from_the_stream_before_the_log_holds_it() {
         .build()
         .await
         .expect("logical-mode build");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(listener.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let running = ListenerTask::start(listener);
     let delivered = |n: usize| {
         let seen = seen.clone();
         async move {
@@ -603,12 +611,7 @@ async fn the_listener_delivers_from_the_stream_before_the_log_holds_it() {
         .await
         .expect("update");
     delivered(23).await;
-    let _ = stop_tx.send(());
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("listener stops")
-        .expect("task")
-        .expect("run");
+    running.stop().await;
     let seen = seen.lock().expect("seen").clone();
     let of_row = |id: i64| -> Vec<(Action, String)> {
         seen.iter()

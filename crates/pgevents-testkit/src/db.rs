@@ -26,6 +26,20 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// Whether the event log (schema `pgevents`) holds the event at position `seq` yet: a
+/// handler asks it to tell an event delivered before its write committed from one claimed
+/// from the log.
+pub async fn in_log(client: &Client, seq: i64) -> Result<bool, String> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pgevents.event WHERE seq = $1",
+            &[&seq],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get::<_, i64>(0) > 0)
+}
+
 /// Inserts the rows `ids` into `table` (whose first column is the id; the others take their
 /// defaults) in one transaction.
 pub async fn insert_ids(client: &Client, table: &str, ids: RangeInclusive<i64>) {
