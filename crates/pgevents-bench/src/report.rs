@@ -24,6 +24,8 @@ pub enum Unit {
     Secs,
     /// Percent.
     Percent,
+    /// Percentage points (a difference of two percentages).
+    Points,
     /// A plain count.
     Count,
 }
@@ -41,6 +43,7 @@ impl Unit {
             Unit::Ratio => format!("{value:.3}"),
             Unit::Secs => format!("{value:.1} s"),
             Unit::Percent => format!("{value:.1}%"),
+            Unit::Points => format!("{value:+.1} points"),
             Unit::Count => thousands(value),
         }
     }
@@ -49,7 +52,7 @@ impl Unit {
         match self {
             Unit::Tps | Unit::PerSec | Unit::Count => thousands(value),
             Unit::Ms => format!("{value:.2}"),
-            Unit::MB | Unit::Secs | Unit::Percent => format!("{value:.1}"),
+            Unit::MB | Unit::Secs | Unit::Percent | Unit::Points => format!("{value:.1}"),
             Unit::Ratio => format!("{value:.3}"),
         }
     }
@@ -324,5 +327,7 @@ mod tests {
         assert_eq!(thousands(-1000.0), "-1,000");
         assert_eq!(ratio_text(0.83), "0.830 (-17.0%)");
         assert_eq!(Unit::Ms.format(f64::NAN), "—");
+        assert_eq!(Unit::Points.format(3.46), "+3.5 points");
+        assert_eq!(Unit::Points.format(-0.5), "-0.5 points");
     }
 }

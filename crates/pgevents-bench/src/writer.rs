@@ -74,9 +74,13 @@ enum Mode {
     /// pgevents trigger capture with a `where` that no row matches: what a filter costs
     /// writers whose rows it rejects.
     TriggerRejecting,
+    /// [`Mode::RecvLogical`] on the table with `REPLICA IDENTITY FULL`, as logical mode sets
+    /// it (every UPDATE then writes the whole old row to the WAL): the WAL's own cost of
+    /// logical mode's payloads.
+    RecvLogicalFull,
 }
 
-const MODES: [Mode; 7] = [
+const MODES: [Mode; 8] = [
     Mode::None,
     Mode::TriggerIdle,
     Mode::TriggerDraining,
@@ -84,6 +88,7 @@ const MODES: [Mode; 7] = [
     Mode::RecvLogical,
     Mode::LogicalDraining,
     Mode::TriggerRejecting,
+    Mode::RecvLogicalFull,
 ];
 
 /// A `where` no benchmark row matches (`v` is never negative).
@@ -101,6 +106,9 @@ impl Mode {
                 "pgevents logical mode, listener capturing and delivering concurrently"
             }
             Mode::TriggerRejecting => "pgevents trigger mode, a `where` that rejects every row",
+            Mode::RecvLogicalFull => {
+                "logical slot read by pg_recvlogical, table REPLICA IDENTITY FULL (as logical mode sets it)"
+            }
         }
     }
 }
@@ -178,7 +186,15 @@ async fn set_up(bench: &Bench, mode: Mode) -> anyhow::Result<Running> {
                 .context("LISTEN bench")?;
             Running::Notifications(listener, AbortOnDrop(task), received)
         }
-        Mode::RecvLogical => {
+        Mode::RecvLogical | Mode::RecvLogicalFull => {
+            if mode == Mode::RecvLogicalFull {
+                bench
+                    .connect()
+                    .await?
+                    .batch_execute(&format!("ALTER TABLE {TABLE} REPLICA IDENTITY FULL"))
+                    .await
+                    .context("setting REPLICA IDENTITY FULL")?;
+            }
             bench.create_slot(SLOT, "pgoutput").await?;
             let child = process::recvlogical(bench, SLOT, None)?;
             process::wait_active(bench, SLOT).await?;
@@ -377,6 +393,12 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
             Goal::AtMost(15.0),
         );
         report.check(
+            format!("writer overhead, logical mode, {name} at 8 clients: within 7 points of pg_recvlogical's"),
+            overhead[5] - overhead[4],
+            Unit::Points,
+            Goal::AtMost(7.0),
+        );
+        report.check(
             format!(
                 "logical mode, {name} at 8 clients: nothing undelivered 1 s after the writers stop"
             ),
@@ -391,8 +413,8 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
             Goal::AtMost(5.0),
         );
         report.note(format!(
-            "{name}: trigger mode with no dispatcher running costs {:.1}%; the NOTIFY-per-row trigger costs {:.1}%; a bare logical slot read by pg_recvlogical costs {:.1}%.",
-            overhead[1], overhead[3], overhead[4]
+            "{name}: trigger mode with no dispatcher running costs {:.1}%; the NOTIFY-per-row trigger costs {:.1}%; a bare logical slot read by pg_recvlogical costs {:.1}% ({:.1}% with REPLICA IDENTITY FULL, which logical mode needs for whole old rows).",
+            overhead[1], overhead[3], overhead[4], overhead[7]
         ));
     }
     Ok(())
