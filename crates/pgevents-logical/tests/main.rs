@@ -10,6 +10,7 @@ use pgevents_event::Action;
 use pgevents_log::LogSchema;
 use pgevents_logical::{Error, LogicalCapture};
 use pgevents_postgres::QualifiedName;
+use pgevents_testkit::background::Background;
 use pgevents_trigger::Trigger;
 use support::{db, eventually, ChildCapture, Running, ALL_OPS};
 
@@ -428,32 +429,6 @@ async fn install_follows_the_configuration_and_uninstall_cleans_up() {
     assert_eq!(publications, 0);
 }
 
-/// A listener running in a task of its own until [`ListenerTask::stop`].
-struct ListenerTask {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), pgevents::Error>>,
-}
-
-impl ListenerTask {
-    fn start(listener: pgevents::Listener) -> ListenerTask {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(listener.run(async move {
-            let _ = stopped.await;
-        }));
-        ListenerTask { stop, task }
-    }
-
-    /// Stops the listener; fails the test unless it stops cleanly in time.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("listener stops")
-            .expect("task")
-            .expect("run");
-    }
-}
-
 /// The listener's logical mode: triggers of an earlier trigger-mode build are removed and
 /// handlers receive the changes from the WAL, and the change that build's trigger captured
 /// and no dispatcher moved into the log (a logical-mode dispatcher still sweeps the capture
@@ -500,7 +475,7 @@ async fn the_listener_captures_through_the_slot() {
         .await
         .expect("logical-mode build");
     assert_eq!(triggers().await, 0, "capture triggers are removed");
-    let running = ListenerTask::start(listener);
+    let running = Background::spawn(|stop| listener.run(stop));
     db.client
         .batch_execute(
             "INSERT INTO orders VALUES (7, 'new'); UPDATE orders SET status = 'paid' WHERE id = 7",
@@ -534,7 +509,7 @@ async fn the_listener_captures_through_the_slot() {
     assert!(got[1]
         .payload_str()
         .ends_with(r#""data":{"old":{"id":7,"status":"new"},"new":{"id":7,"status":"paid"}}}"#));
-    running.stop().await;
+    running.stop(WAIT, "the listener").await;
     let ids: HashSet<_> = got.iter().map(|e| e.id()).collect();
     assert_eq!(ids.len(), 2);
     assert!(!ids.contains(&swept.id()));
@@ -586,7 +561,7 @@ async fn the_listener_delivers_from_the_stream_before_the_log_holds_it() {
         .build()
         .await
         .expect("logical-mode build");
-    let running = ListenerTask::start(listener);
+    let running = Background::spawn(|stop| listener.run(stop));
     let delivered = |n: usize| {
         let seen = seen.clone();
         async move {
@@ -611,7 +586,7 @@ async fn the_listener_delivers_from_the_stream_before_the_log_holds_it() {
         .await
         .expect("update");
     delivered(23).await;
-    running.stop().await;
+    running.stop(WAIT, "the listener").await;
     let seen = seen.lock().expect("seen").clone();
     let of_row = |id: i64| -> Vec<(Action, String)> {
         seen.iter()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use pgevents::{Action, BackfillState, Event, Listener, Trigger};
 
-use crate::support::{connect, db, eventually, Db};
+use crate::support::{connect, db, eventually, run, Db, Running};
 
 const ROWS: i64 = 100_000;
 const LIMIT: Duration = Duration::from_secs(240);
@@ -166,22 +166,15 @@ async fn rows_done(client: &tokio_postgres::Client, id: i64) -> i64 {
 /// waits for it to be delivered (`delivered` counts deliveries; a destination that has not
 /// delivered yet is on trial, and backfill chunks leave its events to the dispatcher), then
 /// starts a backfill of the table the way an application does beside its running listener.
-/// Returns the listener's stop, its task and the backfill's id.
+/// Returns the running listener and the backfill's id.
 async fn backfill_after_a_change(
     db: &Db,
     listener: Listener,
     table: &str,
     new_id: i32,
     delivered: impl Fn() -> usize,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), pgevents::Error>>,
-    i64,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(listener.run(async move {
-        let _ = stopped.await;
-    }));
+) -> (Running, i64) {
+    let running = run(listener);
     db.client
         .execute(&format!("INSERT INTO {table} VALUES ($1, 0)"), &[&new_id])
         .await
@@ -199,7 +192,7 @@ async fn backfill_after_a_change(
         .await
         .expect("a second listener");
     let id = starter.backfill(table, None).await.expect("backfill");
-    (stop, running, id)
+    (running, id)
 }
 
 /// One delivery to a handler of an `(id, v)` table: the event's action, row id, `v` and log
@@ -257,6 +250,41 @@ impl Deliveries {
     }
 }
 
+/// Creates `table (id int PRIMARY KEY, v int NOT NULL)` holding rows 1 to `rows`, `v` = 0.
+async fn zeroed_table(db: &Db, table: &str, rows: i32) {
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO {table} SELECT g, 0 FROM generate_series(1, {rows}) g"
+        ))
+        .await
+        .expect("table");
+}
+
+/// A listener of the `(id, v)` table `table` whose handler takes `delay(action, row id)`
+/// over each event, then records it into `delivered`.
+async fn recording_listener(
+    db: &Db,
+    table: &str,
+    delivered: &Deliveries,
+    delay: fn(Action, i64) -> Duration,
+) -> Listener {
+    let d = delivered.clone();
+    Listener::builder(&db.url)
+        .on(table, move |event: Event| {
+            let d = d.clone();
+            async move {
+                let (id, _) = Deliveries::row(&event);
+                tokio::time::sleep(delay(event.action(), id)).await;
+                d.push(&event);
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+        .build()
+        .await
+        .expect("listener")
+}
+
 /// Changes row `id` of `table` (`v` = 1) while its READ waits in the log undelivered, waits
 /// until `total` events were delivered, stops the listener and returns the row's deliveries
 /// (`(action, v)`).
@@ -266,10 +294,7 @@ async fn change_behind_its_read(
     id: i32,
     total: usize,
     deliveries: &Deliveries,
-    (stop, running): (
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<(), pgevents::Error>>,
-    ),
+    running: Running,
 ) -> Vec<(Action, i64)> {
     db.client
         .execute(&format!("UPDATE {table} SET v = 1 WHERE id = $1"), &[&id])
@@ -280,8 +305,7 @@ async fn change_behind_its_read(
         async move { n >= total }
     })
     .await;
-    let _ = stop.send(());
-    running.await.expect("listener task").expect("listener run");
+    running.stop().await;
     deliveries.of_row(i64::from(id))
 }
 
@@ -312,10 +336,7 @@ async fn consistent_while_writers_write(logical: Option<&str>) {
     })
     .await;
     let id = listener.backfill("items", None).await.expect("backfill");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(listener.run(async move {
-        let _ = stopped.await;
-    }));
+    let running = run(listener);
     let started = Instant::now();
     let during = writer.commits.load(Ordering::Relaxed);
     eventually(LIMIT, "the backfill done", || {
@@ -345,8 +366,7 @@ async fn consistent_while_writers_write(logical: Option<&str>) {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let _ = stop.send(());
-    running.await.expect("listener task").expect("listener run");
+    running.stop().await;
     let rows_done = rows_done(&db.client, id).await;
     let copy = copy.lock().expect("copy");
     assert!(
@@ -436,13 +456,7 @@ async fn backfill_refuses_bad_input_and_starts_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
     let db = db().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE accounts (id int PRIMARY KEY, v int NOT NULL);
-             INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 50) g",
-        )
-        .await
-        .expect("table");
+    zeroed_table(&db, "accounts", 50).await;
     let delivered = Deliveries::default();
     let failures = Arc::new(AtomicI64::new(0));
     let progress_at_first_read = Arc::new(Mutex::new(None::<i64>));
@@ -483,7 +497,7 @@ async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
         .build()
         .await
         .expect("listener");
-    let (stop, running, id) =
+    let (running, id) =
         backfill_after_a_change(&db, listener, "accounts", 51, || delivered.len()).await;
     eventually(LIMIT, "row 7's READ failing once", || {
         let n = failures.load(Ordering::SeqCst);
@@ -491,7 +505,7 @@ async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
     })
     .await;
     // Row 7's READ is now in the log, waiting for its retry: this change must wait for it.
-    let row7 = change_behind_its_read(&db, "accounts", 7, 53, &delivered, (stop, running)).await;
+    let row7 = change_behind_its_read(&db, "accounts", 7, 53, &delivered, running).await;
 
     assert_eq!(
         *progress_at_first_read.lock().expect("progress"),
@@ -594,18 +608,14 @@ async fn a_backfill_started_by_the_previous_release_runs_on() {
         )
         .await
         .expect("the previous release's statement");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(listener.run(async move {
-        let _ = stopped.await;
-    }));
+    let running = run(listener);
     eventually(LIMIT, "the backfill done and its READs delivered", || {
         let client = &db.client;
         let n = reads.lock().expect("reads").len();
         async move { n >= 30 && state(client, id).await == "done" }
     })
     .await;
-    let _ = stop.send(());
-    running.await.expect("listener task").expect("listener run");
+    running.stop().await;
     let mut got = reads.lock().expect("reads").clone();
     got.sort_unstable();
     assert_eq!(got, (1..=30).collect::<Vec<i64>>(), "one READ per row");
@@ -618,30 +628,14 @@ async fn a_backfill_started_by_the_previous_release_runs_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_read_leaves_its_chunk_and_still_comes_first() {
     let db = db().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE slow (id int PRIMARY KEY, v int NOT NULL);
-             INSERT INTO slow SELECT g, 0 FROM generate_series(1, 20) g",
-        )
-        .await
-        .expect("table");
+    zeroed_table(&db, "slow", 20).await;
     let delivered = Deliveries::default();
-    let d = delivered.clone();
-    let listener = Listener::builder(&db.url)
-        .on("slow", move |event: Event| {
-            let d = d.clone();
-            async move {
-                if event.action() == Action::Read && Deliveries::row(&event).0 == 5 {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                d.push(&event);
-                Ok::<_, std::convert::Infallible>(())
-            }
-        })
-        .build()
-        .await
-        .expect("listener");
-    let (stop, running, id) =
+    let listener = recording_listener(&db, "slow", &delivered, |action, id| match action {
+        Action::Read if id == 5 => Duration::from_secs(2),
+        _ => Duration::ZERO,
+    })
+    .await;
+    let (running, id) =
         backfill_after_a_change(&db, listener, "slow", 21, || delivered.len()).await;
     eventually(LIMIT, "the backfill done", || {
         let client = &db.client;
@@ -653,7 +647,7 @@ async fn a_slow_read_leaves_its_chunk_and_still_comes_first() {
         "the chunk committed while row 5's READ was still being delivered"
     );
     // Row 5's READ is in the log, leased while its attempt goes on: this change waits for it.
-    let row5 = change_behind_its_read(&db, "slow", 5, 23, &delivered, (stop, running)).await;
+    let row5 = change_behind_its_read(&db, "slow", 5, 23, &delivered, running).await;
     delivered.assert_once_in_order();
     assert_eq!(
         row5,
@@ -688,35 +682,16 @@ async fn a_slow_read_leaves_its_chunk_and_still_comes_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reads_beside_slow_live_changes_are_each_delivered_once() {
     let db = db().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE busy (id int PRIMARY KEY, v int NOT NULL);
-             INSERT INTO busy SELECT g, 0 FROM generate_series(1, 2000) g",
-        )
-        .await
-        .expect("table");
+    zeroed_table(&db, "busy", 2000).await;
     let delivered = Deliveries::default();
-    let d = delivered.clone();
-    let listener = Listener::builder(&db.url)
-        .on("busy", move |event: Event| {
-            let d = d.clone();
-            async move {
-                let (id, _) = Deliveries::row(&event);
-                // Longer than a chunk's and a move's wait: handed to the settler.
-                let slow = match event.action() {
-                    Action::Read if id % 100 == 0 => Duration::from_millis(300),
-                    Action::Insert => Duration::from_millis(30),
-                    _ => Duration::ZERO,
-                };
-                tokio::time::sleep(slow).await;
-                d.push(&event);
-                Ok::<_, std::convert::Infallible>(())
-            }
-        })
-        .build()
-        .await
-        .expect("listener");
-    let (stop, running, id) =
+    // Longer than a chunk's and a move's wait: handed to the settler.
+    let listener = recording_listener(&db, "busy", &delivered, |action, id| match action {
+        Action::Read if id % 100 == 0 => Duration::from_millis(300),
+        Action::Insert => Duration::from_millis(30),
+        _ => Duration::ZERO,
+    })
+    .await;
+    let (running, id) =
         backfill_after_a_change(&db, listener, "busy", 2001, || delivered.len()).await;
     // Live inserts all through the backfill, each moved (and delivered) on its own.
     let mut inserted = 0;
@@ -736,8 +711,7 @@ async fn slow_reads_beside_slow_live_changes_are_each_delivered_once() {
         async move { n >= expected }
     })
     .await;
-    let _ = stop.send(());
-    running.await.expect("listener task").expect("listener run");
+    running.stop().await;
     delivered.assert_once_in_order();
     assert_eq!(delivered.len(), expected, "every event delivered once");
     let more_than_once: i64 = db

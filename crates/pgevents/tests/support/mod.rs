@@ -87,6 +87,10 @@ impl Running {
 }
 
 pub async fn start(builder: ListenerBuilder) -> Running {
-    let listener: Listener = builder.build().await.expect("build listener");
+    run(builder.build().await.expect("build listener"))
+}
+
+/// Runs `listener` in the background until [`Running::stop`].
+pub fn run(listener: Listener) -> Running {
     Running(Background::spawn(|stop| listener.run(stop)))
 }
