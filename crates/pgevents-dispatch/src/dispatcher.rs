@@ -181,7 +181,8 @@ pub struct Dispatcher {
     health: Health,
     /// Whether its triggers' events reach the log from the WAL, not the capture table.
     wal_capture: bool,
-    offer: Option<Offer>,
+    /// Where its delivery is offered to a writer of the same process while it runs.
+    offer: Offer,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -360,7 +361,7 @@ impl Dispatcher {
             owner: rand::random::<i64>().wrapping_abs().max(1),
             health: Health::new(),
             wal_capture: false,
-            offer: None,
+            offer: Offer::default(),
         }
     }
 
@@ -380,7 +381,7 @@ impl Dispatcher {
     /// nothing holds back before it writes them, as a move of captured rows does
     /// ([`pgevents_log::inline`]). The offer is withdrawn before the drain.
     pub fn with_offer(mut self, offer: Offer) -> Dispatcher {
-        self.offer = Some(offer);
+        self.offer = offer;
         self
     }
 
@@ -440,9 +441,7 @@ impl Dispatcher {
             shared.clone(),
             done_tx.clone(),
         ));
-        if let Some(offer) = &self.offer {
-            offer.set(Some(inline.clone()));
-        }
+        self.offer.set(Some(inline.clone()));
         let backfills = tokio::spawn(crate::backfill::run(
             self.url.clone(),
             self.schema.clone(),
@@ -470,9 +469,7 @@ impl Dispatcher {
         };
         tokio::pin!(shutdown);
         claim.run(&mut deliveries, &mut shutdown).await;
-        if let Some(offer) = &self.offer {
-            offer.set(None);
-        }
+        self.offer.set(None);
         let _ = stop_backfills.send(true);
         if let Err(error) = backfills.await {
             tracing::error!(%error, "the backfill task failed");
