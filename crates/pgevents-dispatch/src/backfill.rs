@@ -24,8 +24,8 @@ pub const MAX_CHUNK_ROWS: i64 = 5_000;
 const CHUNK_BYTES: i64 = 8 << 20;
 /// The pause after a chunk gave way to a writer's lock; it doubles, up to a second.
 const CONFLICT_PAUSE: Duration = Duration::from_millis(20);
-/// How long a chunk should take at most: its rows stay locked until it commits, and moving
-/// captured rows waits for it. A chunk that took longer is followed by one half its size.
+/// How long a chunk should take at most: moving captured rows (and logical capture's
+/// writer) waits for it, and rows a writer was at stay locked until it commits. A chunk that took longer is followed by one half its size.
 const CHUNK_TIME: Duration = Duration::from_millis(250);
 /// How often the worker looks for running backfills.
 const POLL: Duration = Duration::from_secs(1);

@@ -2,8 +2,8 @@
 //! while it holds their rows, and captured rows while they are moved into the log (see
 //! [`pgevents_log::inline`]).
 //!
-//! The writing transaction waits only a moment for the attempts (a chunk's rows stay locked,
-//! and no other move runs, until it commits). An attempt still under way then is written
+//! The writing transaction waits only a moment for the attempts (no other move, and no other
+//! chunk, runs until it commits). An attempt still under way then is written
 //! leased to this dispatcher and becomes one of its claims: its lease is renewed, and once
 //! the transaction has committed its outcome goes to the settler like any other.
 

@@ -4,14 +4,17 @@
 //! A backfill is a row of the log's `backfill` table. It advances chunk by chunk, each chunk
 //! one short READ COMMITTED transaction ([`run_chunk`]) that:
 //!
-//! 1. reads the next rows after `last_key` in key order, `FOR SHARE`, with the same ordering
-//!    key and row image SQL as live capture ([`pgevents_trigger::ordering`],
-//!    [`pgevents_trigger::image`]), and takes each row's log position from the log's
-//!    sequence. A writer that changed a row before the chunk either committed first (the
-//!    chunk reads its image, and its event has a lower position) or still holds the row, and
-//!    `FOR SHARE` waits for it and reads the newest version; a writer after the chunk waits
-//!    for the share lock, and its event gets a higher position. So a `READ` sits in each
-//!    row's order exactly where its image belongs;
+//! 1. reads the next rows after `last_key` in key order, with the same ordering key and row
+//!    image SQL as live capture ([`pgevents_trigger::ordering`], [`pgevents_trigger::image`]),
+//!    each taking its log position from the log's sequence just after it is read
+//!    ([`chunk_sql`]). A change the read sees committed took its position earlier, inside its
+//!    transaction; a row no transaction has touched since it was read (its `xmax` zero when
+//!    read and when looked at again after its position was taken) can only change later, at
+//!    a higher position. A row some writer is at (or has locked) is read again `FOR SHARE`,
+//!    which waits for that writer and reads the row as it left it, with a new position taken
+//!    after the lock; a writer after the lock waits for the chunk. So a `READ` sits in each
+//!    row's order exactly where its image belongs, and only rows with a writer at them are
+//!    ever locked: a backfill writes nothing into the table's pages;
 //! 2. moves every captured row already committed into the log (trigger capture appends to
 //!    the index-free `capture` table first): an earlier change of a chunk's row then reaches
 //!    `event` in the same commit as the `READ`, and per-row ordering delivers it first. In
@@ -21,8 +24,9 @@
 //! 3. when the caller delivers ([`DeliverFirst`], a dispatcher's backfill worker), delivers
 //!    the `READ`s that nothing holds back — no pending event of their ordering key (or a
 //!    pending TRUNCATE of the trigger) in the log, no other row of the chunk with that key —
-//!    while their rows are still locked: each is then the next event of its key, and no
-//!    later change of its row exists until the chunk commits. Sequin delivers its backfills from memory the same way; here it saves the
+//!    while the chunk holds the log's ingest lock and logical capture's positions: each is
+//!    then the next event of its key, and no later change of its row reaches the log until
+//!    the chunk commits. Sequin delivers its backfills from memory the same way; here it saves the
 //!    log's claim and settle of every such event (measured beside 8 writers: 31,000 READ/s
 //!    before, 69,000–73,000 after; BENCHMARKS.md);
 //! 4. writes the `READ` events into `event`: those delivered as delivered, those whose
@@ -34,7 +38,7 @@
 //! 5. moves `last_key` with a compare-and-set: when another process wrote that chunk first
 //!    (or the backfill was cancelled) nothing is written.
 //!
-//! The chunk's statement waits for a row lock at most [`CHUNK_LOCK_TIMEOUT_MS`]: on a
+//! The chunk's statement waits for a writer's row lock at most [`CHUNK_LOCK_TIMEOUT_MS`]: on a
 //! conflict the backfill backs off and tries again ([`Error::is_lock_conflict`]), never a
 //! writer. A process that dies after delivering some of a chunk's events and before its
 //! commit writes nothing of it: the chunk is read again, and those rows delivered again
@@ -61,7 +65,7 @@ pub const CHUNK_LOCK_TIMEOUT_MS: u64 = 100;
 /// before the chunk locks any row.
 const INGEST_LOCK_TIMEOUT_MS: u64 = 5_000;
 
-/// How long a chunk waits for the attempts at its events (its rows stay locked meanwhile);
+/// How long a chunk waits for the attempts at its events (the log's ingest waits meanwhile);
 /// those still under way are then settled after it commits.
 const CHUNK_WAIT: Duration = Duration::from_millis(100);
 
@@ -147,10 +151,20 @@ pub const ROW_ALIAS: &str = "pgevents_read";
 
 /// The statement that reads one chunk of `source`'s rows for their `READ` events: parameters
 /// `$1` the last key read (`text[]`, NULL at the start) and `$2` the most rows to read
-/// (`int8`); a row back for each row read, in key order, locked `FOR SHARE` until the chunk
-/// commits: the event's position (taken from the log's sequence now, so it falls after every
-/// earlier change of the row and before every later one), its ordering key, its image as
-/// text, the row's key as text, and the time read.
+/// (`int8`). A row back for each row scanned, in key order: the event's position (NULL when
+/// the row is gone: deleted, or its key changed, by a transaction the chunk waited for), its
+/// ordering key, its image as text, the row's key as text, and the time read.
+///
+/// Rows are read without a lock, and each takes its position from the log's sequence just
+/// after it is read. Every change the read sees committed took its position before (a
+/// change's position is taken inside its transaction), so the `READ` follows it. A row's
+/// header is then looked at again: when no transaction has touched the row since it was
+/// read (its `xmax` still zero), any later change takes a position after the `READ`'s. A row
+/// that some transaction was changing or had locked (a non-zero `xmax`, then or now) is read
+/// again `FOR SHARE`, which waits for that transaction and reads the row as it left it, and
+/// takes a new position after the lock: earlier changes all have lower positions, later ones
+/// wait for the chunk to commit. Rows are therefore locked only where a writer is at them;
+/// a backfill writes nothing into the table's pages.
 pub fn chunk_sql(schema: &LogSchema, source: &Source<'_>) -> String {
     let r = ROW_ALIAS;
     let columns: Vec<String> = source
@@ -170,33 +184,75 @@ pub fn chunk_sql(schema: &LogSchema, source: &Source<'_>) -> String {
         .map(|(i, c)| format!("{c} AS pgevents_k{i}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let key_text = (0..source.key.len())
-        .map(|i| format!("c.pgevents_k{i}::text"))
+    let key_names: Vec<String> = (0..source.key.len())
+        .map(|i| format!("pgevents_k{i}"))
+        .collect();
+    let key_text = key_names
+        .iter()
+        .map(|k| format!("c.{k}::text"))
         .collect::<Vec<_>>()
         .join(", ");
+    let same_key = key_names
+        .iter()
+        .map(|k| format!("l.{k} = c.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
     let seed = source.trigger_id.to_string();
     let key_columns: Vec<String> = source.key.iter().map(|(name, _)| name.clone()).collect();
-    format!(
-        "{READ_FORM}{sequence}), c.pgevents_key, c.pgevents_image::text, ARRAY[{key_text}], now()
-           FROM (SELECT {key_select}, {row_key} AS pgevents_key, {image} AS pgevents_image
-                   FROM {table} AS {r}
-                  WHERE ($1::text[] IS NULL OR ({columns}) > ({bounds})) AND ({condition})
-                  ORDER BY {columns}
-                  LIMIT $2::int8
-                  FOR SHARE OF {r}) c",
-        sequence = pgevents_postgres::quote_literal(&schema.object("event_seq")),
+    let row = format!(
+        "{key_select}, {row_key} AS pgevents_key, {image} AS pgevents_image",
         row_key = key_sql(source.ordering, r, &key_columns, &seed),
         image = image_sql(r, source.payload_columns),
+    );
+    format!(
+        "{SCAN_FORM} AS MATERIALIZED (
+             SELECT nextval({sequence}) AS pgevents_seq, c.*
+               FROM (SELECT {row}, {r}.ctid AS pgevents_ctid, {r}.xmax AS pgevents_xmax
+                       FROM {table} AS {r}
+                      WHERE ($1::text[] IS NULL OR ({columns}) > ({bounds})) AND ({condition})
+                      ORDER BY {columns}
+                      LIMIT $2::int8) c),
+         pgevents_checked AS MATERIALIZED (
+             SELECT s.*, s.pgevents_xmax = '0'::xid
+                         AND EXISTS (SELECT 1 FROM {table} AS pgevents_again
+                                      WHERE pgevents_again.ctid = s.pgevents_ctid
+                                        AND pgevents_again.xmax = '0'::xid) AS pgevents_settled
+               FROM pgevents_scan s),
+         pgevents_locked AS MATERIALIZED (
+             SELECT {row}
+               FROM {table} AS {r}
+              WHERE ({columns}) IN (SELECT {keys} FROM pgevents_checked WHERE NOT pgevents_settled)
+                AND ({condition})
+                FOR SHARE OF {r})
+         SELECT CASE WHEN c.pgevents_settled THEN c.pgevents_seq
+                     WHEN l.pgevents_k0 IS NOT NULL THEN nextval({sequence}) END,
+                CASE WHEN c.pgevents_settled THEN c.pgevents_key ELSE l.pgevents_key END,
+                (CASE WHEN c.pgevents_settled THEN c.pgevents_image
+                      ELSE l.pgevents_image END)::text,
+                ARRAY[{key_text}], now()
+           FROM pgevents_checked c LEFT JOIN pgevents_locked l ON {same_key}
+          ORDER BY {ordered}",
+        sequence = pgevents_postgres::quote_literal(&schema.object("event_seq")),
         table = source.table.quoted(),
         columns = columns.join(", "),
         bounds = bounds.join(", "),
         condition = source.condition.as_deref().unwrap_or("true"),
+        keys = key_names.join(", "),
+        ordered = key_names
+            .iter()
+            .map(|k| format!("c.{k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
     )
 }
 
-/// How [`chunk_sql`]'s statements begin. Backfills started by log version 4 stored a
-/// statement that wrote the events itself (`WITH chunk AS (...) INSERT ...`); a chunk still
-/// runs those as they are.
+/// How [`chunk_sql`]'s statements begin.
+const SCAN_FORM: &str = "WITH pgevents_scan";
+
+/// How the statements of backfills started by the previous release begin: they read every
+/// row `FOR SHARE` and return one row per event, in the same columns. A chunk still runs
+/// them as they are; backfills started by log version 4 stored a statement that wrote the
+/// events itself (`WITH chunk AS (...) INSERT ...`), run as it is too.
 const READ_FORM: &str = "SELECT nextval(";
 
 /// Records a new running backfill of trigger `trigger_id` writing chunks with `chunk_sql`;
@@ -446,7 +502,7 @@ pub async fn run_chunk(
     let chunk_sql: String = row.get(1);
     let last_key: Option<Vec<String>> = row.get(2);
     let chunk_error = |e| chunk_error(id, e);
-    if !chunk_sql.starts_with(READ_FORM) {
+    if !(chunk_sql.starts_with(SCAN_FORM) || chunk_sql.starts_with(READ_FORM)) {
         let written = tx
             .query_one(chunk_sql.as_str(), &[&last_key, &max_rows])
             .await
@@ -454,6 +510,7 @@ pub async fn run_chunk(
         move_captured(&tx, schema).await?;
         let read = Read {
             rows: written.get(0),
+            scanned: written.get(0),
             bytes: written.get(1),
             next_key: written.get(2),
             delivered: 0,
@@ -464,11 +521,13 @@ pub async fn run_chunk(
         .query(chunk_sql.as_str(), &[&last_key, &max_rows])
         .await
         .map_err(chunk_error)?;
+    let scanned = rows.len() as i64;
     let next_key: Option<Vec<String>> = rows.last().map(|r| r.get(3));
-    let events: Vec<Unwritten> = rows
+    let mut events: Vec<Unwritten> = rows
         .into_iter()
-        .map(|r| Unwritten {
-            seq: r.get(0),
+        .filter_map(|r| Some((r.get::<_, Option<i64>>(0)?, r)))
+        .map(|(seq, r)| Unwritten {
+            seq,
             trigger_id,
             op: b'R' as i8,
             row_key: r.get(1),
@@ -478,6 +537,8 @@ pub async fn run_chunk(
             created_at: r.get(4),
         })
         .collect();
+    // Rows read again after a writer's lock took their positions last.
+    events.sort_unstable_by_key(|e| e.seq);
     move_captured(&tx, schema).await?;
     let bytes = events
         .iter()
@@ -487,6 +548,7 @@ pub async fn run_chunk(
         inline::deliver_and_write(&tx, schema, &events, delivery, CHUNK_WAIT).await?;
     let read = Read {
         rows: events.len() as i64,
+        scanned,
         bytes,
         next_key,
         delivered,
@@ -504,7 +566,7 @@ fn chunk_error(id: i64, e: tokio_postgres::Error) -> Error {
     match e.code() {
         Some(code) if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
             Error::NotPermitted(format!(
-                "the role writing backfill {id}'s chunks may not read and lock its table's rows ({}): GRANT SELECT, UPDATE ON the table TO this role (rows are locked FOR SHARE, never changed), or run `pgevents backfill` as the table's owner",
+                "the role writing backfill {id}'s chunks may not read and lock its table's rows ({}): GRANT SELECT, UPDATE ON the table TO this role (a row a writer is changing is locked FOR SHARE while it is read, never changed), or run `pgevents backfill` as the table's owner",
                 e.as_db_error().map_or("", |db| db.message())
             ))
         }
@@ -514,14 +576,17 @@ fn chunk_error(id: i64, e: tokio_postgres::Error) -> Error {
 
 /// What a chunk read and wrote.
 struct Read {
+    /// Events written.
     rows: i64,
+    /// Rows the chunk's scan went through (events, and rows gone before they were read).
+    scanned: i64,
     bytes: i64,
     next_key: Option<Vec<String>>,
     delivered: i64,
 }
 
-/// Moves backfill `id`'s last key from `last_key` past the chunk `read` (done when it held
-/// fewer than `max_rows` rows) and commits the chunk; when another process moved it first,
+/// Moves backfill `id`'s last key from `last_key` past the chunk `read` (done when its scan
+/// found fewer than `max_rows` rows) and commits the chunk; when another process moved it first,
 /// rolls the chunk back.
 async fn conclude(
     tx: Transaction<'_>,
@@ -531,7 +596,7 @@ async fn conclude(
     read: Read,
     max_rows: i64,
 ) -> Result<Chunk, Error> {
-    let done = read.rows < max_rows;
+    let done = read.scanned < max_rows;
     let advanced = tx
         .execute(
             &format!(
@@ -570,8 +635,8 @@ async fn conclude(
 }
 
 /// Moves every committed captured row into the log. Earlier changes of the chunk's rows
-/// that trigger capture holds are committed by now (FOR SHARE waited for them): moved in
-/// this transaction, none is claimed after the READ that follows it.
+/// that trigger capture holds are committed by now (the chunk read them, or waited for their
+/// writer): moved in this transaction, none is claimed after the READ that follows it.
 async fn move_captured(tx: &Transaction<'_>, schema: &LogSchema) -> Result<(), Error> {
     let ingest = format!("SELECT {}($1)", schema.object("ingest"));
     loop {

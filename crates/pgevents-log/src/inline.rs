@@ -1,8 +1,8 @@
 //! Delivering events before they are written to the log, in the transaction that writes them.
 //!
-//! A backfill chunk (which holds its rows `FOR SHARE`) and a move of captured rows (which
-//! holds the log's ingest lock) know each event before it is in the log, and nothing can
-//! come after it in its row's order until they commit. Those that nothing holds back — no
+//! A backfill chunk (which holds the log's ingest lock and logical capture's positions) and a
+//! move of captured rows (which holds the ingest lock) know each event before it is in the
+//! log, and nothing can come after it in its row's order until they commit. Those that nothing holds back — no
 //! pending event of their ordering key or old key in the log, no pending TRUNCATE of their
 //! trigger, no other event of the batch on their keys or trigger-wide before or after them
 //! — are delivered there ([`DeliverFirst`]) and written once, as delivered: no claim, no

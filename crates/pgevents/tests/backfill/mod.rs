@@ -553,10 +553,49 @@ async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
     assert_eq!(state(&db.client, id).await, "done");
 }
 
-/// A backfill started by the previous release stored a chunk statement that writes its
-/// events itself; a chunk runs it as it is, and the events reach the handler.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backfill_started_by_the_previous_release_runs_on() {
+/// The statement stored for the `ledger` table by backfills started before chunks delivered
+/// their events: it writes them itself.
+const LEDGER_WRITES: &str = "
+    WITH chunk AS (
+         SELECT pgevents_read.id AS pgevents_k0,
+                hashtextextended((pgevents_read.\"id\")::text, %1$s) AS pgevents_key,
+                to_json(pgevents_read) AS pgevents_image
+           FROM \"public\".\"ledger\" AS pgevents_read
+          WHERE ($1::text[] IS NULL
+                 OR (pgevents_read.\"id\") > (($1::text[])[1]::integer)) AND (true)
+          ORDER BY pgevents_read.\"id\"
+          LIMIT $2::int8
+          FOR SHARE OF pgevents_read),
+     written AS (
+         INSERT INTO \"pgevents\".\"event\" (trigger_id, op, row_key, new_row, size)
+         SELECT %1$s, 'R', c.pgevents_key, c.pgevents_image,
+                \"pgevents\".\"event_size\"(NULL, c.pgevents_image)
+           FROM chunk c ORDER BY c.pgevents_k0
+         RETURNING size)
+     SELECT (SELECT count(*) FROM written),
+            (SELECT coalesce(sum(size), 0)::int8 FROM written),
+            (SELECT ARRAY[c.pgevents_k0::text] FROM chunk c
+              ORDER BY c.pgevents_k0 DESC LIMIT 1)";
+
+/// The statement stored for the `ledger` table by backfills started before chunks stopped
+/// locking every row: it reads each row `FOR SHARE` and returns its event.
+const LEDGER_LOCKS: &str = "
+    SELECT nextval('\"pgevents\".\"event_seq\"'), c.pgevents_key, c.pgevents_image::text,
+           ARRAY[c.pgevents_k0::text], now()
+      FROM (SELECT pgevents_read.\"id\" AS pgevents_k0,
+                   hashtextextended((pgevents_read.\"id\")::text, %1$s) AS pgevents_key,
+                   to_json(pgevents_read) AS pgevents_image
+              FROM \"public\".\"ledger\" AS pgevents_read
+             WHERE ($1::text[] IS NULL
+                    OR (pgevents_read.\"id\") > (($1::text[])[1]::integer)) AND (true)
+             ORDER BY pgevents_read.\"id\"
+             LIMIT $2::int8
+             FOR SHARE OF pgevents_read) c";
+
+/// A backfill started by an earlier release stored its chunk statement (`statement`, a
+/// `format` string of the trigger's id); a chunk runs it as it is, and the events reach the
+/// handler.
+async fn a_backfill_started_earlier_runs_on(statement: &str) {
     let db = db().await;
     db.client
         .batch_execute(
@@ -579,35 +618,13 @@ async fn a_backfill_started_by_the_previous_release_runs_on() {
         .await
         .expect("listener");
     let id = listener.backfill("ledger", None).await.expect("backfill");
-    // The statement log version 4 stored for this table (its chunks write their events).
     db.client
         .execute(
-            "UPDATE pgevents.backfill b SET chunk_sql = format($f$
-                WITH chunk AS (
-                     SELECT pgevents_read.id AS pgevents_k0,
-                            hashtextextended((pgevents_read.\"id\")::text, %1$s) AS pgevents_key,
-                            to_json(pgevents_read) AS pgevents_image
-                       FROM \"public\".\"ledger\" AS pgevents_read
-                      WHERE ($1::text[] IS NULL
-                             OR (pgevents_read.\"id\") > (($1::text[])[1]::integer)) AND (true)
-                      ORDER BY pgevents_read.\"id\"
-                      LIMIT $2::int8
-                      FOR SHARE OF pgevents_read),
-                 written AS (
-                     INSERT INTO \"pgevents\".\"event\" (trigger_id, op, row_key, new_row, size)
-                     SELECT %1$s, 'R', c.pgevents_key, c.pgevents_image,
-                            \"pgevents\".\"event_size\"(NULL, c.pgevents_image)
-                       FROM chunk c ORDER BY c.pgevents_k0
-                     RETURNING size)
-                 SELECT (SELECT count(*) FROM written),
-                        (SELECT coalesce(sum(size), 0)::int8 FROM written),
-                        (SELECT ARRAY[c.pgevents_k0::text] FROM chunk c
-                          ORDER BY c.pgevents_k0 DESC LIMIT 1)$f$, b.trigger_id)
-              WHERE b.id = $1",
-            &[&id],
+            "UPDATE pgevents.backfill b SET chunk_sql = format($2, b.trigger_id) WHERE b.id = $1",
+            &[&id, &statement.trim()],
         )
         .await
-        .expect("the previous release's statement");
+        .expect("the earlier release's statement");
     let running = run(listener);
     eventually(LIMIT, "the backfill done and its READs delivered", || {
         let client = &db.client;
@@ -620,6 +637,16 @@ async fn a_backfill_started_by_the_previous_release_runs_on() {
     got.sort_unstable();
     assert_eq!(got, (1..=30).collect::<Vec<i64>>(), "one READ per row");
     assert_eq!(rows_done(&db.client, id).await, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_started_by_the_previous_release_runs_on() {
+    a_backfill_started_earlier_runs_on(LEDGER_WRITES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_that_locked_every_row_runs_on() {
+    a_backfill_started_earlier_runs_on(LEDGER_LOCKS).await;
 }
 
 /// A chunk does not wait for a slow destination: an attempt still under way after a moment
@@ -726,5 +753,97 @@ async fn slow_reads_beside_slow_live_changes_are_each_delivered_once() {
     assert_eq!(
         more_than_once, 0,
         "every event recorded delivered at its first attempt"
+    );
+}
+
+/// A backfill reads rows without locking them: no row's header is written, so no page of
+/// the table is dirtied and no WAL is written for the rows it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_locks_no_row_it_reads() {
+    let db = db().await;
+    zeroed_table(&db, "quiet", 3000).await;
+    let delivered = Deliveries::default();
+    let listener = recording_listener(&db, "quiet", &delivered, |_, _| Duration::ZERO).await;
+    let (running, id) =
+        backfill_after_a_change(&db, listener, "quiet", 3001, || delivered.len()).await;
+    eventually(LIMIT, "the backfill done and its READs delivered", || {
+        let client = &db.client;
+        let n = delivered.len();
+        async move { n >= 3002 && state(client, id).await == "done" }
+    })
+    .await;
+    running.stop().await;
+    delivered.assert_once_in_order();
+    let marked: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM quiet WHERE xmax <> '0'::xid", &[])
+        .await
+        .expect("the rows' headers")
+        .get(0);
+    assert_eq!(marked, 0, "no row was locked by the backfill");
+}
+
+/// A row that an open transaction changed when its chunk reads it: the chunk waits for that
+/// transaction (giving way, and coming back) and reads the row as it left it, so its `READ`
+/// follows the change and carries the change's image; the row's last event is its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_changing_as_its_chunk_reads_it_is_read_after_the_change() {
+    let db = db().await;
+    zeroed_table(&db, "moving", 20).await;
+    let delivered = Deliveries::default();
+    let listener = recording_listener(&db, "moving", &delivered, |_, _| Duration::ZERO).await;
+    let running = run(listener);
+    let mut writer = connect(&db.url).await;
+    let open = writer.transaction().await.expect("begin");
+    open.execute("UPDATE moving SET v = 1 WHERE id = 5", &[])
+        .await
+        .expect("update row 5, not committed");
+    let writer_pid: i32 = open
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("the writer's pid")
+        .get(0);
+    let starter = Listener::builder(&db.url)
+        .on("moving", |_: Event| async {
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .build()
+        .await
+        .expect("a second listener");
+    let id = starter.backfill("moving", None).await.expect("backfill");
+    // Until a chunk has met the open transaction (or, wrongly, the backfill ended without it).
+    eventually(LIMIT, "a chunk waiting for the writer's row", || {
+        let client = &db.client;
+        async move {
+            let waiting: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&writer_pid],
+                )
+                .await
+                .expect("blocked backends")
+                .get(0);
+            waiting > 0 || state(client, id).await == "done"
+        }
+    })
+    .await;
+    open.commit().await.expect("commit row 5's change");
+    eventually(LIMIT, "the backfill done and every event delivered", || {
+        let client = &db.client;
+        let n = delivered.len();
+        async move { n >= 21 && state(client, id).await == "done" }
+    })
+    .await;
+    running.stop().await;
+    delivered.assert_once_in_order();
+    let row5 = delivered.of_row(5);
+    assert_eq!(
+        row5.last().map(|e| e.1),
+        Some(1),
+        "row 5's last event carries its change: {row5:?}"
+    );
+    assert!(
+        row5.iter().all(|e| e.1 == 1),
+        "no event of row 5 carries the image before its change: {row5:?}"
     );
 }
