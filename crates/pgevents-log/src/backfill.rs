@@ -158,8 +158,9 @@ pub const ROW_ALIAS: &str = "pgevents_read";
 /// Rows are read without a lock, and each takes its position from the log's sequence just
 /// after it is read. Every change the read sees committed took its position before (a
 /// change's position is taken inside its transaction), so the `READ` follows it. A row's
-/// header is then looked at again: when no transaction has touched the row since it was
-/// read (its `xmax` still zero), any later change takes a position after the `READ`'s. A row
+/// header is then looked at again (by its table and `ctid`: partitions share `ctid`s): when
+/// no transaction has touched the row since it was read (its `xmax` still zero), any later
+/// change takes a position after the `READ`'s. A row
 /// that some transaction was changing or had locked (a non-zero `xmax`, then or now) is read
 /// again `FOR SHARE`, which waits for that transaction and reads the row as it left it, and
 /// takes a new position after the lock: earlier changes all have lower positions, later ones
@@ -207,7 +208,8 @@ pub fn chunk_sql(schema: &LogSchema, source: &Source<'_>) -> String {
     format!(
         "{SCAN_FORM} AS MATERIALIZED (
              SELECT nextval({sequence}) AS pgevents_seq, c.*
-               FROM (SELECT {row}, {r}.ctid AS pgevents_ctid, {r}.xmax AS pgevents_xmax
+               FROM (SELECT {row}, {r}.tableoid AS pgevents_table, {r}.ctid AS pgevents_ctid,
+                            {r}.xmax AS pgevents_xmax
                        FROM {table} AS {r}
                       WHERE ($1::text[] IS NULL OR ({columns}) > ({bounds})) AND ({condition})
                       ORDER BY {columns}
@@ -216,6 +218,7 @@ pub fn chunk_sql(schema: &LogSchema, source: &Source<'_>) -> String {
              SELECT s.*, s.pgevents_xmax = '0'::xid
                          AND EXISTS (SELECT 1 FROM {table} AS pgevents_again
                                       WHERE pgevents_again.ctid = s.pgevents_ctid
+                                        AND pgevents_again.tableoid = s.pgevents_table
                                         AND pgevents_again.xmax = '0'::xid) AS pgevents_settled
                FROM pgevents_scan s),
          pgevents_locked AS MATERIALIZED (

@@ -847,3 +847,46 @@ async fn a_row_changing_as_its_chunk_reads_it_is_read_after_the_change() {
         "no event of row 5 carries the image before its change: {row5:?}"
     );
 }
+
+/// A partitioned table is backfilled like any other (rows of different partitions share
+/// `ctid`s: a chunk tells them apart), every row once, none locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_table_is_backfilled_row_by_row() {
+    let db = db().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE parted (id int PRIMARY KEY, v int NOT NULL) PARTITION BY RANGE (id);
+             CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (1) TO (1001);
+             CREATE TABLE parted_high PARTITION OF parted FOR VALUES FROM (1001) TO (10001);
+             INSERT INTO parted SELECT g, 0 FROM generate_series(1, 2000) g",
+        )
+        .await
+        .expect("table");
+    let delivered = Deliveries::default();
+    let listener = recording_listener(&db, "parted", &delivered, |_, _| Duration::ZERO).await;
+    let (running, id) =
+        backfill_after_a_change(&db, listener, "parted", 2001, || delivered.len()).await;
+    eventually(LIMIT, "the backfill done and its READs delivered", || {
+        let client = &db.client;
+        let n = delivered.len();
+        async move { n >= 2002 && state(client, id).await == "done" }
+    })
+    .await;
+    running.stop().await;
+    delivered.assert_once_in_order();
+    let mut reads: Vec<i64> = delivered
+        .all()
+        .iter()
+        .filter(|e| e.0 == Action::Read)
+        .map(|e| e.1)
+        .collect();
+    reads.sort_unstable();
+    assert_eq!(reads, (1..=2001).collect::<Vec<i64>>(), "one READ per row");
+    let marked: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM parted WHERE xmax <> '0'::xid", &[])
+        .await
+        .expect("the rows' headers")
+        .get(0);
+    assert_eq!(marked, 0, "no row was locked by the backfill");
+}
