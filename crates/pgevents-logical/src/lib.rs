@@ -41,8 +41,9 @@
 //! **Protocol version 1 on purpose.** The server sends a transaction only after it
 //! committed, so a rolled-back transaction never reaches us, and a transaction larger than
 //! `logical_decoding_work_mem` is spilled to disk by the server, not held by us. We hold at
-//! most one batch (`Options::batch_rows` / `batch_bytes`) plus a 64-message channel: memory
-//! does not grow with transaction size.
+//! most two batches (`Options::batch_rows` / `batch_bytes`: one being written on a task of
+//! its own while the next is decoded) plus a 64-message channel: memory does not grow with
+//! transaction size.
 //!
 //! **Exactly once into the log, across crashes.** Every change of a source transaction gets
 //! a number (its position among the transaction's change messages, deterministic on
@@ -58,8 +59,12 @@
 //! never passes unwritten rows) and duplicates nothing (the re-sent rows the cursor covers
 //! are skipped, whether the crash came between batches of one transaction or between the
 //! log commit and the confirmation). A transaction whose rows are all filtered out, and
-//! keepalives between transactions, are confirmed at once, so a slot on quiet tables in a
-//! busy database does not hold WAL back.
+//! keepalives between transactions, are confirmed at once (once the write under way, if
+//! any, has committed), so a slot on quiet tables in a busy database does not hold WAL back.
+//!
+//! **Decoding overlaps writing.** A full batch is written on a task of its own while the
+//! stream goes on into the next; the next write waits for it, so batches reach the log one
+//! after the other, in stream order, each in its own transaction as above.
 //!
 //! **Delivered as written.** Run beside a dispatcher of the same process (the library's
 //! `Listener`, the daemon), a write renders its rows' events and, before it commits,

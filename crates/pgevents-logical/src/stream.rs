@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pgevents_event::Action;
+use pgevents_log::inline::DeliverFirst;
 use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
 };
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
@@ -33,6 +35,116 @@ const STREAM_BUFFER: usize = 64;
 /// log connection reads back exactly (ISO dates, UTC offsets, shortest-exact floats).
 const WALSENDER_OPTIONS: &str =
     "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex";
+
+/// The log writer of a session: idle, or writing a batch on a task of its own.
+enum Log {
+    Idle(Box<Writer>),
+    Writing(JoinHandle<Written>),
+    /// Its write task ended without handing the writer back (it panicked or was aborted).
+    Lost,
+}
+
+/// What a write task hands back: the writer, and the end LSN of the last source
+/// transaction the batch completed (safe to confirm once written) or the write's error.
+type Written = (Box<Writer>, Result<Option<u64>, Error>);
+
+impl Log {
+    fn is_writing(&self) -> bool {
+        matches!(self, Log::Writing(_))
+    }
+
+    /// The end of the write under way (never ready when none is): safe to drop unfinished,
+    /// the task goes on.
+    async fn written(&mut self) -> Result<Written, tokio::task::JoinError> {
+        match self {
+            Log::Writing(task) => task.await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Takes the writer back from a finished write; returns the LSN its batch makes safe
+    /// to confirm.
+    fn settle(
+        &mut self,
+        written: Result<Written, tokio::task::JoinError>,
+    ) -> Result<Option<u64>, Error> {
+        match written {
+            Ok((writer, result)) => {
+                *self = Log::Idle(writer);
+                result
+            }
+            Err(e) => {
+                *self = Log::Lost;
+                Err(Error::Decode(format!(
+                    "the task writing captured rows to the log ended abnormally: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Waits for the write under way, if any (see [`Log::settle`]).
+    async fn wait(&mut self) -> Result<Option<u64>, Error> {
+        if !self.is_writing() {
+            return Ok(None);
+        }
+        let written = self.written().await;
+        self.settle(written)
+    }
+
+    /// Starts writing `batch` on a task of its own (the writer must be idle).
+    fn start(
+        &mut self,
+        batch: Batch,
+        delivery: Option<Arc<dyn DeliverFirst>>,
+    ) -> Result<(), Error> {
+        let Log::Idle(mut writer) = std::mem::replace(self, Log::Lost) else {
+            return Err(Error::Decode(
+                "a batch was to be written while the writer was busy or lost".into(),
+            ));
+        };
+        *self = Log::Writing(tokio::spawn(async move {
+            let rows = batch.len();
+            let started = Instant::now();
+            let result = writer.write(&batch, delivery).await.map(|_| batch.end_lsn);
+            if result.is_ok() {
+                tracing::debug!(
+                    rows,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "captured rows written to the event log"
+                );
+            }
+            (writer, result)
+        }));
+        Ok(())
+    }
+}
+
+/// What the slot may be confirmed up to: a stream position that nothing before it waits to
+/// be written, held back while a write is under way until that write has committed.
+#[derive(Default)]
+struct Confirm {
+    /// A position passed while a write was under way.
+    held: Option<u64>,
+}
+
+impl Confirm {
+    /// The stream passed `lsn` with nothing decoded left unwritten before it.
+    fn passed(&mut self, lsn: u64, log: &Log, stream: &ReplicationClient) {
+        if log.is_writing() {
+            self.held = Some(self.held.map_or(lsn, |h| h.max(lsn)));
+        } else {
+            stream.update_applied_lsn(Lsn(lsn));
+        }
+    }
+
+    /// A write committed, through `end` (the end of the last source transaction its batch
+    /// completed): confirms that, or a later position passed meanwhile.
+    fn written(&mut self, end: Option<u64>, stream: &ReplicationClient) {
+        if let Some(lsn) = self.held.take().max(end) {
+            stream.update_applied_lsn(Lsn(lsn));
+        }
+    }
+}
 
 /// Why a session ended without an error.
 enum Stop {
@@ -135,16 +247,23 @@ impl LogicalCapture {
     }
 
     /// One replication session: from the last written position until shutdown or an error.
+    ///
+    /// A full batch is written on a task of its own while the stream goes on into the next
+    /// one (decoding and writing overlap); the next write waits for it, so batches reach
+    /// the log one after the other, in stream order. The slot is confirmed only behind
+    /// what a finished write committed. Catalog reads (new relations, slot health) go over
+    /// the leadership connection, the writer's being busy.
     async fn session<F: Future>(
         &self,
         lead: &Client,
         mut shutdown: Shutdown<'_, F>,
     ) -> Result<Stop, Error> {
-        let mut writer = Writer::open(&self.url, &self.schema, &self.slot).await?;
-        self.check_slot(writer.client()).await?;
+        let writer = Writer::open(&self.url, &self.schema, &self.slot).await?;
+        self.check_slot(lead).await?;
         let progress = writer.progress().await?;
+        let mut log = Log::Idle(Box::new(writer));
         let mut decoder = Decoder {
-            tables: self.watched(writer.client()).await?,
+            tables: self.watched(lead).await?,
             relations: HashMap::new(),
             txn: None,
             batch: Batch::at(progress.cursor),
@@ -160,6 +279,7 @@ impl LogicalCapture {
         let mut stream = ReplicationClient::connect(config)
             .await
             .map_err(|source| Error::replication("connecting", source))?;
+        let mut confirm = Confirm::default();
         let mut deadline: Option<Instant> = None;
         let mut next_check = Instant::now() + self.options.health_interval;
         let mut next_tick = Instant::now() + TICK;
@@ -168,10 +288,16 @@ impl LogicalCapture {
             let received = tokio::select! {
                 biased;
                 _ = shutdown.as_mut() => None,
+                written = log.written(), if log.is_writing() => {
+                    let end = log.settle(written)?;
+                    confirm.written(end, &stream);
+                    continue;
+                }
                 r = tokio::time::timeout_at(wake, stream.recv()) => Some(r),
             };
             let Some(received) = received else {
-                self.finish(&mut writer, &mut decoder, &mut stream).await;
+                self.finish(&mut log, &mut decoder, &mut stream, &mut confirm)
+                    .await;
                 return Ok(Stop::Shutdown);
             };
             match received {
@@ -184,22 +310,23 @@ impl LogicalCapture {
                     } => decoder.begin(final_lsn.0, commit_time_micros),
                     ReplicationEvent::XLogData { data, .. } => {
                         let message = pgoutput::decode(&data)?;
-                        decoder.change(message, writer.client()).await?;
+                        decoder.change(message, lead).await?;
                     }
                     ReplicationEvent::Commit { end_lsn, .. } => {
                         decoder.commit(end_lsn.0)?;
                         if decoder.batch.is_empty() {
-                            // Nothing of it waits to be written: confirm at once.
+                            // Nothing of it waits to be written: confirm once what came
+                            // before it is written.
                             decoder.batch.end_lsn = None;
-                            stream.update_applied_lsn(end_lsn);
+                            confirm.passed(end_lsn.0, &log, &stream);
                         }
                     }
                     // Between transactions with nothing unwritten: every transaction before this
-                    // point was sent and is in the log.
+                    // point was sent and is in the log (or in the write under way).
                     ReplicationEvent::KeepAlive { wal_end, .. }
                         if decoder.txn.is_none() && decoder.batch.is_empty() =>
                     {
-                        stream.update_applied_lsn(wal_end);
+                        confirm.passed(wal_end.0, &log, &stream);
                     }
                     _ => {}
                 },
@@ -212,7 +339,7 @@ impl LogicalCapture {
                         ))),
                     ))
                 }
-                Ok(Err(source)) => return Err(self.stream_error(source, writer.client()).await),
+                Ok(Err(source)) => return Err(self.stream_error(source, lead).await),
             }
             let now = Instant::now();
             if decoder.batch.is_empty() {
@@ -223,7 +350,8 @@ impl LogicalCapture {
                     || decoder.batch.len() >= self.options.batch_rows
                     || decoder.batch.bytes() >= self.options.batch_bytes
                 {
-                    self.flush(&mut writer, &mut decoder, &stream).await?;
+                    self.flush(&mut log, &mut decoder, &stream, &mut confirm)
+                        .await?;
                     deadline = None;
                 }
             }
@@ -234,51 +362,47 @@ impl LogicalCapture {
                 }
                 if now >= next_check {
                     next_check = now + self.options.health_interval;
-                    self.check_slot(writer.client()).await?;
+                    self.check_slot(lead).await?;
                 }
             }
         }
     }
 
-    /// Writes the batch, then confirms the end of the last source transaction it completes.
+    /// Waits for the write under way, then starts writing the decoded batch on its own task.
     async fn flush(
         &self,
-        writer: &mut Writer,
+        log: &mut Log,
         decoder: &mut Decoder,
         stream: &ReplicationClient,
+        confirm: &mut Confirm,
     ) -> Result<(), Error> {
-        let rows = decoder.batch.len();
-        let started = Instant::now();
-        writer
-            .write(&decoder.batch, self.delivery.current())
-            .await?;
-        if let Some(end) = decoder.batch.end_lsn {
-            stream.update_applied_lsn(Lsn(end));
-        }
-        decoder.batch.clear();
-        tracing::debug!(
-            rows,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "captured rows written to the event log"
-        );
-        Ok(())
+        let end = log.wait().await?;
+        confirm.written(end, stream);
+        let next = Batch::at(decoder.batch.cursor);
+        let batch = std::mem::replace(&mut decoder.batch, next);
+        log.start(batch, self.delivery.current())
     }
 
-    /// At shutdown: writes what is decoded (best effort; the slot re-sends anything not
-    /// written) and ends the stream.
+    /// At shutdown: waits for the write under way and writes what is decoded (best effort;
+    /// the slot re-sends anything not written), confirms it, and ends the stream.
     async fn finish(
         &self,
-        writer: &mut Writer,
+        log: &mut Log,
         decoder: &mut Decoder,
         stream: &mut ReplicationClient,
+        confirm: &mut Confirm,
     ) {
-        if !decoder.batch.is_empty() {
-            let flushed =
-                tokio::time::timeout(Duration::from_secs(10), self.flush(writer, decoder, stream))
-                    .await;
-            if !matches!(flushed, Ok(Ok(()))) {
-                tracing::warn!(slot = %self.slot, "could not write the last decoded rows at shutdown; they will be captured again on the next start");
+        let flushed = tokio::time::timeout(Duration::from_secs(10), async {
+            if !decoder.batch.is_empty() {
+                self.flush(log, decoder, stream, confirm).await?;
             }
+            let end = log.wait().await?;
+            confirm.written(end, stream);
+            Ok::<_, Error>(())
+        })
+        .await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!(slot = %self.slot, "could not write the last decoded rows at shutdown; they will be captured again on the next start");
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
     }

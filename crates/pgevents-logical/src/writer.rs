@@ -247,13 +247,6 @@ impl Batch {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
-
-    /// Forgets the rows after a successful write (the cursor stays).
-    pub fn clear(&mut self) {
-        self.rows.clear();
-        self.bytes = 0;
-        self.end_lsn = None;
-    }
 }
 
 /// At most this many row shapes keep a prepared statement.
@@ -335,11 +328,6 @@ impl Writer {
             lock_progress,
             save_progress,
         })
-    }
-
-    /// The log connection (catalog reads, slot health).
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 
     /// Reads the slot's saved position.
