@@ -62,9 +62,11 @@
 //! keepalives between transactions, are confirmed at once (once the write under way, if
 //! any, has committed), so a slot on quiet tables in a busy database does not hold WAL back.
 //!
-//! **Decoding overlaps writing.** A full batch is written on a task of its own while the
-//! stream goes on into the next; the next write waits for it, so batches reach the log one
-//! after the other, in stream order, each in its own transaction as above.
+//! **Decoding overlaps writing.** A full batch (a backlog) is written on a task of its own
+//! while the stream goes on into the next; the next write waits for it, so batches reach
+//! the log one after the other, in stream order, each in its own transaction as above. A
+//! batch cut by the linger (the stream caught up) is written before reading on: beside
+//! busy writers, overlapping those small writes cost the writers more than it saved.
 //!
 //! **Delivered as written.** Run beside a dispatcher of the same process (the library's
 //! `Listener`, the daemon), a write renders its rows' events and, before it commits,

@@ -249,8 +249,9 @@ impl LogicalCapture {
     /// One replication session: from the last written position until shutdown or an error.
     ///
     /// A full batch is written on a task of its own while the stream goes on into the next
-    /// one (decoding and writing overlap); the next write waits for it, so batches reach
-    /// the log one after the other, in stream order. The slot is confirmed only behind
+    /// one (decoding and writing overlap: a backlog); the next write waits for it, so
+    /// batches reach the log one after the other, in stream order. A batch cut by the
+    /// linger is written before the stream is read on, as before. The slot is confirmed only behind
     /// what a finished write committed. Catalog reads (new relations, slot health) go over
     /// the leadership connection, the writer's being busy.
     async fn session<F: Future>(
@@ -346,12 +347,18 @@ impl LogicalCapture {
                 deadline = None;
             } else {
                 let due = *deadline.get_or_insert(now + self.options.linger);
-                if due <= now
-                    || decoder.batch.len() >= self.options.batch_rows
-                    || decoder.batch.bytes() >= self.options.batch_bytes
-                {
+                let full = decoder.batch.len() >= self.options.batch_rows
+                    || decoder.batch.bytes() >= self.options.batch_bytes;
+                if full || due <= now {
                     self.flush(&mut log, &mut decoder, &stream, &mut confirm)
                         .await?;
+                    if !full {
+                        // A batch cut by the linger: the stream has caught up, nothing
+                        // to overlap; written before reading on, as a trickle's latency
+                        // and the writers beside it fare best that way.
+                        let end = log.wait().await?;
+                        confirm.written(end, &stream);
+                    }
                     deadline = None;
                 }
             }
