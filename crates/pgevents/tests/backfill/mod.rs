@@ -559,11 +559,11 @@ async fn a_chunk_delivers_its_reads_and_a_failing_one_holds_back_its_row() {
     assert_eq!(state(&db.client, id).await, "done");
 }
 
-/// The statement stored for the `ledger` table by backfills started before chunks delivered
-/// their events: it writes them itself.
-const LEDGER_WRITES: &str = "
-    WITH chunk AS (
-         SELECT pgevents_read.id AS pgevents_k0,
+/// The rows of one chunk of the `ledger` table, as earlier releases selected them (every
+/// row locked `FOR SHARE`).
+macro_rules! ledger_chunk {
+    () => {
+        "SELECT pgevents_read.\"id\" AS pgevents_k0,
                 hashtextextended((pgevents_read.\"id\")::text, %1$s) AS pgevents_key,
                 to_json(pgevents_read) AS pgevents_image
            FROM \"public\".\"ledger\" AS pgevents_read
@@ -571,7 +571,16 @@ const LEDGER_WRITES: &str = "
                  OR (pgevents_read.\"id\") > (($1::text[])[1]::integer)) AND (true)
           ORDER BY pgevents_read.\"id\"
           LIMIT $2::int8
-          FOR SHARE OF pgevents_read),
+          FOR SHARE OF pgevents_read"
+    };
+}
+
+/// The statement stored for the `ledger` table by backfills started before chunks delivered
+/// their events: it writes them itself.
+const LEDGER_WRITES: &str = concat!(
+    "WITH chunk AS (",
+    ledger_chunk!(),
+    "),
      written AS (
          INSERT INTO \"pgevents\".\"event\" (trigger_id, op, row_key, new_row, size)
          SELECT %1$s, 'R', c.pgevents_key, c.pgevents_image,
@@ -581,22 +590,18 @@ const LEDGER_WRITES: &str = "
      SELECT (SELECT count(*) FROM written),
             (SELECT coalesce(sum(size), 0)::int8 FROM written),
             (SELECT ARRAY[c.pgevents_k0::text] FROM chunk c
-              ORDER BY c.pgevents_k0 DESC LIMIT 1)";
+              ORDER BY c.pgevents_k0 DESC LIMIT 1)"
+);
 
 /// The statement stored for the `ledger` table by backfills started before chunks stopped
 /// locking every row: it reads each row `FOR SHARE` and returns its event.
-const LEDGER_LOCKS: &str = "
-    SELECT nextval('\"pgevents\".\"event_seq\"'), c.pgevents_key, c.pgevents_image::text,
-           ARRAY[c.pgevents_k0::text], now()
-      FROM (SELECT pgevents_read.\"id\" AS pgevents_k0,
-                   hashtextextended((pgevents_read.\"id\")::text, %1$s) AS pgevents_key,
-                   to_json(pgevents_read) AS pgevents_image
-              FROM \"public\".\"ledger\" AS pgevents_read
-             WHERE ($1::text[] IS NULL
-                    OR (pgevents_read.\"id\") > (($1::text[])[1]::integer)) AND (true)
-             ORDER BY pgevents_read.\"id\"
-             LIMIT $2::int8
-             FOR SHARE OF pgevents_read) c";
+const LEDGER_LOCKS: &str = concat!(
+    "SELECT nextval('\"pgevents\".\"event_seq\"'), c.pgevents_key, c.pgevents_image::text,
+            ARRAY[c.pgevents_k0::text], now()
+       FROM (",
+    ledger_chunk!(),
+    ") c"
+);
 
 /// A backfill started by an earlier release stored its chunk statement (`statement`, a
 /// `format` string of the trigger's id); a chunk runs it as it is, and the events reach the
@@ -627,7 +632,7 @@ async fn a_backfill_started_earlier_runs_on(statement: &str) {
     db.client
         .execute(
             "UPDATE pgevents.backfill b SET chunk_sql = format($2, b.trigger_id) WHERE b.id = $1",
-            &[&id, &statement.trim()],
+            &[&id, &statement],
         )
         .await
         .expect("the earlier release's statement");
