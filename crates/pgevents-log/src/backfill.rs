@@ -14,7 +14,7 @@
 //!    which waits for that writer and reads the row as it left it, with a new position taken
 //!    after the lock; a writer after the lock waits for the chunk. So a `READ` sits in each
 //!    row's order exactly where its image belongs, and only rows with a writer at them are
-//!    ever locked: a backfill writes nothing into the table's pages;
+//!    ever locked: a backfill writes nothing into the table's rows;
 //! 2. moves every captured row already committed into the log (trigger capture appends to
 //!    the index-free `capture` table first): an earlier change of a chunk's row then reaches
 //!    `event` in the same commit as the `READ`, and per-row ordering delivers it first. In
@@ -160,12 +160,12 @@ pub const ROW_ALIAS: &str = "pgevents_read";
 /// change's position is taken inside its transaction), so the `READ` follows it. A row's
 /// header is then looked at again (by its table and `ctid`: partitions share `ctid`s): when
 /// no transaction has touched the row since it was read (its `xmax` still zero), any later
-/// change takes a position after the `READ`'s. A row
-/// that some transaction was changing or had locked (a non-zero `xmax`, then or now) is read
-/// again `FOR SHARE`, which waits for that transaction and reads the row as it left it, and
-/// takes a new position after the lock: earlier changes all have lower positions, later ones
-/// wait for the chunk to commit. Rows are therefore locked only where a writer is at them;
-/// a backfill writes nothing into the table's pages.
+/// change takes a position after the `READ`'s. A row that some transaction was changing or
+/// had locked (a non-zero `xmax`, then or now) is read again `FOR SHARE`, which waits for
+/// that transaction and reads the row as it left it, and takes a new position after the
+/// lock: earlier changes all have lower positions, later ones wait for the chunk to commit.
+/// Rows are therefore locked only where a writer is at them; a backfill writes nothing into
+/// the table's rows.
 pub fn chunk_sql(schema: &LogSchema, source: &Source<'_>) -> String {
     let r = ROW_ALIAS;
     let columns: Vec<String> = source

@@ -769,8 +769,7 @@ async fn slow_reads_beside_slow_live_changes_are_each_delivered_once() {
 
 /// Backfills `table` (`id`, `v`; rows 1 to `rows`) beside a listener, after inserting one
 /// more row: every row's `READ` delivered once, in order, and no row of the table locked
-/// (no row's header written, so no page of the table dirtied and no WAL written for the
-/// rows read).
+/// (no row's header written, and no WAL written for the rows read).
 async fn backfilled_without_a_lock(db: &Db, table: &str, rows: i32) {
     let delivered = Deliveries::default();
     let listener = recording_listener(db, table, &delivered, |_, _| Duration::ZERO).await;
