@@ -26,9 +26,9 @@
 //!    pending TRUNCATE of the trigger) in the log, no other row of the chunk with that key —
 //!    while the chunk holds the log's ingest lock and logical capture's positions: each is
 //!    then the next event of its key, and no later change of its row reaches the log until
-//!    the chunk commits. Sequin delivers its backfills from memory the same way; here it saves the
-//!    log's claim and settle of every such event (measured beside 8 writers: 31,000 READ/s
-//!    before, 69,000–73,000 after; BENCHMARKS.md);
+//!    the chunk commits. Sequin delivers its backfills from memory the same way; here it
+//!    saves the log's claim and settle of every such event (measured beside 8 writers:
+//!    31,000 READ/s before, 69,000–73,000 after; BENCHMARKS.md);
 //! 4. writes the `READ` events into `event`: those delivered as delivered, those whose
 //!    attempt failed with its outcome (retried by the dispatchers like any event, holding
 //!    back later events of their row), those whose attempt is still under way (the delivery
@@ -38,8 +38,8 @@
 //! 5. moves `last_key` with a compare-and-set: when another process wrote that chunk first
 //!    (or the backfill was cancelled) nothing is written.
 //!
-//! The chunk's statement waits for a writer's row lock at most [`CHUNK_LOCK_TIMEOUT_MS`]: on a
-//! conflict the backfill backs off and tries again ([`Error::is_lock_conflict`]), never a
+//! The chunk's statement waits for a writer's row lock at most [`CHUNK_LOCK_TIMEOUT_MS`]:
+//! on a conflict the backfill backs off and tries again ([`Error::is_lock_conflict`]), never a
 //! writer. A process that dies after delivering some of a chunk's events and before its
 //! commit writes nothing of it: the chunk is read again, and those rows delivered again
 //! (under new ids, with their images of then).

@@ -2,14 +2,15 @@
 //!
 //! A backfill chunk (which holds the log's ingest lock and logical capture's positions) and a
 //! move of captured rows (which holds the ingest lock) know each event before it is in the
-//! log, and nothing can come after it in its row's order until they commit. Those that nothing holds back — no
-//! pending event of their ordering key or old key in the log, no pending TRUNCATE of their
-//! trigger, no other event of the batch on their keys or trigger-wide before or after them
-//! — are delivered there ([`DeliverFirst`]) and written once, as delivered: no claim, no
-//! settle. An attempt that failed is written with its outcome and retried by the dispatchers
-//! like any event (holding back later events of its row); an attempt still under way after
-//! the caller's short wait is written leased to the delivering dispatcher, which settles it
-//! once the transaction committed; the rest are written pending.
+//! log, and nothing can come after it in its row's order until they commit. Those that
+//! nothing holds back — no pending event of their ordering key or old key in the log, no
+//! pending TRUNCATE of their trigger, no other event of the batch on their keys or
+//! trigger-wide before or after them — are delivered there ([`DeliverFirst`]) and written
+//! once, as delivered: no claim, no settle. An attempt that failed is written with its
+//! outcome and retried by the dispatchers like any event (holding back later events of its
+//! row); an attempt still under way after the caller's short wait is written leased to the
+//! delivering dispatcher, which settles it once the transaction committed; the rest are
+//! written pending.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

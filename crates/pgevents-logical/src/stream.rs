@@ -36,7 +36,10 @@ const STREAM_BUFFER: usize = 64;
 const WALSENDER_OPTIONS: &str =
     "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC -c bytea_output=hex";
 
-/// The log writer of a session: idle, or writing a batch on a task of its own.
+/// The log writer of a session: idle, or writing a batch on a task of its own. A session
+/// that ends with an error leaves a write under way to finish on its own: the next
+/// session's first write waits for its lock on the capture position and skips what it
+/// wrote (the cursor), so nothing is written twice.
 enum Log {
     Idle(Box<Writer>),
     Writing(JoinHandle<Written>),
@@ -143,6 +146,17 @@ impl Confirm {
         if let Some(lsn) = self.held.take().max(end) {
             stream.update_applied_lsn(Lsn(lsn));
         }
+    }
+
+    /// Waits for the write under way, if any, and confirms what it committed.
+    async fn after_write(
+        &mut self,
+        log: &mut Log,
+        stream: &ReplicationClient,
+    ) -> Result<(), Error> {
+        let end = log.wait().await?;
+        self.written(end, stream);
+        Ok(())
     }
 }
 
@@ -356,8 +370,7 @@ impl LogicalCapture {
                         // A batch cut by the linger: the stream has caught up, nothing
                         // to overlap; written before reading on, as a trickle's latency
                         // and the writers beside it fare best that way.
-                        let end = log.wait().await?;
-                        confirm.written(end, &stream);
+                        confirm.after_write(&mut log, &stream).await?;
                     }
                     deadline = None;
                 }
@@ -383,8 +396,7 @@ impl LogicalCapture {
         stream: &ReplicationClient,
         confirm: &mut Confirm,
     ) -> Result<(), Error> {
-        let end = log.wait().await?;
-        confirm.written(end, stream);
+        confirm.after_write(log, stream).await?;
         let next = Batch::at(decoder.batch.cursor);
         let batch = std::mem::replace(&mut decoder.batch, next);
         log.start(batch, self.delivery.current())
@@ -403,9 +415,7 @@ impl LogicalCapture {
             if !decoder.batch.is_empty() {
                 self.flush(log, decoder, stream, confirm).await?;
             }
-            let end = log.wait().await?;
-            confirm.written(end, stream);
-            Ok::<_, Error>(())
+            confirm.after_write(log, stream).await
         })
         .await;
         if !matches!(flushed, Ok(Ok(()))) {
