@@ -132,6 +132,7 @@ mod catalog;
 mod error;
 mod install;
 mod pgoutput;
+mod render;
 mod slots;
 mod stream;
 mod writer;

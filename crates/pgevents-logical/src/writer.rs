@@ -34,9 +34,10 @@ use pgevents_trigger::image::{image_sql, in_table_order};
 use pgevents_trigger::ordering::{key_sql, old_key_sql};
 use pgevents_trigger::Ordering;
 use tokio_postgres::types::{PgLsn, ToSql};
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use crate::pgoutput::Column;
+use crate::render::{Plan, Session};
 use crate::Error;
 
 /// `next_change` of a transaction written whole.
@@ -69,6 +70,9 @@ pub(crate) struct Shape {
     /// The row images' columns in table order, when the table has stored generated columns
     /// (see [`layout`]); `None`: the published columns are the whole row.
     pub layout: Option<Vec<Source>>,
+    /// Every collation of the table's columns is deterministic (text keys hash as their
+    /// bytes: [`crate::render`]).
+    pub collations_deterministic: bool,
 }
 
 /// Where a column of the row images comes from.
@@ -255,6 +259,18 @@ const MAX_STATEMENTS: usize = 256;
 /// A row shape, what a trigger takes from it, and what the statement does with the events.
 type StatementKey = (Arc<Shape>, Option<Arc<Projection>>, Form);
 
+/// A row shape and what a trigger takes from it.
+type PlanKey = (Arc<Shape>, Option<Arc<Projection>>);
+
+/// Who renders a run of rows' events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// The server, by a statement of this form.
+    Server(Form),
+    /// The process ([`Plan`]); the server only stores them.
+    Process,
+}
+
 /// How long a write waits for the attempts at the events it delivers before it commits:
 /// the stream waits meanwhile, so a slow destination's attempts are handed to the
 /// dispatcher's settler after this.
@@ -267,7 +283,12 @@ pub(crate) struct Writer {
     slot: String,
     channel: String,
     statements: HashMap<StatementKey, Statement>,
+    /// The process's plans for row shapes (`None`: the server renders them).
+    plans: HashMap<PlanKey, Option<Arc<Plan>>>,
+    /// How the log connection prints values.
+    session: Session,
     truncate: Statement,
+    take_positions: Statement,
     lock_progress: Statement,
     save_progress: Statement,
 }
@@ -303,6 +324,14 @@ impl Writer {
             "truncate event",
         )
         .await?;
+        let take_positions = prepare(
+            format!(
+                "SELECT array_agg(nextval({}) ORDER BY g) FROM generate_series(1, $1) g",
+                quote_literal(&schema.object("event_seq"))
+            ),
+            "log position",
+        )
+        .await?;
         let lock_progress = prepare(
             format!(
                 "SELECT txn_lsn, next_change, end_lsn FROM {progress} WHERE slot = $1 FOR UPDATE"
@@ -318,8 +347,12 @@ impl Writer {
             "capture position update",
         )
         .await?;
+        let session = Session::of(&client).await?;
         Ok(Writer {
             client,
+            plans: HashMap::new(),
+            session,
+            take_positions,
             schema: schema.clone(),
             slot: slot.into(),
             channel: wake_channel(schema),
@@ -366,20 +399,50 @@ impl Writer {
         batch: &Batch,
         delivery: Option<Arc<dyn DeliverFirst>>,
     ) -> Result<Progress, Error> {
-        let form = |row: &Row| match delivery {
-            Some(_) if row.size() < INLINE_BYTES => Form::Render,
-            _ => Form::Insert,
-        };
         for row in &batch.rows {
             if let Some(shape) = &row.shape {
-                let key = (shape.clone(), row.projection.clone(), form(row));
+                let key = (shape.clone(), row.projection.clone());
+                if !self.plans.contains_key(&key) {
+                    if self.plans.len() >= MAX_STATEMENTS {
+                        self.plans.clear();
+                    }
+                    let plan = Plan::new(shape, row.projection.as_deref(), &self.session);
+                    self.plans.insert(key, plan);
+                }
+            }
+        }
+        let plans = &self.plans;
+        let plan_of = |row: &Row| {
+            row.shape.as_ref().and_then(|shape| {
+                plans
+                    .get(&(shape.clone(), row.projection.clone()))
+                    .cloned()
+                    .flatten()
+            })
+        };
+        // Big rows are written by the server alone (the process never holds their payload
+        // twice); the others are rendered by the process when it can, else by the server,
+        // back to the process when it delivers them.
+        let path = |row: &Row| match (row.size() < INLINE_BYTES, delivery.is_some()) {
+            (true, _) if plan_of(row).is_some() => Path::Process,
+            (true, true) => Path::Server(Form::Render),
+            _ => Path::Server(Form::Insert),
+        };
+        for row in &batch.rows {
+            if let (Some(shape), Path::Server(form)) = (&row.shape, path(row)) {
+                let key = (shape.clone(), row.projection.clone(), form);
                 if !self.statements.contains_key(&key) {
                     if self.statements.len() >= MAX_STATEMENTS {
                         self.statements.clear();
                     }
-                    let statement = self
-                        .prepare_shape(shape, row.projection.as_deref(), key.2)
-                        .await?;
+                    let statement = prepare_shape(
+                        &self.client,
+                        &self.schema,
+                        shape,
+                        row.projection.as_deref(),
+                        form,
+                    )
+                    .await?;
                     self.statements.insert(key, statement);
                 }
             }
@@ -411,11 +474,11 @@ impl Writer {
         let mut start = 0;
         while start < fresh.len() {
             let (shape, projection) = (&fresh[start].shape, &fresh[start].projection);
-            let run_form = form(fresh[start]);
+            let run_path = path(fresh[start]);
             let end = fresh[start..]
                 .iter()
                 .position(|r| {
-                    r.shape != *shape || r.projection != *projection || form(r) != run_form
+                    r.shape != *shape || r.projection != *projection || path(r) != run_path
                 })
                 .map_or(fresh.len(), |n| start + n);
             let run = &fresh[start..end];
@@ -429,13 +492,57 @@ impl Writer {
                         .map_err(|e| Error::query("writing TRUNCATE events", e))?;
                 }
                 Some(shape) => {
-                    let statement = self
-                        .statements
-                        .get(&(shape.clone(), projection.clone(), run_form))
-                        .ok_or_else(|| Error::Decode("a row shape lost its statement".into()))?;
-                    inserted |= run_form == Form::Insert;
-                    let rendered = run_rows(&tx, statement, shape, run).await?;
-                    unwritten.extend(rendered.iter().map(Unwritten::from_row));
+                    let in_process = match (run_path, plan_of(run[0])) {
+                        (Path::Process, Some(plan)) => run
+                            .iter()
+                            .map(|r| plan.render(r, 0))
+                            .collect::<Option<Vec<Unwritten>>>(),
+                        _ => None,
+                    };
+                    if let Some(mut events) = in_process {
+                        let count = i32::try_from(events.len()).unwrap_or(i32::MAX);
+                        let positions: Vec<i64> = tx
+                            .query_one(&self.take_positions, &[&count])
+                            .await
+                            .map_err(|e| Error::query("taking log positions", e))?
+                            .get(0);
+                        if positions.len() != events.len() {
+                            return Err(Error::Decode(format!(
+                                "{} log positions taken for {} events",
+                                positions.len(),
+                                events.len()
+                            )));
+                        }
+                        for (event, seq) in events.iter_mut().zip(positions) {
+                            event.seq = seq;
+                        }
+                        unwritten.extend(events);
+                    } else {
+                        // A value the process cannot render after all: the server renders
+                        // the run.
+                        let form = match run_path {
+                            Path::Server(form) => form,
+                            Path::Process => Form::Render,
+                        };
+                        let key = (shape.clone(), projection.clone(), form);
+                        if !self.statements.contains_key(&key) {
+                            let statement = prepare_shape(
+                                &tx,
+                                &self.schema,
+                                shape,
+                                projection.as_deref(),
+                                form,
+                            )
+                            .await?;
+                            self.statements.insert(key.clone(), statement);
+                        }
+                        let statement = self.statements.get(&key).ok_or_else(|| {
+                            Error::Decode("a row shape lost its statement".into())
+                        })?;
+                        inserted |= form == Form::Insert;
+                        let rendered = run_rows(&tx, statement, shape, run).await?;
+                        unwritten.extend(rendered.iter().map(Unwritten::from_row));
+                    }
                 }
             }
             start = end;
@@ -480,52 +587,53 @@ impl Writer {
         }
         Ok(Progress { cursor, end_lsn })
     }
+}
 
-    async fn prepare_shape(
-        &self,
-        shape: &Shape,
-        projection: Option<&Projection>,
-        form: Form,
-    ) -> Result<Statement, Error> {
-        let oids: Vec<u32> = shape.columns.iter().map(|c| c.type_oid).collect();
-        let mods: Vec<i32> = shape.columns.iter().map(|c| c.type_modifier).collect();
-        let types: Vec<Option<String>> = self
-            .client
-            .query(
-                "SELECT format_type(t.oid, t.modifier)
-                   FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS t(oid, modifier, ord)
-                  ORDER BY t.ord",
-                &[&oids, &mods],
-            )
-            .await
-            .map_err(|e| Error::query("naming column types", e))?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
-        let mut names = Vec::with_capacity(types.len());
-        for (column, ty) in shape.columns.iter().zip(types) {
-            match ty {
-                Some(ty) if ty != "???" && !ty.starts_with('-') => names.push(ty),
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "column {:?} has type OID {}, which no longer exists: its changes cannot be rendered",
-                        column.name, column.type_oid
-                    )))
-                }
+/// Prepares the statement of [`insert_sql`] for rows of `shape`.
+async fn prepare_shape(
+    client: &impl GenericClient,
+    schema: &LogSchema,
+    shape: &Shape,
+    projection: Option<&Projection>,
+    form: Form,
+) -> Result<Statement, Error> {
+    let oids: Vec<u32> = shape.columns.iter().map(|c| c.type_oid).collect();
+    let mods: Vec<i32> = shape.columns.iter().map(|c| c.type_modifier).collect();
+    let types: Vec<Option<String>> = client
+        .query(
+            "SELECT format_type(t.oid, t.modifier)
+               FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS t(oid, modifier, ord)
+              ORDER BY t.ord",
+            &[&oids, &mods],
+        )
+        .await
+        .map_err(|e| Error::query("naming column types", e))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut names = Vec::with_capacity(types.len());
+    for (column, ty) in shape.columns.iter().zip(types) {
+        match ty {
+            Some(ty) if ty != "???" && !ty.starts_with('-') => names.push(ty),
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "column {:?} has type OID {}, which no longer exists: its changes cannot be rendered",
+                    column.name, column.type_oid
+                )))
             }
         }
-        let sql = insert_sql(
-            &self.schema,
-            shape,
-            &names,
-            projection.unwrap_or(&Projection::whole()),
-            form,
-        );
-        self.client
-            .prepare(&sql)
-            .await
-            .map_err(|e| Error::query("preparing an event insert", e))
     }
+    let sql = insert_sql(
+        schema,
+        shape,
+        &names,
+        projection.unwrap_or(&Projection::whole()),
+        form,
+    );
+    client
+        .prepare(&sql)
+        .await
+        .map_err(|e| Error::query("preparing an event insert", e))
 }
 
 fn progress_of(row: &tokio_postgres::Row) -> Progress {
@@ -782,6 +890,7 @@ mod tests {
             ],
             key: vec![0, 1],
             layout: None,
+            collations_deterministic: true,
         };
         let sql = insert_sql(
             &LogSchema::default(),
@@ -839,6 +948,7 @@ mod tests {
             columns: published.to_vec(),
             key: vec![0],
             layout: Some(fitting),
+            collations_deterministic: true,
         };
         assert_eq!(shape.image_columns(), names);
         let sql = insert_sql(
@@ -864,6 +974,7 @@ mod tests {
             columns: vec![column("id"), column("account"), column("secret")],
             key: vec![0],
             layout: None,
+            collations_deterministic: true,
         };
         let projection = Projection {
             payload_columns: Some(vec!["account".into(), "id".into(), "gone".into()]),

@@ -242,6 +242,136 @@ async fn logical_payloads_equal_trigger_payloads_byte_for_byte() {
     );
 }
 
+/// The common types, whose events the capture process renders itself (no statement of the
+/// server's): every event's data and keys are the bytes trigger capture produces, with
+/// strings that need escaping and quoting, numbers that are not JSON numbers, and dates
+/// outside the ordinary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_rendered_by_the_process_equal_trigger_payloads_byte_for_byte() {
+    let mut db = db().await;
+    db.client
+        .batch_execute(
+            r#"CREATE TABLE plain (
+                   k text, id bigint, n int2, i int4, o oid, amount numeric(30,10),
+                   loose numeric, ratio float8, small real, flag boolean, doc jsonb,
+                   raw_json json, label varchar(12), code char(3), nm name, uid uuid,
+                   day date, at timestamptz, naive timestamp, bytes bytea,
+                   "Odd ""Name"", \too" text, PRIMARY KEY (k, id));"#,
+        )
+        .await
+        .expect("schema");
+    let mut spec = Trigger::new(
+        "trigger_mode",
+        QualifiedName::parse("plain").expect("name"),
+        (),
+    );
+    spec.operations = ALL_OPS.to_vec();
+    let trigger_id = pgevents_capture::install_trigger(&mut db.client, &db.schema, &spec, true)
+        .await
+        .expect("trigger capture");
+    let logical = db.register("logical_mode", "plain", &ALL_OPS).await;
+    let logical_id = logical.trigger_id;
+    let capture = db.capture("common", vec![logical]);
+    capture.install().await.expect("install");
+    let running = Running::start(capture);
+
+    let workload = [
+        r#"INSERT INTO plain VALUES
+             ('a "b", (c)\ d', -9223372036854775808, -32768, 2147483647, 4294967295,
+              -12345678901234567890.0123456789, 'NaN', 'Infinity', '-0', true,
+              '{"b": [1, 2.50, {"c": null}], "a": "x\u0001", "e": 1.0e2}',
+              '{"b":1,  "a" : [1, 2.50], "b": 2}', E'tab\there', 'ab', 'n a m e',
+              'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '0044-03-15 BC',
+              '0044-03-15 12:00:00.5+00 BC', '10000-01-01 00:00:00', '\xdeadbeef00',
+              E'ctl \x01\x1f \b\f\r\n "q" \\ é ✓ \x7f'),
+             ('', 0, NULL, NULL, NULL, 0.5, '1e-30', 1e-300, '-Infinity', false, '[]', '"s"',
+              '', '', '', NULL, 'infinity', '-infinity', 'infinity', '', ''),
+             ('plain', 2, 1, 2, 3, 4, 5, 6.02e23, 'NaN', NULL, 'null', 'null', 'x', 'x',
+              'x', '00000000-0000-0000-0000-000000000000', '2024-02-29',
+              '2026-11-24 10:15:00.123456+02', '2026-11-24 10:15:00', NULL, NULL)"#,
+        "UPDATE plain SET flag = NOT coalesce(flag, false), ratio = 0.1 WHERE id = 2",
+        "UPDATE plain SET k = 'moved (1)', id = 3 WHERE k = 'plain'",
+        "UPDATE plain SET label = 'same key' WHERE k = ''",
+        r#"DELETE FROM plain WHERE k = 'a "b", (c)\ d'"#,
+    ];
+    for statement in workload {
+        db.client.batch_execute(statement).await.expect("workload");
+    }
+    let moved: i32 = db
+        .client
+        .query_one("SELECT pgevents.ingest(100000)", &[])
+        .await
+        .expect("ingest")
+        .get(0);
+    let expected = db.count(trigger_id).await;
+    assert_eq!(i64::from(moved), expected);
+    assert_eq!(expected, 7, "the trigger saw the whole workload");
+    eventually(WAIT, "the logical events", || async {
+        db.count(logical_id).await >= expected
+    })
+    .await;
+    db.wait_caught_up("common").await;
+    running.stop().await;
+
+    let by_trigger = logged(&db, trigger_id).await;
+    let by_slot = logged(&db, logical_id).await;
+    assert_eq!(by_slot.len(), by_trigger.len(), "as many events");
+    for (i, (t, l)) in by_trigger.iter().zip(&by_slot).enumerate() {
+        assert_eq!(l.op, t.op, "event {i}: action");
+        assert_eq!(l.old, t.old, "event {i} ({}): data.old", t.op as u8 as char);
+        assert_eq!(l.new, t.new, "event {i} ({}): data.new", t.op as u8 as char);
+    }
+    let ops: String = by_slot.iter().map(|e| e.op as u8 as char).collect();
+    assert_eq!(ops, "IIIUUUD");
+    let first = by_slot[0].new.as_deref().unwrap_or_default();
+    for rendered in [
+        r#""loose":"NaN","ratio":"Infinity","small":-0"#,
+        r#""day":"0044-03-15 BC","at":"0044-03-15T12:00:00.5+00:00 BC","naive":"10000-01-01T00:00:00""#,
+        r#""Odd \"Name\", \\too":"ctl \u0001\u001f \b\f\r\n \"q\" \\ é ✓ \u007f"#,
+    ] {
+        assert!(
+            first.contains(rendered.trim_end_matches("\\u007f")),
+            "{rendered} in {first}"
+        );
+    }
+    // Keys: hashtextextended(ROW(k, id)::text, trigger id) of the typed values, as the
+    // trigger computes them; an old key only on the UPDATE that changed the key.
+    let keys: Vec<[Option<i64>; 4]> = db
+        .client
+        .query(
+            "SELECT e.row_key, hashtextextended(ROW(r.k, r.id)::text, e.trigger_id),
+                    e.old_key,
+                    CASE WHEN e.op = 'U' AND (o.k, o.id) IS DISTINCT FROM (n.k, n.id)
+                         THEN hashtextextended(ROW(o.k, o.id)::text, e.trigger_id) END
+               FROM pgevents.event e
+               LEFT JOIN LATERAL json_populate_record(NULL::plain, e.old_row) o ON true
+               LEFT JOIN LATERAL json_populate_record(NULL::plain, e.new_row) n ON true
+               CROSS JOIN LATERAL (SELECT CASE e.op WHEN 'D' THEN o.k ELSE n.k END AS k,
+                                          CASE e.op WHEN 'D' THEN o.id ELSE n.id END AS id) r
+              WHERE e.trigger_id = ANY($1) ORDER BY e.seq",
+            &[&vec![trigger_id, logical_id]],
+        )
+        .await
+        .expect("keys")
+        .iter()
+        .map(|r| [r.get(0), r.get(1), r.get(2), r.get(3)])
+        .collect();
+    assert_eq!(keys.len(), 14);
+    for [row_key, computed, old_key, computed_old] in &keys {
+        assert!(row_key.is_some(), "every event has a row key");
+        assert_eq!(
+            (row_key, old_key),
+            (computed, computed_old),
+            "keys as PostgreSQL computes them"
+        );
+    }
+    assert_eq!(
+        keys.iter().filter(|k| k[2].is_some()).count(),
+        2,
+        "one key change per mode"
+    );
+}
+
 /// A capture process killed with SIGKILL in the middle of a 100,000-row transaction, then
 /// started again: every row is in the log exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

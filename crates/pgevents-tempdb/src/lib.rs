@@ -63,8 +63,8 @@ impl Default for Options {
             settings: vec![
                 ("wal_level".into(), "logical".into()),
                 ("max_connections".into(), "200".into()),
-                ("max_wal_senders".into(), "10".into()),
-                ("max_replication_slots".into(), "10".into()),
+                ("max_wal_senders".into(), "20".into()),
+                ("max_replication_slots".into(), "20".into()),
             ],
             fsync: false,
         }
