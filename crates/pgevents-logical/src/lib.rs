@@ -78,19 +78,26 @@
 //! delivered so, and the slot is confirmed, as always, only behind what the log holds. Rows
 //! of 64 kB or more are written pending by the server without passing through the process.
 //!
-//! **Values rendered by PostgreSQL itself.** pgoutput sends each value in its type's text
-//! form (the walsender session is pinned to ISO dates, UTC, shortest-exact floats and hex
-//! bytea so these read back exactly). The INSERT that writes a batch casts each value back
-//! to its column's type — `format_type` of the OID and type modifier in the Relation
-//! message, so domains, enums, composites and arrays are themselves — as a subquery with
-//! the column names, and calls `to_json` on that row: the same `composite_to_json` that
-//! trigger capture's `to_json(NEW)` runs. Exact numbers (bigint, numeric, NaN), embedded
-//! json/jsonb, nested arrays with NULLs, bytea, timestamps and composites therefore come out
-//! byte for byte as in trigger mode, with the columns the row had at the time of the change
-//! (ADD/DROP COLUMN between events follow the Relation messages). `row_key` is
-//! `hashtextextended(<key>::text, trigger_id)` on the same cast values, as the trigger
-//! computes it. Timestamps with time zone are rendered in the log connection's `TimeZone`
-//! (the server default), where trigger mode uses the writer session's.
+//! **Values rendered as PostgreSQL renders them.** pgoutput sends each value in its type's
+//! text form (the walsender session is pinned to ISO dates, UTC, shortest-exact floats and
+//! hex bytea so these read back exactly). Rows whose columns are all of common built-in
+//! types (numbers, booleans, strings, `uuid`, `json`/`jsonb`, dates, timestamps, `bytea`)
+//! are rendered by the process from those texts, exactly as `to_json` renders the values,
+//! and their ordering keys are `hashtextextended` computed in the process
+//! (`crate::render`): the server only stores the events. For any other row (arrays,
+//! composites, enums, domains, intervals; a `where` condition; stored generated columns;
+//! a log connection whose `TimeZone` is not UTC), the INSERT that writes a batch casts each
+//! value back to its column's type — `format_type` of the OID and type modifier in the
+//! Relation message, so domains, enums, composites and arrays are themselves — as a
+//! subquery with the column names, and calls `to_json` on that row: the same
+//! `composite_to_json` that trigger capture's `to_json(NEW)` runs. Either way exact numbers
+//! (bigint, numeric, NaN), embedded json/jsonb, nested arrays with NULLs, bytea,
+//! timestamps and composites come out byte for byte as in trigger mode, with the columns
+//! the row had at the time of the change (ADD/DROP COLUMN between events follow the
+//! Relation messages). `row_key` is `hashtextextended(<key>::text, trigger_id)` on the
+//! same values, as the trigger computes it. Timestamps with time zone are rendered in the
+//! log connection's `TimeZone` (the server default), where trigger mode uses the writer
+//! session's.
 //!
 //! **Whole rows.** Install sets `REPLICA IDENTITY FULL` on each watched table, so UPDATE
 //! and DELETE carry the whole old row (`data.old` complete) and an unchanged TOASTed value,

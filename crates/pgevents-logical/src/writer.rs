@@ -1,21 +1,24 @@
-//! Writing decoded changes into the event log, exactly once, with PostgreSQL rendering the
-//! JSON.
+//! Writing decoded changes into the event log, exactly once, with the JSON rendered as
+//! PostgreSQL renders it.
 //!
 //! A [`Batch`] holds decoded rows (column values as text) and the stream position they bring
 //! the capture to. [`Writer::write`] commits it in one log transaction: it locks the slot's
 //! row in `logical_progress`, drops the rows that row says are already written (a replay
 //! after a crash, or an overlapping former leader), inserts the rest into `event`, moves the
 //! cursor, and wakes the dispatchers — all or nothing. Given a delivery
-//! ([`pgevents_log::inline`]), it has the events rendered back instead, delivers those that
-//! nothing holds back before the commit, and writes them once, with their outcome.
+//! ([`pgevents_log::inline`]), it delivers the events that nothing holds back before the
+//! commit, and writes them once, with their outcome.
 //!
-//! The `data` JSON is built by the server from the text values: each row image becomes a
-//! subquery whose columns are the decoded text cast to the column's type (named by
-//! `format_type` from the type OID and modifier of the Relation message) under the column's
-//! name, and `to_json` of that subquery row is the same `composite_to_json` call trigger
-//! capture makes on `NEW`/`OLD` — so numbers, arrays, json, enums, domains and composites
-//! come out byte for byte as there, with the columns the row had when it was written (not
-//! the table's current ones: ADD/DROP COLUMN between change and capture change nothing).
+//! Rows whose columns are all of common types are rendered by the process
+//! ([`crate::render`]): the write takes their log positions in one statement and stores
+//! them. For the rest, the `data` JSON is built by the server from the text values (and
+//! rendered back to the process when it delivers them): each row image becomes a subquery
+//! whose columns are the decoded text cast to the column's type (named by `format_type`
+//! from the type OID and modifier of the Relation message) under the column's name, and
+//! `to_json` of that subquery row is the same `composite_to_json` call trigger capture
+//! makes on `NEW`/`OLD` — so numbers, arrays, json, enums, domains and composites come out
+//! byte for byte as there, with the columns the row had when it was written (not the
+//! table's current ones: ADD/DROP COLUMN between change and capture change nothing).
 //!
 //! Stored generated columns, which pgoutput does not send, are computed in that subquery
 //! from the row's own values with the column's expression (`pg_get_expr`), in table order —
