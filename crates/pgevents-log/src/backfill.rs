@@ -547,8 +547,9 @@ pub async fn run_chunk(
         .iter()
         .map(|e| e.new.as_ref().map_or(0, |n| n.len() as i64))
         .sum();
+    let statements = inline::Statements::prepare(&tx, schema).await?;
     let (delivered, finish) =
-        inline::deliver_and_write(&tx, schema, &events, delivery, CHUNK_WAIT).await?;
+        inline::deliver_and_write(&tx, &statements, &events, delivery, CHUNK_WAIT).await?;
     let read = Read {
         rows: events.len() as i64,
         scanned,

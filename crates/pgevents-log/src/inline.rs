@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, Statement};
 
 use crate::store::{settle_in, Claimed, Settlement, Verdict};
 use crate::{Error, LogSchema};
@@ -152,14 +152,82 @@ pub trait DeliverFirst: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Delivered> + Send + '_>>;
 }
 
+/// The statements of [`deliver_and_write`], prepared once on a connection: a trickle of
+/// small writes would otherwise have the server parse and plan them for every write.
+pub struct Statements {
+    schema: LogSchema,
+    free: Statement,
+    write: Statement,
+}
+
+impl std::fmt::Debug for Statements {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Statements")
+            .field("schema", &self.schema.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Statements {
+    /// Prepares the statements on `client`'s connection, for the log in `schema`.
+    pub async fn prepare(
+        client: &impl GenericClient,
+        schema: &LogSchema,
+    ) -> Result<Statements, Error> {
+        let event = schema.object("event");
+        let free = client
+            .prepare(&format!(
+                "SELECT ARRAY(SELECT k FROM unnest($1::int8[]) AS k
+                               WHERE EXISTS (SELECT 1 FROM {event} e
+                                              WHERE e.row_key = k AND e.status = 'p')
+                                  OR EXISTS (SELECT 1 FROM {event} e
+                                              WHERE e.old_key = k AND e.status = 'p')),
+                        ARRAY(SELECT t FROM unnest($2::int4[]) AS t
+                               WHERE EXISTS (SELECT 1 FROM {event} e
+                                              WHERE e.trigger_id = t AND e.status = 'p'
+                                                AND e.op = 'T'))"
+            ))
+            .await
+            .map_err(|e| Error::query("preparing the look for pending events", e))?;
+        let write = client
+            .prepare(&format!(
+                "INSERT INTO {event}
+                     (seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at,
+                      next_attempt_at, size, status, attempts, finished_at, last_status,
+                      last_duration_ms, owner, lease_until)
+                 SELECT r.seq, r.trigger_id, r.op, r.row_key, r.old_key, r.old_row::json,
+                        r.new_row::json, r.created_at, r.created_at, r.size,
+                        CASE WHEN r.outcome = 1 THEN 'd' ELSE 'p' END::\"char\",
+                        CASE WHEN r.outcome = 0 THEN 0 ELSE 1 END,
+                        CASE WHEN r.outcome = 1 THEN now() END,
+                        r.status, r.duration_ms,
+                        CASE WHEN r.outcome IN (2, 3) THEN $1::int8 END,
+                        CASE r.outcome WHEN 2 THEN now()
+                                       WHEN 3 THEN now() + $2::int8 * interval '1 millisecond' END
+                   FROM unnest($3::int8[], $4::int4[], $5::\"char\"[], $6::int8[], $7::int8[],
+                               $8::text[], $9::text[], $10::int4[], $11::timestamptz[],
+                               $12::int2[], $13::int4[], $14::int4[])
+                     AS r(seq, trigger_id, op, row_key, old_key, old_row, new_row, size,
+                          created_at, outcome, status, duration_ms)"
+            ))
+            .await
+            .map_err(|e| Error::query("preparing the write of events", e))?;
+        Ok(Statements {
+            schema: schema.clone(),
+            free,
+            write,
+        })
+    }
+}
+
 /// Delivers with `delivery` (when given) those of `events` that nothing holds back, waiting
 /// at most `wait`, and writes them all into the log inside the caller's transaction
-/// `client`. Returns how many were delivered and, when `delivery` was called, its
+/// `client`, with `statements` prepared on its connection. Returns how many were delivered and, when `delivery` was called, its
 /// [`Delivered::finish`], for the caller to call once it knows whether the transaction
 /// committed.
 pub async fn deliver_and_write(
     client: &impl GenericClient,
-    schema: &LogSchema,
+    statements: &Statements,
     events: &[Unwritten],
     delivery: Option<&dyn DeliverFirst>,
     wait: Duration,
@@ -168,18 +236,25 @@ pub async fn deliver_and_write(
         return Ok((0, None));
     }
     let free = match delivery {
-        Some(_) => free_to_deliver(client, schema, events).await?,
+        Some(_) => free_to_deliver(client, statements, events).await?,
         None => Vec::new(),
     };
     let (Some(delivery), false) = (delivery, free.is_empty()) else {
-        write(client, schema, events, &[], None).await?;
+        write(client, statements, events, &[], None).await?;
         return Ok((0, None));
     };
     let delivered = delivery
         .deliver(free.iter().map(|&i| events[i].claimed()).collect(), wait)
         .await;
     // On an error the finish is dropped uncalled: not committed.
-    let count = write(client, schema, events, &delivered.attempted, Some(delivery)).await?;
+    let count = write(
+        client,
+        statements,
+        events,
+        &delivered.attempted,
+        Some(delivery),
+    )
+    .await?;
     Ok((count, Some(delivered.finish)))
 }
 
@@ -187,7 +262,7 @@ pub async fn deliver_and_write(
 /// the module's documentation.
 async fn free_to_deliver(
     client: &impl GenericClient,
-    schema: &LogSchema,
+    statements: &Statements,
     events: &[Unwritten],
 ) -> Result<Vec<usize>, Error> {
     let keys_of = |e: &Unwritten| e.row_key.into_iter().chain(e.old_key);
@@ -207,22 +282,8 @@ async fn free_to_deliver(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let event = schema.object("event");
     let row = client
-        .query_one(
-            &format!(
-                "SELECT ARRAY(SELECT k FROM unnest($1::int8[]) AS k
-                               WHERE EXISTS (SELECT 1 FROM {event} e
-                                              WHERE e.row_key = k AND e.status = 'p')
-                                  OR EXISTS (SELECT 1 FROM {event} e
-                                              WHERE e.old_key = k AND e.status = 'p')),
-                        ARRAY(SELECT t FROM unnest($2::int4[]) AS t
-                               WHERE EXISTS (SELECT 1 FROM {event} e
-                                              WHERE e.trigger_id = t AND e.status = 'p'
-                                                AND e.op = 'T'))"
-            ),
-            &[&keys, &triggers],
-        )
+        .query_one(&statements.free, &[&keys, &triggers])
         .await
         .map_err(|e| Error::query("looking for pending events of the events to deliver", e))?;
     let held: HashSet<i64> = row.get::<_, Vec<i64>>(0).into_iter().collect();
@@ -245,7 +306,7 @@ async fn free_to_deliver(
 /// delivered.
 async fn write(
     client: &impl GenericClient,
-    schema: &LogSchema,
+    statements: &Statements,
     events: &[Unwritten],
     attempted: &[Attempted],
     delivery: Option<&dyn DeliverFirst>,
@@ -295,27 +356,7 @@ async fn write(
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     client
         .execute(
-            &format!(
-                "INSERT INTO {event}
-                     (seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at,
-                      next_attempt_at, size, status, attempts, finished_at, last_status,
-                      last_duration_ms, owner, lease_until)
-                 SELECT r.seq, r.trigger_id, r.op, r.row_key, r.old_key, r.old_row::json,
-                        r.new_row::json, r.created_at, r.created_at, r.size,
-                        CASE WHEN r.outcome = 1 THEN 'd' ELSE 'p' END::\"char\",
-                        CASE WHEN r.outcome = 0 THEN 0 ELSE 1 END,
-                        CASE WHEN r.outcome = 1 THEN now() END,
-                        r.status, r.duration_ms,
-                        CASE WHEN r.outcome IN (2, 3) THEN $1::int8 END,
-                        CASE r.outcome WHEN 2 THEN now()
-                                       WHEN 3 THEN now() + $2::int8 * interval '1 millisecond' END
-                   FROM unnest($3::int8[], $4::int4[], $5::\"char\"[], $6::int8[], $7::int8[],
-                               $8::text[], $9::text[], $10::int4[], $11::timestamptz[],
-                               $12::int2[], $13::int4[], $14::int4[])
-                     AS r(seq, trigger_id, op, row_key, old_key, old_row, new_row, size,
-                          created_at, outcome, status, duration_ms)",
-                event = schema.object("event"),
-            ),
+            &statements.write,
             &[
                 &owner,
                 &lease_ms,
@@ -342,7 +383,7 @@ async fn write(
         .cloned()
         .collect();
     if !failed.is_empty() {
-        settle_in(client, schema, &failed, owner).await?;
+        settle_in(client, &statements.schema, &failed, owner).await?;
     }
     Ok(outcome.iter().filter(|o| **o == 1).count() as i64)
 }

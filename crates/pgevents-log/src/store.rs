@@ -99,7 +99,6 @@ const PENDING: &str = "e.status NOT IN ('d', 'f')";
 /// A connection with the hot-path statements prepared.
 pub struct Store {
     client: Client,
-    schema: LogSchema,
     ingest: Statement,
     take: Statement,
     claim: Statement,
@@ -107,6 +106,7 @@ pub struct Store {
     settle_delivered: Statement,
     renew: Statement,
     release: Statement,
+    inline: inline::Statements,
 }
 
 impl std::fmt::Debug for Store {
@@ -185,9 +185,10 @@ impl Store {
             "release",
         )
         .await?;
+        let inline = inline::Statements::prepare(&client, schema).await?;
         Ok(Store {
+            inline,
             client,
-            schema: schema.clone(),
             ingest,
             take,
             claim,
@@ -260,9 +261,15 @@ impl Store {
                 .filter(|r| r.get::<_, bool>(8))
                 .map(Unwritten::from_row)
                 .collect();
+            // The look for pending events and the write plan the same way whatever the
+            // log's size: generic plans spare planning them at every move of a trickle.
+            self.client
+                .batch_execute("SET LOCAL plan_cache_mode = auto")
+                .await
+                .map_err(|e| Error::query("configuring a move of captured rows", e))?;
             let (_, finish) = inline::deliver_and_write(
                 &self.client,
-                &self.schema,
+                &self.inline,
                 &events,
                 Some(delivery),
                 wait,

@@ -292,6 +292,7 @@ pub(crate) struct Writer {
     session: Session,
     truncate: Statement,
     take_positions: Statement,
+    inline: inline::Statements,
     lock_progress: Statement,
     save_progress: Statement,
 }
@@ -351,11 +352,13 @@ impl Writer {
         )
         .await?;
         let session = Session::of(&client).await?;
+        let inline = inline::Statements::prepare(&client, schema).await?;
         Ok(Writer {
             client,
             plans: HashMap::new(),
             session,
             take_positions,
+            inline,
             schema: schema.clone(),
             slot: slot.into(),
             channel: wake_channel(schema),
@@ -552,7 +555,7 @@ impl Writer {
         }
         let (delivered, finish) = inline::deliver_and_write(
             &tx,
-            &self.schema,
+            &self.inline,
             &unwritten,
             delivery.as_deref(),
             DELIVERY_WAIT,
