@@ -434,25 +434,6 @@ impl Writer {
             (true, true) => Path::Server(Form::Render),
             _ => Path::Server(Form::Insert),
         };
-        for row in &batch.rows {
-            if let (Some(shape), Path::Server(form)) = (&row.shape, path(row)) {
-                let key = (shape.clone(), row.projection.clone(), form);
-                if !self.statements.contains_key(&key) {
-                    if self.statements.len() >= MAX_STATEMENTS {
-                        self.statements.clear();
-                    }
-                    let statement = prepare_shape(
-                        &self.client,
-                        &self.schema,
-                        shape,
-                        row.projection.as_deref(),
-                        form,
-                    )
-                    .await?;
-                    self.statements.insert(key, statement);
-                }
-            }
-        }
         let tx = self
             .client
             .transaction()
@@ -524,14 +505,18 @@ impl Writer {
                         }
                         unwritten.extend(events);
                     } else {
-                        // A value the process cannot render after all: the server renders
-                        // the run.
+                        // The server renders the run (also when a value turned out not to
+                        // be of the form the stream sends for its type). Its statement is
+                        // prepared on first use.
                         let form = match run_path {
                             Path::Server(form) => form,
                             Path::Process => Form::Render,
                         };
                         let key = (shape.clone(), projection.clone(), form);
                         if !self.statements.contains_key(&key) {
+                            if self.statements.len() >= MAX_STATEMENTS {
+                                self.statements.clear();
+                            }
                             let statement = prepare_shape(
                                 &tx,
                                 &self.schema,
