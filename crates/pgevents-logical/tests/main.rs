@@ -63,6 +63,65 @@ async fn logged(db: &support::Db, trigger_id: i32) -> Vec<Logged> {
         .collect()
 }
 
+/// Captures `table` at once by a trigger and through slot `slot`; returns the two triggers'
+/// ids (trigger mode's, logical mode's) and the running logical capture.
+async fn in_both_modes(db: &mut support::Db, table: &str, slot: &str) -> (i32, i32, Running) {
+    let mut spec = Trigger::new(
+        "trigger_mode",
+        QualifiedName::parse(table).expect("name"),
+        (),
+    );
+    spec.operations = ALL_OPS.to_vec();
+    let trigger_id = pgevents_capture::install_trigger(&mut db.client, &db.schema, &spec, true)
+        .await
+        .expect("trigger capture");
+    let logical = db.register("logical_mode", table, &ALL_OPS).await;
+    let logical_id = logical.trigger_id;
+    let capture = db.capture(slot, vec![logical]);
+    capture.install().await.expect("install");
+    (trigger_id, logical_id, Running::start(capture))
+}
+
+/// Once a workload ran: moves the trigger's rows into the log (`expected` of them), waits
+/// for as many from the slot, stops the capture, and asserts both modes logged the same
+/// actions with the same data bytes. Returns the slot's events.
+async fn same_events(
+    db: &support::Db,
+    (trigger_id, logical_id): (i32, i32),
+    slot: &str,
+    running: Running,
+    expected: i64,
+) -> Vec<Logged> {
+    let moved: i32 = db
+        .client
+        .query_one("SELECT pgevents.ingest(100000)", &[])
+        .await
+        .expect("ingest")
+        .get(0);
+    assert_eq!(
+        i64::from(moved),
+        expected,
+        "the trigger saw the whole workload"
+    );
+    assert_eq!(db.count(trigger_id).await, expected);
+    eventually(WAIT, "the logical events", || async {
+        db.count(logical_id).await >= expected
+    })
+    .await;
+    db.wait_caught_up(slot).await;
+    running.stop().await;
+
+    let by_trigger = logged(db, trigger_id).await;
+    let by_slot = logged(db, logical_id).await;
+    assert_eq!(by_slot.len(), by_trigger.len(), "as many events");
+    for (i, (t, l)) in by_trigger.iter().zip(&by_slot).enumerate() {
+        assert_eq!(l.op, t.op, "event {i}: action");
+        assert_eq!(l.old, t.old, "event {i} ({}): data.old", t.op as u8 as char);
+        assert_eq!(l.new, t.new, "event {i} ({}): data.new", t.op as u8 as char);
+    }
+    by_slot
+}
+
 /// One workload, captured at once by a trigger and through the slot: every event's data is
 /// the same bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,20 +143,7 @@ async fn logical_payloads_equal_trigger_payloads_byte_for_byte() {
         )
         .await
         .expect("schema");
-    let mut spec = Trigger::new(
-        "trigger_mode",
-        QualifiedName::parse("typed").expect("name"),
-        (),
-    );
-    spec.operations = ALL_OPS.to_vec();
-    let trigger_id = pgevents_capture::install_trigger(&mut db.client, &db.schema, &spec, true)
-        .await
-        .expect("trigger capture");
-    let logical = db.register("logical_mode", "typed", &ALL_OPS).await;
-    let logical_id = logical.trigger_id;
-    let capture = db.capture("matrix", vec![logical]);
-    capture.install().await.expect("install");
-    let running = Running::start(capture);
+    let (trigger_id, logical_id, running) = in_both_modes(&mut db, "typed", "matrix").await;
 
     // One statement per round trip: in one multi-statement query, a ROLLBACK would take the
     // statements before its BEGIN with it.
@@ -140,30 +186,7 @@ async fn logical_payloads_equal_trigger_payloads_byte_for_byte() {
     for statement in workload.split(";\n") {
         db.client.batch_execute(statement).await.expect("workload");
     }
-    let moved: i32 = db
-        .client
-        .query_one("SELECT pgevents.ingest(100000)", &[])
-        .await
-        .expect("ingest")
-        .get(0);
-    let expected = db.count(trigger_id).await;
-    assert_eq!(i64::from(moved), expected);
-    assert_eq!(expected, 16, "the trigger saw the whole workload");
-    eventually(WAIT, "the logical events", || async {
-        db.count(logical_id).await >= expected
-    })
-    .await;
-    db.wait_caught_up("matrix").await;
-    running.stop().await;
-
-    let by_trigger = logged(&db, trigger_id).await;
-    let by_slot = logged(&db, logical_id).await;
-    assert_eq!(by_slot.len(), by_trigger.len(), "as many events");
-    for (i, (t, l)) in by_trigger.iter().zip(&by_slot).enumerate() {
-        assert_eq!(l.op, t.op, "event {i}: action");
-        assert_eq!(l.old, t.old, "event {i} ({}): data.old", t.op as u8 as char);
-        assert_eq!(l.new, t.new, "event {i} ({}): data.new", t.op as u8 as char);
-    }
+    let by_slot = same_events(&db, (trigger_id, logical_id), "matrix", running, 16).await;
     // What the equality covers.
     let ops: String = by_slot.iter().map(|e| e.op as u8 as char).collect();
     assert_eq!(ops, "IIIUUDUIUIIUDTIU");
@@ -260,20 +283,7 @@ async fn payloads_rendered_by_the_process_equal_trigger_payloads_byte_for_byte()
         )
         .await
         .expect("schema");
-    let mut spec = Trigger::new(
-        "trigger_mode",
-        QualifiedName::parse("plain").expect("name"),
-        (),
-    );
-    spec.operations = ALL_OPS.to_vec();
-    let trigger_id = pgevents_capture::install_trigger(&mut db.client, &db.schema, &spec, true)
-        .await
-        .expect("trigger capture");
-    let logical = db.register("logical_mode", "plain", &ALL_OPS).await;
-    let logical_id = logical.trigger_id;
-    let capture = db.capture("common", vec![logical]);
-    capture.install().await.expect("install");
-    let running = Running::start(capture);
+    let (trigger_id, logical_id, running) = in_both_modes(&mut db, "plain", "common").await;
 
     let workload = [
         r#"INSERT INTO plain VALUES
@@ -297,30 +307,7 @@ async fn payloads_rendered_by_the_process_equal_trigger_payloads_byte_for_byte()
     for statement in workload {
         db.client.batch_execute(statement).await.expect("workload");
     }
-    let moved: i32 = db
-        .client
-        .query_one("SELECT pgevents.ingest(100000)", &[])
-        .await
-        .expect("ingest")
-        .get(0);
-    let expected = db.count(trigger_id).await;
-    assert_eq!(i64::from(moved), expected);
-    assert_eq!(expected, 7, "the trigger saw the whole workload");
-    eventually(WAIT, "the logical events", || async {
-        db.count(logical_id).await >= expected
-    })
-    .await;
-    db.wait_caught_up("common").await;
-    running.stop().await;
-
-    let by_trigger = logged(&db, trigger_id).await;
-    let by_slot = logged(&db, logical_id).await;
-    assert_eq!(by_slot.len(), by_trigger.len(), "as many events");
-    for (i, (t, l)) in by_trigger.iter().zip(&by_slot).enumerate() {
-        assert_eq!(l.op, t.op, "event {i}: action");
-        assert_eq!(l.old, t.old, "event {i} ({}): data.old", t.op as u8 as char);
-        assert_eq!(l.new, t.new, "event {i} ({}): data.new", t.op as u8 as char);
-    }
+    let by_slot = same_events(&db, (trigger_id, logical_id), "common", running, 7).await;
     let ops: String = by_slot.iter().map(|e| e.op as u8 as char).collect();
     assert_eq!(ops, "IIIUUUD");
     let first = by_slot[0].new.as_deref().unwrap_or_default();
