@@ -188,7 +188,12 @@ impl Statements {
                                                 AND e.op = 'T'))"
             ))
             .await
-            .map_err(|e| Error::query("preparing the look for pending events", e))?;
+            .map_err(|e| {
+                Error::query(
+                    "preparing the look for pending events (is the log installed and current? run `pgevents install`)",
+                    e,
+                )
+            })?;
         let write = client
             .prepare(&format!(
                 "INSERT INTO {event}
@@ -211,7 +216,12 @@ impl Statements {
                           created_at, outcome, status, duration_ms)"
             ))
             .await
-            .map_err(|e| Error::query("preparing the write of events", e))?;
+            .map_err(|e| {
+                Error::query(
+                    "preparing the write of events (is the log installed and current? run `pgevents install`)",
+                    e,
+                )
+            })?;
         Ok(Statements {
             schema: schema.clone(),
             free,

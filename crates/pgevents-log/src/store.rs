@@ -263,10 +263,12 @@ impl Store {
                 .collect();
             // The look for pending events and the write plan the same way whatever the
             // log's size: generic plans spare planning them at every move of a trickle.
-            self.client
-                .batch_execute("SET LOCAL plan_cache_mode = auto")
-                .await
-                .map_err(|e| Error::query("configuring a move of captured rows", e))?;
+            if !events.is_empty() {
+                self.client
+                    .batch_execute("SET LOCAL plan_cache_mode = auto")
+                    .await
+                    .map_err(|e| Error::query("configuring a move of captured rows", e))?;
+            }
             let (_, finish) = inline::deliver_and_write(
                 &self.client,
                 &self.inline,

@@ -18,8 +18,11 @@
 //!   connection's `TimeZone` is UTC (the stream's): also the offset as `+00:00`.
 //!
 //! Ordering keys are `hashtextextended` of the key's text ([`hash_text`]), computed here
-//! for keys of numbers, `uuid` and strings of deterministic collations, in a `ROW(...)`'s
-//! text form for several columns ([`record_text`]). Anything else — another type (arrays,
+//! for keys of numbers, `uuid` and strings (whose text the server's statement hashes under
+//! the database's default collation too), in a `ROW(...)`'s text form for several columns
+//! ([`record_text`]); the log connection's server is asked once whether both agree with
+//! it (a server of another byte order, or a C library counting other bytes as white
+//! space, would not). Anything else — another type (arrays,
 //! composites, enums, domains, intervals), a `where` condition, stored generated columns,
 //! a database not in UTF-8 — keeps the server's statement: a row shape has a plan only when
 //! every part of its events can be rendered exactly.
@@ -44,6 +47,9 @@ pub(crate) struct Session {
     hex_bytea: bool,
     /// `extra_float_digits` > 0: floats print shortest-exact, as on the stream.
     shortest_floats: bool,
+    /// The server's `ROW(...)` text and `hashtextextended` are [`record_text`]'s and
+    /// [`hash_text`]'s.
+    same_keys: bool,
 }
 
 /// Names PostgreSQL gives the UTC zone.
@@ -71,21 +77,31 @@ const UTC_NAMES: &[&str] = &[
 impl Session {
     /// Reads the settings of `client`'s session.
     pub async fn of(client: &Client) -> Result<Session, Error> {
+        // Bytes 0x85 and 0xA0 (inside "Å" and "à") are white space to some C libraries.
+        let sample = [Some("àÅ b"), Some("1"), Some(""), None];
         let row = client
             .query_one(
                 "SELECT current_setting('server_encoding'), current_setting('TimeZone'),
                         current_setting('bytea_output'),
-                        current_setting('extra_float_digits')::int4",
-                &[],
+                        current_setting('extra_float_digits')::int4,
+                        ROW($1::text, $2::int4, $3::text, $4::text)::text,
+                        hashtextextended(ROW($1::text, $2::int4, $3::text, $4::text)::text, 7),
+                        hashtextextended('abcdefghijklm', 4294967297)",
+                &[&sample[0], &1_i32, &sample[2], &sample[3]],
             )
             .await
             .map_err(|e| Error::query("reading the log connection's settings", e))?;
         let zone: String = row.get(1);
+        let record = record_text(sample.into_iter());
+        let same_keys = row.get::<_, Option<String>>(4).as_deref() == Some(record.as_str())
+            && row.get::<_, Option<i64>>(5) == Some(hash_text(record.as_bytes(), 7))
+            && row.get::<_, Option<i64>>(6) == Some(hash_text(b"abcdefghijklm", 4_294_967_297));
         Ok(Session {
             utf8: row.get::<_, String>(0) == "UTF8",
             utc: UTC_NAMES.iter().any(|n| n.eq_ignore_ascii_case(&zone)),
             hex_bytea: row.get::<_, String>(2) == "hex",
             shortest_floats: row.get::<_, i32>(3) > 0,
+            same_keys,
         })
     }
 }
@@ -334,10 +350,8 @@ pub(crate) fn hash_text(key: &[u8], seed: i64) -> i64 {
     // The last 11 bytes; the lowest byte of c is reserved for the length.
     let byte = |i: usize, shift: u32| u32::from(k[i]) << shift;
     let n = k.len();
-    if n >= 9 {
-        for i in 8..n {
-            c = c.wrapping_add(byte(i, 8 * (i as u32 - 7)));
-        }
+    for i in 8..n {
+        c = c.wrapping_add(byte(i, 8 * (i as u32 - 7)));
     }
     for i in 4..n.min(8) {
         b = b.wrapping_add(byte(i, 8 * (i as u32 - 4)));
@@ -399,7 +413,7 @@ impl Plan {
         projection: Option<&Projection>,
         session: &Session,
     ) -> Option<Arc<Plan>> {
-        if !session.utf8 || shape.layout.is_some() {
+        if !session.utf8 || !session.same_keys || shape.layout.is_some() {
             return None;
         }
         if projection.is_some_and(|p| p.condition.is_some()) {
@@ -429,9 +443,7 @@ impl Plan {
                 (i, prefix)
             })
             .collect();
-        let hashable = |i: &usize| {
-            shape.collations_deterministic && Kind::hashes_as_text(shape.columns[*i].type_oid)
-        };
+        let hashable = |i: &usize| Kind::hashes_as_text(shape.columns[*i].type_oid);
         let row = match shape.key.as_slice() {
             [] => Key::None,
             [one] if hashable(one) => Key::Column(*one),
@@ -547,7 +559,6 @@ mod tests {
                 .collect(),
             key,
             layout: None,
-            collations_deterministic: true,
         }
     }
 
@@ -558,6 +569,7 @@ mod tests {
             utc: true,
             hex_bytea: true,
             shortest_floats: true,
+            same_keys: true,
         };
         let common = [
             20, 25, 1700, 701, 16, 3802, 114, 1184, 1114, 1082, 17, 2950, 26,
@@ -570,9 +582,6 @@ mod tests {
         // Keys whose text the process cannot know: a boolean's, a timestamp's.
         assert!(Plan::new(&shape(&[16, 20], vec![0]), None, &stream_like).is_none());
         assert!(Plan::new(&shape(&[1184], vec![0]), None, &stream_like).is_none());
-        let mut icu = shape(&[25, 20], vec![0]);
-        icu.collations_deterministic = false;
-        assert!(Plan::new(&icu, None, &stream_like).is_none());
         // A log connection printing otherwise than the stream.
         let elsewhere = Session {
             utc: false,
@@ -584,6 +593,12 @@ mod tests {
             assert!(Plan::new(&shape(&[20, printed], vec![0]), None, &elsewhere).is_none());
         }
         assert!(Plan::new(&shape(&[20, 25], vec![0]), None, &Session::default()).is_none());
+        // A server whose keys hash otherwise than this process computes them.
+        let other_keys = Session {
+            same_keys: false,
+            ..stream_like
+        };
+        assert!(Plan::new(&shape(&[20], vec![0]), None, &other_keys).is_none());
         // A group of columns of several types, and a payload cut to some columns.
         let projection = Projection {
             payload_columns: Some(vec!["c1".into(), "gone".into()]),

@@ -655,15 +655,10 @@ impl Decoder {
                 let layout = info
                     .as_ref()
                     .and_then(|i| layout(&relation.columns, &i.columns, &i.generated));
-                let collations_deterministic = match info {
-                    Some(_) => collations_deterministic(catalog, relation.oid).await?,
-                    None => false,
-                };
                 let shape = Arc::new(Shape {
                     columns: relation.columns.clone(),
                     key,
                     layout,
-                    collations_deterministic,
                 });
                 if relation.replica_identity != b'f' && self.tables.contains_key(&relation.oid) {
                     self.warn_once(relation.oid, &relation.name);
@@ -821,21 +816,6 @@ impl Decoder {
 }
 
 /// The catalog's description of the table with OID `oid`, `None` when it is gone.
-/// Whether every column of table `oid` has a deterministic collation (or none).
-async fn collations_deterministic(client: &Client, oid: u32) -> Result<bool, Error> {
-    Ok(client
-        .query_one(
-            "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute a
-                                  JOIN pg_collation c ON c.oid = a.attcollation
-                                 WHERE a.attrelid = $1 AND a.attnum > 0
-                                   AND NOT a.attisdropped AND NOT c.collisdeterministic)",
-            &[&oid],
-        )
-        .await
-        .map_err(|e| Error::query("reading a watched table's collations", e))?
-        .get(0))
-}
-
 async fn table_info(client: &Client, oid: u32) -> Result<Option<TableInfo>, Error> {
     let name = client
         .query_opt(

@@ -25,6 +25,7 @@
 //! immutable expressions of the same values give the values the table stored, so payloads
 //! keep parity with trigger capture ([`Shape::layout`]).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,9 +74,6 @@ pub(crate) struct Shape {
     /// The row images' columns in table order, when the table has stored generated columns
     /// (see [`layout`]); `None`: the published columns are the whole row.
     pub layout: Option<Vec<Source>>,
-    /// Every collation of the table's columns is deterministic (text keys hash as their
-    /// bytes: [`crate::render`]).
-    pub collations_deterministic: bool,
 }
 
 /// Where a column of the row images comes from.
@@ -513,23 +511,24 @@ impl Writer {
                             Path::Process => Form::Render,
                         };
                         let key = (shape.clone(), projection.clone(), form);
-                        if !self.statements.contains_key(&key) {
-                            if self.statements.len() >= MAX_STATEMENTS {
-                                self.statements.clear();
-                            }
-                            let statement = prepare_shape(
-                                &tx,
-                                &self.schema,
-                                shape,
-                                projection.as_deref(),
-                                form,
-                            )
-                            .await?;
-                            self.statements.insert(key.clone(), statement);
+                        if !self.statements.contains_key(&key)
+                            && self.statements.len() >= MAX_STATEMENTS
+                        {
+                            self.statements.clear();
                         }
-                        let statement = self.statements.get(&key).ok_or_else(|| {
-                            Error::Decode("a row shape lost its statement".into())
-                        })?;
+                        let statement = match self.statements.entry(key) {
+                            Entry::Occupied(known) => known.into_mut(),
+                            Entry::Vacant(new) => new.insert(
+                                prepare_shape(
+                                    &tx,
+                                    &self.schema,
+                                    shape,
+                                    projection.as_deref(),
+                                    form,
+                                )
+                                .await?,
+                            ),
+                        };
                         inserted |= form == Form::Insert;
                         let rendered = run_rows(&tx, statement, shape, run).await?;
                         unwritten.extend(rendered.iter().map(Unwritten::from_row));
@@ -661,6 +660,10 @@ fn insert_sql(
     projection: &Projection,
     form: Form,
 ) -> String {
+    // The row images' aliases: names no column of a watched table is expected to have (a
+    // column named like an alias would make a bare reference to the image ambiguous).
+    const OLD: &str = "pgevents_o";
+    const NEW: &str = "pgevents_n";
     let n = shape.columns.len();
     let names = shape.image_columns();
     let payload = in_table_order(projection.payload_columns.as_deref(), &names);
@@ -694,7 +697,7 @@ fn insert_sql(
                 format!("SELECT {columns} FROM ({published}) {prefix}_published OFFSET 0")
             }
         };
-        format!("LEFT JOIN LATERAL ({row}) {prefix} ON true")
+        format!("LEFT JOIN LATERAL ({row}) pgevents_{prefix} ON true")
     };
     let key_columns: Vec<String> = shape
         .key
@@ -752,20 +755,20 @@ fn insert_sql(
            {new_image}
           {filter}
           OFFSET 0",
-        old_key = row_key("o"),
-        new_key = row_key("n"),
-        table_key = key_sql(&Ordering::Table, "n", &key_columns, seed),
-        changed_key = old_key_sql(&Ordering::Row, "o", "n", &key_columns, seed),
-        old_group = group_key("o"),
-        new_group = group_key("n"),
-        changed_group = old_key_sql(&group, "o", "n", &[], seed),
+        old_key = row_key(OLD),
+        new_key = row_key(NEW),
+        table_key = key_sql(&Ordering::Table, NEW, &key_columns, seed),
+        changed_key = old_key_sql(&Ordering::Row, OLD, NEW, &key_columns, seed),
+        old_group = group_key(OLD),
+        new_group = group_key(NEW),
+        changed_group = old_key_sql(&group, OLD, NEW, &[], seed),
         filter = projection.condition.as_ref().map_or(String::new(), |c| format!(
             "WHERE CASE u.op WHEN 'I' THEN {new} WHEN 'D' THEN {old} ELSE ({old}) OR ({new}) END",
-            old = c.on("o"),
-            new = c.on("n"),
+            old = c.on(OLD),
+            new = c.on(NEW),
         )),
-        old_row = image_sql("o", payload.as_deref()),
-        new_row = image_sql("n", payload.as_deref()),
+        old_row = image_sql(OLD, payload.as_deref()),
+        new_row = image_sql(NEW, payload.as_deref()),
         params = params.join(", "),
         aliases = aliases.join(", "),
         old_image = image("o", "has_old"),
@@ -881,7 +884,6 @@ mod tests {
             ],
             key: vec![0, 1],
             layout: None,
-            collations_deterministic: true,
         };
         let sql = insert_sql(
             &LogSchema::default(),
@@ -892,7 +894,7 @@ mod tests {
         );
         assert!(sql.contains("u.o0::bigint AS \"Id \"\"x\"\"\""));
         assert!(
-            sql.contains("hashtextextended(ROW(n.\"Id \"\"x\"\"\", n.\"b\")::text, u.trigger_id)")
+            sql.contains("hashtextextended(ROW(pgevents_n.\"Id \"\"x\"\"\", pgevents_n.\"b\")::text, u.trigger_id)")
         );
         assert!(sql.contains("$10::text[]"));
         assert!(!sql.contains("$11"));
@@ -939,7 +941,6 @@ mod tests {
             columns: published.to_vec(),
             key: vec![0],
             layout: Some(fitting),
-            collations_deterministic: true,
         };
         assert_eq!(shape.image_columns(), names);
         let sql = insert_sql(
@@ -950,7 +951,7 @@ mod tests {
             Form::Render,
         );
         assert!(sql.contains(
-            "(SELECT \"id\", ((qty * 2)) AS \"double\", \"qty\" FROM (SELECT u.n0::integer AS \"id\", u.n1::integer AS \"qty\" WHERE u.has_new OFFSET 0) n_published OFFSET 0) n ON true"
+            "(SELECT \"id\", ((qty * 2)) AS \"double\", \"qty\" FROM (SELECT u.n0::integer AS \"id\", u.n1::integer AS \"qty\" WHERE u.has_new OFFSET 0) n_published OFFSET 0) pgevents_n ON true"
         ), "{sql}");
     }
 
@@ -965,7 +966,6 @@ mod tests {
             columns: vec![column("id"), column("account"), column("secret")],
             key: vec![0],
             layout: None,
-            collations_deterministic: true,
         };
         let projection = Projection {
             payload_columns: Some(vec!["account".into(), "id".into(), "gone".into()]),
@@ -979,8 +979,8 @@ mod tests {
             &projection,
             Form::Insert,
         );
-        assert!(sql.contains("(SELECT n.\"id\", n.\"account\") pgevents_image"));
-        assert!(sql.contains("WHEN 'c' THEN CASE WHEN u.op = 'D' THEN hashtextextended(ROW(o.\"account\")::text, u.trigger_id)"));
+        assert!(sql.contains("(SELECT pgevents_n.\"id\", pgevents_n.\"account\") pgevents_image"));
+        assert!(sql.contains("WHEN 'c' THEN CASE WHEN u.op = 'D' THEN hashtextextended(ROW(pgevents_o.\"account\")::text, u.trigger_id)"));
         assert!(!sql.contains("WHERE CASE"), "no condition, no filter");
     }
 }
