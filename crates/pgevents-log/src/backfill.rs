@@ -549,7 +549,7 @@ pub async fn run_chunk(
         .sum();
     let statements = inline::Statements::prepare(&tx, schema).await?;
     let (delivered, finish) =
-        inline::deliver_and_write(&tx, &statements, &events, delivery, CHUNK_WAIT).await?;
+        inline::deliver_and_write(tx.client(), &statements, &events, delivery, CHUNK_WAIT).await?;
     let read = Read {
         rows: events.len() as i64,
         scanned,

@@ -18,8 +18,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use chrono::{DateTime, Utc};
-use tokio_postgres::{GenericClient, Statement};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use crate::store::{settle_in, Claimed, Settlement, Verdict};
 use crate::{Error, LogSchema};
@@ -157,7 +160,7 @@ pub trait DeliverFirst: Send + Sync {
 pub struct Statements {
     schema: LogSchema,
     free: Statement,
-    write: Statement,
+    copy: Statement,
 }
 
 impl std::fmt::Debug for Statements {
@@ -185,7 +188,8 @@ impl Statements {
                         ARRAY(SELECT t FROM unnest($2::int4[]) AS t
                                WHERE EXISTS (SELECT 1 FROM {event} e
                                               WHERE e.trigger_id = t AND e.status = 'p'
-                                                AND e.op = 'T'))"
+                                                AND e.op = 'T')),
+                        now()"
             ))
             .await
             .map_err(|e| {
@@ -194,26 +198,12 @@ impl Statements {
                     e,
                 )
             })?;
-        let write = client
+        let copy = client
             .prepare(&format!(
-                "INSERT INTO {event}
-                     (seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at,
-                      next_attempt_at, size, status, attempts, finished_at, last_status,
-                      last_duration_ms, owner, lease_until)
-                 SELECT r.seq, r.trigger_id, r.op, r.row_key, r.old_key, r.old_row::json,
-                        r.new_row::json, r.created_at, r.created_at, r.size,
-                        CASE WHEN r.outcome = 1 THEN 'd' ELSE 'p' END::\"char\",
-                        CASE WHEN r.outcome = 0 THEN 0 ELSE 1 END,
-                        CASE WHEN r.outcome = 1 THEN now() END,
-                        r.status, r.duration_ms,
-                        CASE WHEN r.outcome IN (2, 3) THEN $1::int8 END,
-                        CASE r.outcome WHEN 2 THEN now()
-                                       WHEN 3 THEN now() + $2::int8 * interval '1 millisecond' END
-                   FROM unnest($3::int8[], $4::int4[], $5::\"char\"[], $6::int8[], $7::int8[],
-                               $8::text[], $9::text[], $10::int4[], $11::timestamptz[],
-                               $12::int2[], $13::int4[], $14::int4[])
-                     AS r(seq, trigger_id, op, row_key, old_key, old_row, new_row, size,
-                          created_at, outcome, status, duration_ms)"
+                "COPY {event} (seq, trigger_id, op, row_key, old_key, old_row, new_row, created_at,
+                               next_attempt_at, size, status, attempts, finished_at, last_status,
+                               last_duration_ms, owner, lease_until)
+                 FROM STDIN (FORMAT binary)"
             ))
             .await
             .map_err(|e| {
@@ -225,18 +215,18 @@ impl Statements {
         Ok(Statements {
             schema: schema.clone(),
             free,
-            write,
+            copy,
         })
     }
 }
 
 /// Delivers with `delivery` (when given) those of `events` that nothing holds back, waiting
-/// at most `wait`, and writes them all into the log inside the caller's transaction
-/// `client`, with `statements` prepared on its connection. Returns how many were delivered and, when `delivery` was called, its
-/// [`Delivered::finish`], for the caller to call once it knows whether the transaction
-/// committed.
+/// at most `wait`, and writes them all into the log inside the caller's transaction on `client`,
+/// with `statements` prepared on its connection. Returns how many were delivered and, when
+/// `delivery` was called, its [`Delivered::finish`], for the caller to call once it knows
+/// whether the transaction committed.
 pub async fn deliver_and_write(
-    client: &impl GenericClient,
+    client: &Client,
     statements: &Statements,
     events: &[Unwritten],
     delivery: Option<&dyn DeliverFirst>,
@@ -245,12 +235,12 @@ pub async fn deliver_and_write(
     if events.is_empty() {
         return Ok((0, None));
     }
-    let free = match delivery {
+    let (free, now) = match delivery {
         Some(_) => free_to_deliver(client, statements, events).await?,
-        None => Vec::new(),
+        None => (Vec::new(), Utc::now()),
     };
     let (Some(delivery), false) = (delivery, free.is_empty()) else {
-        write(client, statements, events, &[], None).await?;
+        write(client, statements, events, &[], None, now).await?;
         return Ok((0, None));
     };
     let delivered = delivery
@@ -263,18 +253,19 @@ pub async fn deliver_and_write(
         events,
         &delivered.attempted,
         Some(delivery),
+        now,
     )
     .await?;
     Ok((count, Some(delivered.finish)))
 }
 
-/// The positions in `events` of those that may be delivered before they are written: see
-/// the module's documentation.
+/// The positions in `events` of those that may be delivered before they are written (see
+/// the module's documentation), and the transaction's `now()`.
 async fn free_to_deliver(
-    client: &impl GenericClient,
+    client: &Client,
     statements: &Statements,
     events: &[Unwritten],
-) -> Result<Vec<usize>, Error> {
+) -> Result<(Vec<usize>, DateTime<Utc>), Error> {
     let keys_of = |e: &Unwritten| e.row_key.into_iter().chain(e.old_key);
     let mut seen: HashMap<i64, usize> = HashMap::new();
     for key in events.iter().flat_map(keys_of) {
@@ -298,7 +289,7 @@ async fn free_to_deliver(
         .map_err(|e| Error::query("looking for pending events of the events to deliver", e))?;
     let held: HashSet<i64> = row.get::<_, Vec<i64>>(0).into_iter().collect();
     let truncating: HashSet<i32> = row.get::<_, Vec<i32>>(1).into_iter().collect();
-    Ok(events
+    let free = events
         .iter()
         .enumerate()
         .filter(|(_, e)| {
@@ -307,21 +298,71 @@ async fn free_to_deliver(
                 && keys_of(e).all(|k| seen.get(&k) == Some(&1) && !held.contains(&k))
         })
         .map(|(i, _)| i)
-        .collect())
+        .collect();
+    Ok((free, row.get(2)))
 }
 
-/// Writes `events` into the log: delivered, pending after a failed attempt (its outcome
-/// recorded as a settle records it), leased to `delivery`'s owner while their attempt is
-/// under way, or pending for the dispatchers, as `attempted` says. Returns how many were
-/// delivered.
+/// A `json` value already rendered: written as it is (the binary form of `json` is its
+/// text; the server checks it as it checks any `json` input).
+#[derive(Debug)]
+struct Json<'a>(&'a str);
+
+impl ToSql for Json<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON
+    }
+
+    to_sql_checked!();
+}
+
+/// The column types of [`Statements::copy`], in its order.
+const COPY_TYPES: [Type; 17] = [
+    Type::INT8,
+    Type::INT4,
+    Type::CHAR,
+    Type::INT8,
+    Type::INT8,
+    Type::JSON,
+    Type::JSON,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::INT4,
+    Type::CHAR,
+    Type::INT4,
+    Type::TIMESTAMPTZ,
+    Type::INT4,
+    Type::INT4,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+];
+
+/// Writes `events` into the log (`COPY`, which stores a batch's rows a page at a time):
+/// delivered, pending after a failed attempt (its outcome recorded as a settle records it),
+/// leased to `delivery`'s owner while their attempt is under way, or pending for the
+/// dispatchers, as `attempted` says; `now` is the transaction's `now()`. Returns how many
+/// were delivered.
 async fn write(
-    client: &impl GenericClient,
+    client: &Client,
     statements: &Statements,
     events: &[Unwritten],
     attempted: &[Attempted],
     delivery: Option<&dyn DeliverFirst>,
+    now: DateTime<Utc>,
 ) -> Result<i64, Error> {
     let (owner, lease) = delivery.map_or((0, Duration::ZERO), |d| (d.owner(), d.lease()));
+    let leased_until = chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|lease| now.checked_add_signed(lease))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let by_seq: HashMap<i64, &Attempted> = attempted
         .iter()
         .map(|a| match a {
@@ -329,71 +370,73 @@ async fn write(
             Attempted::UnderWay(seq) => (*seq, a),
         })
         .collect();
-    let ended = |e: &Unwritten| match by_seq.get(&e.seq) {
-        Some(Attempted::Ended(s)) => Some(s),
-        _ => None,
-    };
-    // 0: not attempted; 1: delivered; 2: failed, outcome recorded below; 3: under way.
-    let outcome: Vec<i16> = events
-        .iter()
-        .map(|e| match by_seq.get(&e.seq) {
-            None => 0,
-            Some(Attempted::Ended(s)) if s.verdict == Verdict::Delivered => 1,
-            Some(Attempted::Ended(_)) => 2,
-            Some(Attempted::UnderWay(_)) => 3,
-        })
-        .collect();
-    let status: Vec<Option<i32>> = events
-        .iter()
-        .map(|e| ended(e).and_then(|s| s.status))
-        .collect();
-    let duration: Vec<Option<i32>> = events
-        .iter()
-        .map(|e| ended(e).map(|s| i32::try_from(s.duration.as_millis()).unwrap_or(i32::MAX)))
-        .collect();
-    let seq: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    let trigger: Vec<i32> = events.iter().map(|e| e.trigger_id).collect();
-    let op: Vec<i8> = events.iter().map(|e| e.op).collect();
-    let row_key: Vec<Option<i64>> = events.iter().map(|e| e.row_key).collect();
-    let old_key: Vec<Option<i64>> = events.iter().map(|e| e.old_key).collect();
-    let old: Vec<Option<&str>> = events.iter().map(|e| e.old.as_deref()).collect();
-    let new: Vec<Option<&str>> = events.iter().map(|e| e.new.as_deref()).collect();
-    let size: Vec<i32> = events
-        .iter()
-        .map(|e| i32::try_from(e.size()).unwrap_or(i32::MAX))
-        .collect();
-    let created_at: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
-    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    client
-        .execute(
-            &statements.write,
-            &[
-                &owner,
-                &lease_ms,
-                &seq,
-                &trigger,
-                &op,
-                &row_key,
-                &old_key,
-                &old,
-                &new,
-                &size,
-                &created_at,
-                &outcome,
-                &status,
-                &duration,
-            ],
-        )
+    let sink = client
+        .copy_in(&statements.copy)
         .await
         .map_err(|e| Error::query("writing events into the log", e))?;
-    let failed: Vec<Settlement> = events
-        .iter()
-        .filter_map(ended)
-        .filter(|s| s.verdict != Verdict::Delivered)
-        .cloned()
-        .collect();
-    if !failed.is_empty() {
-        settle_in(client, &statements.schema, &failed, owner).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    let (delivered, pending) = (b'd' as i8, b'p' as i8);
+    let mut count = 0;
+    let mut failures = Vec::new();
+    for e in events {
+        let size = i32::try_from(e.size()).unwrap_or(i32::MAX);
+        let (old, new) = (e.old.as_deref().map(Json), e.new.as_deref().map(Json));
+        // Status, attempts, finished_at, last status and duration, owner, lease.
+        let (status, attempts, finished_at, last_status, duration, owned, lease_until) =
+            match by_seq.get(&e.seq) {
+                None => (pending, 0, None, None, None, None, None),
+                Some(Attempted::Ended(s)) => {
+                    let ms = i32::try_from(s.duration.as_millis()).unwrap_or(i32::MAX);
+                    if s.verdict == Verdict::Delivered {
+                        count += 1;
+                        (delivered, 1, Some(now), s.status, Some(ms), None, None)
+                    } else {
+                        failures.push(s.clone());
+                        (pending, 1, None, s.status, Some(ms), Some(owner), Some(now))
+                    }
+                }
+                Some(Attempted::UnderWay(_)) => (
+                    pending,
+                    1,
+                    None,
+                    None,
+                    None,
+                    Some(owner),
+                    Some(leased_until),
+                ),
+            };
+        writer
+            .as_mut()
+            .write(&[
+                &e.seq,
+                &e.trigger_id,
+                &e.op,
+                &e.row_key,
+                &e.old_key,
+                &old,
+                &new,
+                &e.created_at,
+                &e.created_at,
+                &size,
+                &status,
+                &attempts,
+                &finished_at,
+                &last_status,
+                &duration,
+                &owned,
+                &lease_until,
+            ])
+            .await
+            .map_err(|e| Error::query("writing events into the log", e))?;
     }
-    Ok(outcome.iter().filter(|o| **o == 1).count() as i64)
+    writer
+        .as_mut()
+        .finish()
+        .await
+        .map_err(|e| Error::query("writing events into the log", e))?;
+    if !failures.is_empty() {
+        settle_in(client, &statements.schema, &failures, owner).await?;
+    }
+    Ok(count)
 }

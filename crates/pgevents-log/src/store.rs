@@ -261,8 +261,8 @@ impl Store {
                 .filter(|r| r.get::<_, bool>(8))
                 .map(Unwritten::from_row)
                 .collect();
-            // The look for pending events and the write plan the same way whatever the
-            // log's size: generic plans spare planning them at every move of a trickle.
+            // The look for pending events plans the same way whatever the log's size: a
+            // generic plan spares planning it at every move of a trickle.
             if !events.is_empty() {
                 self.client
                     .batch_execute("SET LOCAL plan_cache_mode = auto")

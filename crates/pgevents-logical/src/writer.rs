@@ -538,7 +538,7 @@ impl Writer {
             start = end;
         }
         let (delivered, finish) = inline::deliver_and_write(
-            &tx,
+            tx.client(),
             &self.inline,
             &unwritten,
             delivery.as_deref(),
