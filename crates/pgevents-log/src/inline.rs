@@ -180,16 +180,26 @@ impl Statements {
         let event = schema.object("event");
         let free = client
             .prepare(&format!(
-                "SELECT ARRAY(SELECT k FROM unnest($1::int8[]) AS k
-                               WHERE EXISTS (SELECT 1 FROM {event} e
-                                              WHERE e.row_key = k AND e.status = 'p')
-                                  OR EXISTS (SELECT 1 FROM {event} e
-                                              WHERE e.old_key = k AND e.status = 'p')),
-                        ARRAY(SELECT t FROM unnest($2::int4[]) AS t
-                               WHERE EXISTS (SELECT 1 FROM {event} e
-                                              WHERE e.trigger_id = t AND e.status = 'p'
-                                                AND e.op = 'T')),
-                        now()"
+                // Keys are hashed with their trigger: only the events' own triggers'
+                // pending events can hold them back. When those have none (the common
+                // case: everything delivered), one probe answers for the whole batch.
+                "SELECT CASE WHEN g.pending THEN
+                          ARRAY(SELECT k FROM unnest($1::int8[]) AS k
+                                 WHERE EXISTS (SELECT 1 FROM {event} e
+                                                WHERE e.row_key = k AND e.status = 'p')
+                                    OR EXISTS (SELECT 1 FROM {event} e
+                                                WHERE e.old_key = k AND e.status = 'p'))
+                        ELSE '{{}}' END,
+                        CASE WHEN g.pending THEN
+                          ARRAY(SELECT t FROM unnest($2::int4[]) AS t
+                                 WHERE EXISTS (SELECT 1 FROM {event} e
+                                                WHERE e.trigger_id = t AND e.status = 'p'
+                                                  AND e.op = 'T'))
+                        ELSE '{{}}' END,
+                        now()
+                   FROM (SELECT EXISTS (SELECT 1 FROM {event} e
+                                         WHERE e.status = 'p'
+                                           AND e.trigger_id = ANY($2::int4[]))) AS g(pending)"
             ))
             .await
             .map_err(|e| {
