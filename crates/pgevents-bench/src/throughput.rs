@@ -33,6 +33,8 @@ const BACKLOG_CHUNK: u64 = 10_000;
 const REF_SLOT: &str = "bench_reference";
 /// Targets of the issue, events/s.
 const HANDLER_TARGET: f64 = 20_000.0;
+/// Logical mode's backlog drain as a share of `pg_recvlogical`'s decode rate (issue #19).
+const LOGICAL_SHARE: f64 = 0.5;
 const WEBHOOK_TARGET: f64 = 10_000.0;
 /// The steady-state writer offers this much more than the target.
 const STEADY_OFFER: f64 = 1.25;
@@ -323,12 +325,19 @@ pub async fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<Vec<Drain
         Unit::PerSec,
         Goal::AtLeast(HANDLER_TARGET),
     );
-    report.row(
+    let logical_median = median(&logical);
+    let logical = report.row(
         SECTION,
         format!("backlog of {nw} events → in-process handler, pgevents logical mode (changes waiting in the WAL)"),
         Unit::PerSec,
         logical,
-        "no target of its own",
+        format!("{:.2}× pg_recvlogical on the same (capture-free) WAL", logical_median / plain),
+    );
+    report.check(
+        "logical mode, backlog → in-process handler ≥ 0.5× pg_recvlogical's decode rate on the same WAL",
+        logical / plain,
+        Unit::Ratio,
+        Goal::AtLeast(LOGICAL_SHARE),
     );
     let steady_rows = |report: &mut Report, to: &str, s: &[Steady], target: f64| {
         let offered = target * STEADY_OFFER;
