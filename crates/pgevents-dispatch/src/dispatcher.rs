@@ -124,6 +124,15 @@ const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
 const COMPACT_AFTER: u64 = 20_000;
 /// The least time between two attempts to compact the capture table.
 const COMPACT_EVERY: Duration = Duration::from_secs(1);
+/// Rows moved through the capture table after which, if it is not empty, the space they
+/// took is made reusable (see `pgevents_log::store::Store::vacuum_capture`): writers that
+/// never leave it empty would otherwise grow its file until autovacuum comes by, and each
+/// move reads the whole file (measured beside 8 writers: the move's DELETE 9.6 µs per event
+/// over an 8 s run; a move of 60 rows 0.28 ms from an empty file, 0.6 ms beside 19,000
+/// moved rows' dead space).
+const VACUUM_AFTER: u64 = 5_000;
+/// The least time between two vacuums of the capture table.
+const VACUUM_EVERY: Duration = Duration::from_secs(1);
 /// How many outcomes one settle statement writes.
 const SETTLE_BATCH: usize = 1000;
 /// A settle waits for more outcomes while it has fewer than this...
@@ -460,6 +469,8 @@ impl Dispatcher {
             ingesting: None,
             moved_since_compact: 0,
             compact_tried: Instant::now(),
+            moved_since_vacuum: 0,
+            vacuumed: Instant::now(),
             swept: None,
             last_moved: 0,
             waker: None,
@@ -601,6 +612,10 @@ struct ClaimLoop<'a> {
     moved_since_compact: u64,
     /// When compacting the capture table was last tried.
     compact_tried: Instant,
+    /// Rows moved through the capture table since it was last vacuumed or compacted.
+    moved_since_vacuum: u64,
+    /// When the capture table was last vacuumed.
+    vacuumed: Instant,
     /// When the last ingest started, for a dispatcher that only sweeps the capture table.
     swept: Option<Instant>,
     /// Rows the last finished ingest moved.
@@ -813,8 +828,12 @@ impl ClaimLoop<'_> {
         if ingested.compacted {
             self.moved_since_compact = 0;
         }
+        if ingested.compacted || ingested.vacuumed {
+            self.moved_since_vacuum = 0;
+        }
         let moved = usize::try_from(ingested.moved).unwrap_or(0);
         self.moved_since_compact += moved as u64;
+        self.moved_since_vacuum += moved as u64;
         self.last_moved = moved;
         Ok(moved)
     }
@@ -857,6 +876,11 @@ impl ClaimLoop<'_> {
         if compact {
             self.compact_tried = Instant::now();
         }
+        let vacuum =
+            self.moved_since_vacuum >= VACUUM_AFTER && self.vacuumed.elapsed() >= VACUUM_EVERY;
+        if vacuum {
+            self.vacuumed = Instant::now();
+        }
         if let Some(ingest_store) = self.ingest_store.clone() {
             let schema = self.dispatcher.schema.clone();
             // A trickle is delivered as it moves; a backlog moves in bulk, inside the database.
@@ -876,7 +900,16 @@ impl ClaimLoop<'_> {
                 if compacted {
                     tracing::debug!("capture table compacted after a backlog");
                 }
-                Ok(Ingested { moved, compacted })
+                // Not empty (or not to be had): its dead space is made reusable instead.
+                let vacuumed = !compacted && vacuum;
+                if vacuumed {
+                    ingest_store.vacuum_capture(&schema).await?;
+                }
+                Ok(Ingested {
+                    moved,
+                    compacted,
+                    vacuumed,
+                })
             }));
         }
     }
@@ -1063,6 +1096,8 @@ struct Ingested {
     moved: i32,
     /// Whether it found the capture table empty and gave its pages back.
     compacted: bool,
+    /// Whether it made the space of moved rows reusable.
+    vacuumed: bool,
 }
 
 /// How an ingest task ended, as its handle reports it.

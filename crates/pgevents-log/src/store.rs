@@ -209,6 +209,23 @@ impl Store {
         self.client.is_closed()
     }
 
+    /// Makes the space of the rows moved out of the capture table reusable, for writers that
+    /// never leave it empty long enough to be truncated ([`compact_capture`](Self::compact_capture)):
+    /// without it the file grows by every row written until autovacuum next comes by (a
+    /// minute by default), and every move reads all of it. `VACUUM` takes no lock writers
+    /// wait for; `TRUNCATE false` keeps it from trying to shorten the file, which would. A
+    /// role that does not own the table gets a warning from the server and nothing is done.
+    /// Outside a transaction only.
+    pub async fn vacuum_capture(&self, schema: &LogSchema) -> Result<(), Error> {
+        self.client
+            .batch_execute(&format!(
+                "VACUUM (TRUNCATE false) {}",
+                schema.object("capture")
+            ))
+            .await
+            .map_err(|e| Error::query("vacuuming the capture table", e))
+    }
+
     /// Gives the capture table's empty pages back once a big backlog has passed through it
     /// (every ingest reads the whole file): truncates it if it is empty and its lock can be
     /// had within 20 ms; returns whether it did.

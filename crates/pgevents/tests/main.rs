@@ -225,6 +225,57 @@ async fn events_written_while_no_listener_runs_are_delivered_on_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_makes_the_space_of_moved_rows_reusable() {
+    // Writers that never leave the capture table empty would grow its file without end
+    // (each move reads all of it); the dispatcher vacuums it behind its moves.
+    let db = db().await;
+    db.client
+        .batch_execute("CREATE TABLE busy (id int PRIMARY KEY)")
+        .await
+        .expect("schema");
+    let events = Collector::default();
+    let running = start(Listener::builder(&db.url).on("busy", events.handler())).await;
+    db.client
+        .batch_execute("INSERT INTO busy SELECT generate_series(1, 6000)")
+        .await
+        .expect("insert");
+    events
+        .wait_until(WAIT, "6000 events", |e| e.len() >= 6000)
+        .await;
+    let vacuums = || async {
+        db.client
+            .query_one(
+                "SELECT vacuum_count FROM pg_stat_user_tables
+                  WHERE schemaname = 'pgevents' AND relname = 'capture'",
+                &[],
+            )
+            .await
+            .expect("statistics")
+            .get::<_, i64>(0)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while vacuums().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the capture table was not vacuumed after 6,000 rows moved through it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+    let ids: Vec<i64> = events
+        .events()
+        .iter()
+        .filter_map(|e| e.new().and_then(|n| n.get("id")).and_then(|v| v.as_i64()))
+        .collect();
+    assert_eq!(ids.len(), 6000, "each row's event once");
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        6000,
+        "no duplicates"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_lose_no_events() {
     let db = db().await;
     db.client

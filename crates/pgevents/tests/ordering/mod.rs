@@ -1103,6 +1103,59 @@ async fn captured_rows_enter_the_log_with_their_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_table_stays_small_while_writers_never_let_it_empty() {
+    // Writers at a steady rate never leave the capture table empty, so it is never
+    // truncated; every move reads the whole file. Its pages must be reused, not appended to.
+    let db = db().await;
+    let (store, schema, trigger) = store(&db.url).await;
+    let pages = || async {
+        store
+            .client()
+            .query_one(
+                "SELECT pg_relation_size('pgevents.capture') / current_setting('block_size')::int",
+                &[],
+            )
+            .await
+            .expect("size")
+            .get::<_, i64>(0)
+    };
+    let mut after_first = 0;
+    for round in 0..6 {
+        store
+            .client()
+            .execute(
+                "INSERT INTO pgevents.capture (trigger_id, op, row_key, new_row)
+                 SELECT $1, 'I', g, '{}' FROM generate_series(1, 10000) g",
+                &[&trigger],
+            )
+            .await
+            .expect("captured rows");
+        // One row stays behind each time: the table is never empty.
+        let moved = store.ingest(if round == 0 { 9_999 } else { 10_000 }).await;
+        assert_eq!(
+            moved.expect("ingest"),
+            if round == 0 { 9_999 } else { 10_000 }
+        );
+        store.vacuum_capture(&schema).await.expect("vacuum");
+        if round == 0 {
+            after_first = pages().await;
+        }
+    }
+    let last = pages().await;
+    assert!(
+        last <= after_first * 2,
+        "the capture table grew from {after_first} to {last} pages over six rounds of 10,000 rows"
+    );
+    let events: i64 = store
+        .client()
+        .query_one("SELECT count(*) FROM pgevents.event", &[])
+        .await
+        .expect("events")
+        .get(0);
+    assert_eq!(events, 59_999, "nothing lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_capture_table_gives_its_pages_back_once_empty() {
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
