@@ -213,17 +213,32 @@ impl Store {
     /// never leave it empty long enough to be truncated ([`compact_capture`](Self::compact_capture)):
     /// without it the file grows by every row written until autovacuum next comes by (a
     /// minute by default), and every move reads all of it. `VACUUM` takes no lock writers
-    /// wait for; `TRUNCATE false` keeps it from trying to shorten the file, which would. A
-    /// role that does not own the table gets a warning from the server and nothing is done.
-    /// Outside a transaction only.
-    pub async fn vacuum_capture(&self, schema: &LogSchema) -> Result<(), Error> {
-        self.client
-            .batch_execute(&format!(
-                "VACUUM (TRUNCATE false) {}",
-                schema.object("capture")
-            ))
+    /// wait for; `TRUNCATE false` keeps it from trying to shorten the file, which would;
+    /// `SKIP_LOCKED` gives up rather than wait behind autovacuum or another dispatcher's
+    /// vacuum. Returns false, doing nothing, when the role may not vacuum the table (it
+    /// neither owns it nor has the owner's privileges): PostgreSQL would only warn in its
+    /// log. Outside a transaction only.
+    pub async fn vacuum_capture(&self, schema: &LogSchema) -> Result<bool, Error> {
+        let capture = schema.object("capture");
+        let may = self
+            .client
+            .query_one(
+                "SELECT coalesce(pg_has_role(c.relowner, 'USAGE'), false)
+                   FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
+                &[&capture],
+            )
             .await
-            .map_err(|e| Error::query("vacuuming the capture table", e))
+            .map_err(|e| Error::query("looking up the capture table's owner", e))?
+            .get::<_, bool>(0);
+        if may {
+            self.client
+                .batch_execute(&format!(
+                    "VACUUM (TRUNCATE false, SKIP_LOCKED true) {capture}"
+                ))
+                .await
+                .map_err(|e| Error::query("vacuuming the capture table", e))?;
+        }
+        Ok(may)
     }
 
     /// Gives the capture table's empty pages back once a big backlog has passed through it

@@ -1136,7 +1136,10 @@ async fn the_capture_table_stays_small_while_writers_never_let_it_empty() {
             moved.expect("ingest"),
             if round == 0 { 9_999 } else { 10_000 }
         );
-        store.vacuum_capture(&schema).await.expect("vacuum");
+        assert!(
+            store.vacuum_capture(&schema).await.expect("vacuum"),
+            "the owner vacuums"
+        );
         if round == 0 {
             after_first = pages().await;
         }
@@ -1153,6 +1156,44 @@ async fn the_capture_table_stays_small_while_writers_never_let_it_empty() {
         .expect("events")
         .get(0);
     assert_eq!(events, 59_999, "nothing lost");
+    // A runner with only the grants of the least-privilege mode may not vacuum the table:
+    // it leaves it to autovacuum, without an error.
+    let runner = format!("pgevents_vac_{}", std::process::id());
+    let database: String = store
+        .client()
+        .query_one("SELECT current_database()", &[])
+        .await
+        .expect("database")
+        .get(0);
+    store
+        .client()
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {runner};
+             CREATE ROLE {runner} LOGIN PASSWORD 'runner-pw';
+             GRANT CONNECT ON DATABASE \"{database}\" TO {runner};
+             GRANT USAGE ON SCHEMA pgevents TO {runner};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgevents TO {runner};"
+        ))
+        .await
+        .expect("runner role");
+    let (_, server) = db.url.split_once('@').expect("URL with a user");
+    let client =
+        pgevents_postgres::connect(&format!("postgres://{runner}:runner-pw@{server}"), None)
+            .await
+            .expect("connect as the runner");
+    let as_runner = Store::open(client, &schema).await.expect("store");
+    assert!(!as_runner.vacuum_capture(&schema).await.expect("no error"));
+    drop(as_runner);
+    store
+        .client()
+        .batch_execute(&format!(
+            "REVOKE ALL ON ALL TABLES IN SCHEMA pgevents FROM {runner};
+             REVOKE ALL ON SCHEMA pgevents FROM {runner};
+             REVOKE ALL ON DATABASE \"{database}\" FROM {runner};
+             DROP ROLE {runner};"
+        ))
+        .await
+        .expect("revoke");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
