@@ -507,6 +507,42 @@ async fn store(url: &str) -> (Store, LogSchema, i32) {
     )
 }
 
+/// Writes `n` rows of `trigger` into the capture table, as writers' triggers do.
+async fn capture_rows(store: &Store, trigger: i32, n: i32) {
+    store
+        .client()
+        .execute(
+            "INSERT INTO pgevents.capture (trigger_id, op, row_key, new_row)
+             SELECT $1, 'I', g, '{}' FROM generate_series(1, $2) g",
+            &[&trigger, &n],
+        )
+        .await
+        .expect("captured rows");
+}
+
+/// The capture table's size in pages.
+async fn capture_pages(store: &Store) -> i64 {
+    store
+        .client()
+        .query_one(
+            "SELECT pg_relation_size('pgevents.capture') / current_setting('block_size')::int",
+            &[],
+        )
+        .await
+        .expect("size")
+        .get(0)
+}
+
+/// Events in the log.
+async fn logged(store: &Store) -> i64 {
+    store
+        .client()
+        .query_one("SELECT count(*) FROM pgevents.event", &[])
+        .await
+        .expect("events")
+        .get(0)
+}
+
 /// The data of the `n`th of a run of manual events: `{"n": n}`.
 fn numbered(n: usize) -> serde_json::Value {
     serde_json::json!({ "n": n })
@@ -1108,28 +1144,9 @@ async fn the_capture_table_stays_small_while_writers_never_let_it_empty() {
     // truncated; every move reads the whole file. Its pages must be reused, not appended to.
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
-    let pages = || async {
-        store
-            .client()
-            .query_one(
-                "SELECT pg_relation_size('pgevents.capture') / current_setting('block_size')::int",
-                &[],
-            )
-            .await
-            .expect("size")
-            .get::<_, i64>(0)
-    };
     let mut after_first = 0;
     for round in 0..6 {
-        store
-            .client()
-            .execute(
-                "INSERT INTO pgevents.capture (trigger_id, op, row_key, new_row)
-                 SELECT $1, 'I', g, '{}' FROM generate_series(1, 10000) g",
-                &[&trigger],
-            )
-            .await
-            .expect("captured rows");
+        capture_rows(&store, trigger, 10_000).await;
         // One row stays behind each time: the table is never empty.
         let moved = store.ingest(if round == 0 { 9_999 } else { 10_000 }).await;
         assert_eq!(
@@ -1141,21 +1158,15 @@ async fn the_capture_table_stays_small_while_writers_never_let_it_empty() {
             "the owner vacuums"
         );
         if round == 0 {
-            after_first = pages().await;
+            after_first = capture_pages(&store).await;
         }
     }
-    let last = pages().await;
+    let last = capture_pages(&store).await;
     assert!(
         last <= after_first * 2,
         "the capture table grew from {after_first} to {last} pages over six rounds of 10,000 rows"
     );
-    let events: i64 = store
-        .client()
-        .query_one("SELECT count(*) FROM pgevents.event", &[])
-        .await
-        .expect("events")
-        .get(0);
-    assert_eq!(events, 59_999, "nothing lost");
+    assert_eq!(logged(&store).await, 59_999, "nothing lost");
     // A runner with only the grants of the least-privilege mode may not vacuum the table:
     // it leaves it to autovacuum, without an error.
     let runner = format!("pgevents_vac_{}", std::process::id());
@@ -1200,36 +1211,21 @@ async fn the_capture_table_stays_small_while_writers_never_let_it_empty() {
 async fn the_capture_table_gives_its_pages_back_once_empty() {
     let db = db().await;
     let (store, schema, trigger) = store(&db.url).await;
-    let size = || async {
-        store
-            .client()
-            .query_one("SELECT pg_relation_size('pgevents.capture')", &[])
-            .await
-            .expect("size")
-            .get::<_, i64>(0)
-    };
-    store
-        .client()
-        .execute(
-            "INSERT INTO pgevents.capture (trigger_id, op, row_key, new_row)
-             SELECT $1, 'I', g, '{}' FROM generate_series(1, 30000) g",
-            &[&trigger],
-        )
-        .await
-        .expect("captured rows");
+    capture_rows(&store, trigger, 30_000).await;
     assert!(
         !store.compact_capture(&schema).await.expect("compact"),
         "a table holding rows is left alone"
     );
     assert_eq!(store.ingest(100_000).await.expect("ingest"), 30_000);
-    assert!(size().await > 0, "the moved rows' pages stay behind");
+    assert!(
+        capture_pages(&store).await > 0,
+        "the moved rows' pages stay behind"
+    );
     assert!(store.compact_capture(&schema).await.expect("compact"));
-    assert_eq!(size().await, 0, "the empty file is given back");
-    let events: i64 = store
-        .client()
-        .query_one("SELECT count(*) FROM pgevents.event", &[])
-        .await
-        .expect("events")
-        .get(0);
-    assert_eq!(events, 30_000, "nothing lost");
+    assert_eq!(
+        capture_pages(&store).await,
+        0,
+        "the empty file is given back"
+    );
+    assert_eq!(logged(&store).await, 30_000, "nothing lost");
 }
