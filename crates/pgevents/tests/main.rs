@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgevents::{Action, Event, Listener, RetryPolicy};
-use support::{db, start, Collector};
+use support::{db, listening, start, Collector};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -121,12 +121,12 @@ async fn payloads_equal_postgres_to_json_for_every_type() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolled_back_writes_yield_no_event_and_big_rows_arrive_whole() {
     let db = db().await;
-    db.client
-        .batch_execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-        .await
-        .expect("schema");
-    let events = Collector::default();
-    let running = start(Listener::builder(&db.url).on("docs", events.handler())).await;
+    let (events, running) = listening(
+        &db,
+        "CREATE TABLE docs (id int PRIMARY KEY, body text)",
+        "docs",
+    )
+    .await;
     db.client
         .batch_execute("BEGIN; INSERT INTO docs VALUES (1, 'never'); ROLLBACK;")
         .await
@@ -229,12 +229,7 @@ async fn the_dispatcher_makes_the_space_of_moved_rows_reusable() {
     // Writers that never leave the capture table empty would grow its file without end
     // (each move reads all of it); the dispatcher vacuums it behind its moves.
     let db = db().await;
-    db.client
-        .batch_execute("CREATE TABLE busy (id int PRIMARY KEY)")
-        .await
-        .expect("schema");
-    let events = Collector::default();
-    let running = start(Listener::builder(&db.url).on("busy", events.handler())).await;
+    let (events, running) = listening(&db, "CREATE TABLE busy (id int PRIMARY KEY)", "busy").await;
     db.client
         .batch_execute("INSERT INTO busy SELECT generate_series(1, 6000)")
         .await
@@ -278,12 +273,7 @@ async fn the_dispatcher_makes_the_space_of_moved_rows_reusable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_lose_no_events() {
     let db = db().await;
-    db.client
-        .batch_execute("CREATE TABLE busy (id int PRIMARY KEY)")
-        .await
-        .expect("schema");
-    let events = Collector::default();
-    let running = start(Listener::builder(&db.url).on("busy", events.handler())).await;
+    let (events, running) = listening(&db, "CREATE TABLE busy (id int PRIMARY KEY)", "busy").await;
     for batch in 0..10 {
         let from = batch * 1000 + 1;
         support::insert_ids(&db.client, "busy", from..=from + 999).await;

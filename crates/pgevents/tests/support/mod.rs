@@ -86,6 +86,14 @@ impl Running {
     }
 }
 
+/// Creates a table with `ddl` and starts a listener collecting the events of `table`.
+pub async fn listening(db: &Db, ddl: &str, table: &str) -> (Collector, Running) {
+    db.client.batch_execute(ddl).await.expect("schema");
+    let events = Collector::default();
+    let running = start(Listener::builder(&db.url).on(table, events.handler())).await;
+    (events, running)
+}
+
 pub async fn start(builder: ListenerBuilder) -> Running {
     run(builder.build().await.expect("build listener"))
 }
