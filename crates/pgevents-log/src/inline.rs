@@ -247,6 +247,7 @@ pub async fn deliver_and_write(
     }
     let (free, now) = match delivery {
         Some(_) => free_to_deliver(client, statements, events).await?,
+        // Nothing is attempted, so nothing is stamped with the time.
         None => (Vec::new(), Utc::now()),
     };
     let (Some(delivery), false) = (delivery, free.is_empty()) else {
@@ -358,8 +359,8 @@ const COPY_TYPES: [Type; 17] = [
 /// Writes `events` into the log (`COPY`, which stores a batch's rows a page at a time):
 /// delivered, pending after a failed attempt (its outcome recorded as a settle records it),
 /// leased to `delivery`'s owner while their attempt is under way, or pending for the
-/// dispatchers, as `attempted` says; `now` is the transaction's `now()`. Returns how many
-/// were delivered.
+/// dispatchers, as `attempted` says; `now` is the transaction's `now()`, which stamps the
+/// attempts (unused when there are none). Returns how many were delivered.
 async fn write(
     client: &Client,
     statements: &Statements,
