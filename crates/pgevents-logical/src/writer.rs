@@ -667,7 +667,7 @@ fn insert_sql(
     let n = shape.columns.len();
     let names = shape.image_columns();
     let payload = in_table_order(projection.payload_columns.as_deref(), &names);
-    let image = |prefix: &str, flag: &str| {
+    let image = |prefix: &str, alias: &str, flag: &str| {
         let columns = shape
             .columns
             .iter()
@@ -697,7 +697,7 @@ fn insert_sql(
                 format!("SELECT {columns} FROM ({published}) {prefix}_published OFFSET 0")
             }
         };
-        format!("LEFT JOIN LATERAL ({row}) pgevents_{prefix} ON true")
+        format!("LEFT JOIN LATERAL ({row}) {alias} ON true")
     };
     let key_columns: Vec<String> = shape
         .key
@@ -771,8 +771,8 @@ fn insert_sql(
         new_row = image_sql(NEW, payload.as_deref()),
         params = params.join(", "),
         aliases = aliases.join(", "),
-        old_image = image("o", "has_old"),
-        new_image = image("n", "has_new"),
+        old_image = image("o", OLD, "has_old"),
+        new_image = image("n", NEW, "has_new"),
     );
     match form {
         Form::Insert => format!(

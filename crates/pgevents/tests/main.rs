@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgevents::{Action, Event, Listener, RetryPolicy};
-use support::{db, listening, start, Collector};
+use support::{db, eventually, listening, start, Collector};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -248,14 +248,12 @@ async fn the_dispatcher_makes_the_space_of_moved_rows_reusable() {
             .expect("statistics")
             .get::<_, i64>(0)
     };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while vacuums().await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the capture table was not vacuumed after 6,000 rows moved through it"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        WAIT,
+        "a vacuum of the capture table after 6,000 rows moved through it",
+        || async { vacuums().await > 0 },
+    )
+    .await;
     running.stop().await;
     let ids: Vec<i64> = events
         .events()
