@@ -2,8 +2,10 @@
 //! while it holds their rows, and captured rows while they are moved into the log (see
 //! [`pgevents_log::inline`]).
 //!
-//! The writing transaction waits only a moment for the attempts (no other move, and no other
-//! chunk, runs until it commits). An attempt still under way then is written
+//! An attempt that ends as soon as it starts (an in-process handler that never waits) ends
+//! in place; the others run as tasks of their own, side by side. The writing transaction
+//! waits only a moment for those (no other move, and no other chunk, runs until it
+//! commits). An attempt still under way then is written
 //! leased to this dispatcher and becomes one of its claims: its lease is renewed, and once
 //! the transaction has committed its outcome goes to the settler like any other.
 
@@ -12,6 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use pgevents_log::inline::{Attempted, DeliverFirst, Delivered};
@@ -104,7 +107,8 @@ impl DeliverFirst for Inline {
                 while tasks.try_join_next().is_some() {}
             }
             let deadline = tokio::time::Instant::now() + wait;
-            let mut waiting = Vec::with_capacity(events.len());
+            let mut waiting = Vec::new();
+            let mut ended = Vec::with_capacity(events.len());
             for claimed in events {
                 let (trigger_id, claim, size) =
                     (claimed.trigger_id, claimed.token(), claimed.size());
@@ -118,12 +122,28 @@ impl DeliverFirst for Inline {
                 let Ok(event) = event_of(claimed, route, self.salt) else {
                     continue;
                 };
-                let (sink, policy) = (route.sink.clone(), route.retry);
+                let mut attempt = Box::pin(deliver::attempt(
+                    route.sink.clone(),
+                    route.retry,
+                    event,
+                    0,
+                    claim,
+                ));
+                // Most in-process handlers finish without waiting: such an attempt ends here,
+                // without a task of its own.
+                if let Poll::Ready(settlement) = futures::poll!(attempt.as_mut()) {
+                    self.shared.record_outcome(trigger_id, &settlement.verdict);
+                    if let Verdict::Retry(after) = settlement.verdict {
+                        lock(&self.shared.retries).push(Reverse(Instant::now() + after));
+                    }
+                    ended.push(Attempted::Ended(settlement));
+                    continue;
+                }
                 let (shared, done_tx) = (self.shared.clone(), self.done_tx.clone());
                 let mut committed = commit_rx.clone();
                 let (ended_tx, ended_rx) = oneshot::channel();
                 let attempt = async move {
-                    let settlement = deliver::attempt(sink, policy, event, 0, claim).await;
+                    let settlement = attempt.await;
                     shared.record_outcome(trigger_id, &settlement.verdict);
                     let retry = match settlement.verdict {
                         Verdict::Retry(after) => Some(after),
@@ -158,7 +178,7 @@ impl DeliverFirst for Inline {
                 }
                 waiting.push((trigger_id, claim, size, ended_rx));
             }
-            let mut attempted = Vec::with_capacity(waiting.len());
+            let mut attempted = ended;
             for (trigger_id, claim, size, mut ended) in waiting {
                 match tokio::time::timeout_at(deadline, &mut ended).await {
                     Ok(Ok(settlement)) => attempted.push(Attempted::Ended(settlement)),
