@@ -270,14 +270,16 @@ impl Store {
     /// [`ingest`](Self::ingest) does, but delivers first, with `delivery`, those that nothing
     /// holds back among the rows whose images are under `inline_bytes` (waiting at most
     /// `wait` for the attempts) and writes them as delivered ([`crate::inline`]); bigger
-    /// rows are written pending by the database itself. Returns how many moved.
+    /// rows are written pending by the database itself. Returns how many moved, and how many
+    /// of those were delivered (the rest were written pending, or leased to `delivery` while
+    /// their attempts go on).
     pub async fn move_delivering(
         &self,
         max_rows: i32,
         inline_bytes: i32,
         delivery: &dyn DeliverFirst,
         wait: Duration,
-    ) -> Result<i32, Error> {
+    ) -> Result<(i32, i64), Error> {
         self.client
             .batch_execute("BEGIN")
             .await
@@ -301,7 +303,7 @@ impl Store {
                     .await
                     .map_err(|e| Error::query("configuring a move of captured rows", e))?;
             }
-            let (_, finish) = inline::deliver_and_write(
+            let (delivered, finish) = inline::deliver_and_write(
                 &self.client,
                 &self.inline,
                 &events,
@@ -309,17 +311,18 @@ impl Store {
                 wait,
             )
             .await?;
-            Ok::<_, Error>((i32::try_from(rows.len()).unwrap_or(i32::MAX), finish))
+            let moved = i32::try_from(rows.len()).unwrap_or(i32::MAX);
+            Ok::<_, Error>((moved, delivered, finish))
         }
         .await;
         match moved {
-            Ok((moved, finish)) => {
+            Ok((moved, delivered, finish)) => {
                 let committed = self.client.batch_execute("COMMIT").await;
                 if let Some(finish) = finish {
                     finish(committed.is_ok());
                 }
                 committed.map_err(|e| Error::query("committing a move of captured rows", e))?;
-                Ok(moved)
+                Ok((moved, delivered))
             }
             Err(e) => {
                 let _ = self.client.batch_execute("ROLLBACK").await;

@@ -269,6 +269,76 @@ async fn the_dispatcher_makes_the_space_of_moved_rows_reusable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_pending_from_elsewhere_are_claimed_while_a_trickle_is_delivered_as_it_moves() {
+    // While every move delivers all it moves, the dispatcher skips claims that would find
+    // nothing; an event written pending by someone else (here a manual one) must still be
+    // claimed soon, however long the trickle goes on.
+    let db = db().await;
+    let (events, running) = listening(&db, "CREATE TABLE busy (id int PRIMARY KEY)", "busy").await;
+    let writer = support::connect(&db.url).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut id = 0;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                writer
+                    .execute("INSERT INTO busy VALUES ($1)", &[&id])
+                    .await
+                    .expect("insert");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            id
+        }
+    });
+    events
+        .wait_until(WAIT, "the trickle under way", |e| e.len() >= 200)
+        .await;
+    let trigger: i32 = db
+        .client
+        .query_one("SELECT id FROM pgevents.trigger", &[])
+        .await
+        .expect("trigger")
+        .get(0);
+    let schema = pgevents_log::LogSchema::default();
+    pgevents_log::store::invoke(&db.client, &schema, trigger, &serde_json::json!({"n": 1}))
+        .await
+        .expect("invoke");
+    let invoked = std::time::Instant::now();
+    let manual = |e: &[Event]| e.iter().any(|e| e.action() == Action::Manual);
+    events
+        .wait_until(Duration::from_secs(3), "the manual event", manual)
+        .await;
+    assert!(
+        !writing.is_finished(),
+        "the trickle went on until the manual event was delivered"
+    );
+    let waited = invoked.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let written = writing.await.expect("writer");
+    events
+        .wait_until(WAIT, "every row's event", |e| {
+            e.iter().filter(|e| e.action() == Action::Insert).count() >= written as usize
+        })
+        .await;
+    running.stop().await;
+    let ids: Vec<i64> = events
+        .events()
+        .iter()
+        .filter_map(|e| e.new().and_then(|n| n.get("id")).and_then(|v| v.as_i64()))
+        .collect();
+    // One event per row (rows of different keys may be delivered side by side).
+    assert_eq!(ids.len(), written as usize, "each row's event once");
+    assert_eq!(
+        ids.iter().copied().collect::<HashSet<_>>(),
+        (1..=i64::from(written)).collect::<HashSet<_>>(),
+        "every row's event, none twice"
+    );
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_lose_no_events() {
     let db = db().await;
     let (events, running) = listening(&db, "CREATE TABLE busy (id int PRIMARY KEY)", "busy").await;
