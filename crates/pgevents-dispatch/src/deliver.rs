@@ -11,10 +11,11 @@ use pgevents_event::{Attempt, Event};
 use pgevents_log::store::{ClaimToken, Settlement, Verdict};
 use tracing::Instrument;
 
-/// Runs one attempt of `event`, claimed as `claim`, and returns what to record.
+/// Runs one attempt of `event` of `trigger`, claimed as `claim`, and returns what to record.
 pub(crate) async fn attempt(
     sink: Arc<dyn DynSink>,
     policy: RetryPolicy,
+    trigger: Arc<str>,
     event: Event,
     current_retry: u32,
     claim: ClaimToken,
@@ -29,7 +30,7 @@ pub(crate) async fn attempt(
         attempt = current_retry + 1,
     );
     async move {
-        let (trigger, created_at) = (event.trigger().to_owned(), event.created_at());
+        let created_at = event.created_at();
         // Waiting for the sink's capacity is not part of the attempt: the timeout and the
         // recorded duration start once there is room, held until the attempt ends. (A sink
         // whose `ready` panics gets the attempt anyway, and its panic-proof `deliver` call.)
@@ -172,11 +173,19 @@ mod tests {
             ..RetryPolicy::default()
         };
         let claim = ClaimToken { seq: 1, attempt: 1 };
-        let s = attempt(Arc::new(Panics), policy, event.clone(), 0, claim).await;
+        let s = attempt(
+            Arc::new(Panics),
+            policy,
+            "t".into(),
+            event.clone(),
+            0,
+            claim,
+        )
+        .await;
         assert_eq!(s.claim, claim);
         assert!(matches!(s.verdict, Verdict::Retry(_)));
         assert_eq!(s.error.as_deref(), Some("panicked: boom"));
-        let s = attempt(Arc::new(Hangs), policy, event, 0, claim).await;
+        let s = attempt(Arc::new(Hangs), policy, "t".into(), event, 0, claim).await;
         assert!(s.error.unwrap_or_default().starts_with("timed out"));
     }
 
@@ -207,6 +216,7 @@ mod tests {
         let s = attempt(
             Arc::new(Busy::default()),
             policy,
+            "t".into(),
             event(),
             0,
             ClaimToken { seq: 1, attempt: 1 },

@@ -1030,12 +1030,12 @@ impl ClaimLoop<'_> {
             let done_tx = self.done_tx.clone();
             let settlement = match event_of(c, route, d.salt) {
                 Ok(event) => {
-                    let sink = route.sink.clone();
-                    let policy = route.retry;
+                    let (sink, policy, name) =
+                        (route.sink.clone(), route.retry, route.name.clone());
                     let (shared, trigger_id) = (self.shared.clone(), route.trigger_id);
                     deliveries.spawn(async move {
                         let settlement =
-                            deliver::attempt(sink, policy, event, current_retry, claim).await;
+                            deliver::attempt(sink, policy, name, event, current_retry, claim).await;
                         shared.record_outcome(trigger_id, &settlement.verdict);
                         let _ = done_tx
                             .send(Done {

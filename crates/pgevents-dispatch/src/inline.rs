@@ -125,6 +125,7 @@ impl DeliverFirst for Inline {
                 let mut attempt = Box::pin(deliver::attempt(
                     route.sink.clone(),
                     route.retry,
+                    route.name.clone(),
                     event,
                     0,
                     claim,

@@ -4,6 +4,7 @@
 //! Series are labelled with the trigger's name only — never ids or row values — so their
 //! number stays that of the configured triggers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -36,12 +37,11 @@ pub(crate) fn captured(rows: i32) {
 
 /// Records one finished attempt of an event of `trigger` captured at `created_at`.
 pub(crate) fn attempted(
-    trigger: &str,
+    trigger: &Arc<str>,
     verdict: Verdict,
     duration: Duration,
     created_at: DateTime<Utc>,
 ) {
-    let trigger = trigger.to_owned();
     metrics::histogram!(DELIVERY_DURATION, "trigger" => trigger.clone())
         .record(duration.as_secs_f64());
     match verdict {
@@ -49,9 +49,13 @@ pub(crate) fn attempted(
             let latency = (Utc::now() - created_at).to_std().unwrap_or_default();
             metrics::histogram!(DELIVERY_LATENCY, "trigger" => trigger.clone())
                 .record(latency.as_secs_f64());
-            metrics::counter!(EVENTS_DELIVERED, "trigger" => trigger).increment(1);
+            metrics::counter!(EVENTS_DELIVERED, "trigger" => trigger.clone()).increment(1);
         }
-        Verdict::Retry(_) => metrics::counter!(EVENTS_RETRIED, "trigger" => trigger).increment(1),
-        Verdict::Failed => metrics::counter!(EVENTS_FAILED, "trigger" => trigger).increment(1),
+        Verdict::Retry(_) => {
+            metrics::counter!(EVENTS_RETRIED, "trigger" => trigger.clone()).increment(1)
+        }
+        Verdict::Failed => {
+            metrics::counter!(EVENTS_FAILED, "trigger" => trigger.clone()).increment(1)
+        }
     }
 }
