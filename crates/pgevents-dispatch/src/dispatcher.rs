@@ -5,6 +5,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use pgevents_delivery::{DynSink, RetryPolicy};
@@ -1012,7 +1013,8 @@ impl ClaimLoop<'_> {
             .await
     }
 
-    /// Starts a delivery for each claimed event, each holding one in-flight permit.
+    /// Starts a delivery for each claimed event, each holding one in-flight permit; one that
+    /// ends at once is handed to the settler at once.
     async fn spawn(&mut self, claimed: Vec<Claimed>, deliveries: &mut JoinSet<()>) {
         let d = self.dispatcher;
         let now = Instant::now();
@@ -1027,24 +1029,41 @@ impl ClaimLoop<'_> {
             let claim = c.token();
             lock(&self.shared.in_flight).insert(claim, c.trigger_id, c.size(), now);
             let current_retry = u32::try_from(c.current_retry).unwrap_or(0);
-            let done_tx = self.done_tx.clone();
             let settlement = match event_of(c, route, d.salt) {
                 Ok(event) => {
                     let (sink, policy, name) =
                         (route.sink.clone(), route.retry, route.name.clone());
-                    let (shared, trigger_id) = (self.shared.clone(), route.trigger_id);
-                    deliveries.spawn(async move {
-                        let settlement =
-                            deliver::attempt(sink, policy, name, event, current_retry, claim).await;
-                        shared.record_outcome(trigger_id, &settlement.verdict);
-                        let _ = done_tx
-                            .send(Done {
-                                settlement,
-                                _permit: permit,
-                            })
-                            .await;
-                    });
-                    continue;
+                    let trigger_id = route.trigger_id;
+                    let mut attempt = Box::pin(deliver::attempt(
+                        sink,
+                        policy,
+                        name,
+                        event,
+                        current_retry,
+                        claim,
+                    ));
+                    // An attempt that ends at once (an in-process handler that never waits)
+                    // ends here, without a task of its own.
+                    if let Poll::Ready(settlement) = futures::poll!(attempt.as_mut()) {
+                        self.shared.record_outcome(trigger_id, &settlement.verdict);
+                        Done {
+                            settlement,
+                            _permit: permit,
+                        }
+                    } else {
+                        let (shared, done_tx) = (self.shared.clone(), self.done_tx.clone());
+                        deliveries.spawn(async move {
+                            let settlement = attempt.await;
+                            shared.record_outcome(trigger_id, &settlement.verdict);
+                            let _ = done_tx
+                                .send(Done {
+                                    settlement,
+                                    _permit: permit,
+                                })
+                                .await;
+                        });
+                        continue;
+                    }
                 }
                 Err(error) => Done {
                     settlement: Settlement {
