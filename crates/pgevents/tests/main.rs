@@ -215,11 +215,7 @@ async fn events_written_while_no_listener_runs_are_delivered_on_start() {
         .wait_until(WAIT, "1000 events", |e| e.len() >= 1000)
         .await;
     running.stop().await;
-    let ids: HashSet<i64> = events
-        .events()
-        .iter()
-        .filter_map(|e| e.new().and_then(|n| n.get("id")).and_then(|v| v.as_i64()))
-        .collect();
+    let ids: HashSet<i64> = support::ids(&events.events()).into_iter().collect();
     assert_eq!(ids.len(), 1000);
     assert_eq!(first.len(), 0);
 }
@@ -255,11 +251,7 @@ async fn the_dispatcher_makes_the_space_of_moved_rows_reusable() {
     )
     .await;
     running.stop().await;
-    let ids: Vec<i64> = events
-        .events()
-        .iter()
-        .filter_map(|e| e.new().and_then(|n| n.get("id")).and_then(|v| v.as_i64()))
-        .collect();
+    let ids = support::ids(&events.events());
     assert_eq!(ids.len(), 6000, "each row's event once");
     assert_eq!(
         ids.iter().collect::<HashSet<_>>().len(),
@@ -323,11 +315,7 @@ async fn events_pending_from_elsewhere_are_claimed_while_a_trickle_is_delivered_
         })
         .await;
     running.stop().await;
-    let ids: Vec<i64> = events
-        .events()
-        .iter()
-        .filter_map(|e| e.new().and_then(|n| n.get("id")).and_then(|v| v.as_i64()))
-        .collect();
+    let ids = support::ids(&events.events());
     // One event per row (rows of different keys may be delivered side by side).
     assert_eq!(ids.len(), written as usize, "each row's event once");
     assert_eq!(
@@ -364,11 +352,7 @@ async fn killed_connections_lose_no_events() {
     }
     events
         .wait_until(WAIT, "10,000 distinct rows", |e| {
-            e.iter()
-                .filter_map(|e| e.new().and_then(|n| n.get("id")).and_then(|v| v.as_i64()))
-                .collect::<HashSet<_>>()
-                .len()
-                == 10_000
+            support::ids(e).into_iter().collect::<HashSet<_>>().len() == 10_000
         })
         .await;
     running.stop().await;

@@ -77,6 +77,14 @@ impl Collector {
     }
 }
 
+/// The `id` of each event's new row, in the order received (events without one left out).
+pub fn ids(events: &[Event]) -> Vec<i64> {
+    events
+        .iter()
+        .filter_map(|e| e.new().and_then(|n| n.get("id")).and_then(|v| v.as_i64()))
+        .collect()
+}
+
 /// A listener running in the background.
 pub struct Running(Background<pgevents::Error>);
 
