@@ -5,7 +5,6 @@ use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use pgevents_delivery::{DynSink, RetryPolicy};
@@ -14,6 +13,7 @@ use pgevents_log::inline::Offer;
 use pgevents_log::store::{ClaimToken, Claimed, Settlement, Store, Verdict};
 use pgevents_log::{Error, LogSchema};
 use pgevents_trigger::Trigger;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -114,12 +114,14 @@ const TRICKLE_WAIT: Duration = Duration::from_millis(1);
 const GATHER_FROM: usize = 8;
 /// How long a look in a trickle waits for the move under way before claiming beside it.
 const TRICKLE_INGEST_WAIT: Duration = Duration::from_millis(5);
-/// How long after a claim that found nothing a look in a trickle skips its claim when the
-/// move it waited for delivered every row it moved. Such a move wrote nothing pending, and
-/// while no retry falls due and nothing settles no event of this dispatcher's can become
-/// due: a claim could find only events pending from elsewhere (another dispatcher's released
-/// claims, a backfill's held-back rows), which wait at most this long. Beside 8 writers the
-/// claims that found nothing cost 2.2–2.4 µs per event (BENCHMARKS.md).
+/// How long after a claim that found nothing a look in a trickle may skip its claim: when
+/// the move it waited for delivered every row it moved (it wrote nothing pending), every
+/// move since that claim did too, no retry fell due and nothing settled, then nothing this
+/// dispatcher moved or held can have come due, and a claim could find only events pending
+/// from elsewhere (another dispatcher's released or expired claims, manual events, a
+/// backfill's held-back rows). Those wait at most this long after the last claim, plus one
+/// look. Beside 8 writers the claims that found nothing cost 2.2–2.4 µs per event
+/// (BENCHMARKS.md).
 const CLAIM_AT_LEAST_EVERY: Duration = Duration::from_millis(25);
 /// The first wait between looks at the log once they stop finding work; it doubles.
 const AWAKE_POLL_MIN: Duration = Duration::from_millis(2);
@@ -637,7 +639,8 @@ struct ClaimLoop<'a> {
     /// Whether the last finished ingest moved rows and delivered every one of them.
     delivered_all: bool,
     /// When the last claim found nothing, and the settled batches counted before it ran;
-    /// `None` when it found something (see [`CLAIM_AT_LEAST_EVERY`]).
+    /// `None` until a claim finds nothing, after one that found something, after an error,
+    /// and after a move that wrote rows pending (see [`CLAIM_AT_LEAST_EVERY`]).
     found_nothing: Option<(Instant, u64)>,
     waker: Option<Waker>,
     backoff: Backoff,
@@ -881,6 +884,11 @@ impl ClaimLoop<'_> {
         }
         self.last_moved = moved;
         self.delivered_all = moved > 0 && ingested.delivered == moved as i64;
+        if moved > 0 && !self.delivered_all {
+            // It wrote rows pending (or ran beside a claim that could not see them): the
+            // next look claims, whatever the move it waits for does.
+            self.found_nothing = None;
+        }
         Ok(moved)
     }
 
@@ -1013,8 +1021,7 @@ impl ClaimLoop<'_> {
             .await
     }
 
-    /// Starts a delivery for each claimed event, each holding one in-flight permit; one that
-    /// ends at once is handed to the settler at once.
+    /// Starts a delivery for each claimed event, each holding one in-flight permit.
     async fn spawn(&mut self, claimed: Vec<Claimed>, deliveries: &mut JoinSet<()>) {
         let d = self.dispatcher;
         let now = Instant::now();
@@ -1034,36 +1041,19 @@ impl ClaimLoop<'_> {
                     let (sink, policy, name) =
                         (route.sink.clone(), route.retry, route.name.clone());
                     let trigger_id = route.trigger_id;
-                    let mut attempt = Box::pin(deliver::attempt(
-                        sink,
-                        policy,
-                        name,
-                        event,
-                        current_retry,
-                        claim,
-                    ));
-                    // An attempt that ends at once (an in-process handler that never waits)
-                    // ends here, without a task of its own.
-                    if let Poll::Ready(settlement) = futures::poll!(attempt.as_mut()) {
-                        self.shared.record_outcome(trigger_id, &settlement.verdict);
-                        Done {
-                            settlement,
-                            _permit: permit,
-                        }
-                    } else {
-                        let (shared, done_tx) = (self.shared.clone(), self.done_tx.clone());
-                        deliveries.spawn(async move {
-                            let settlement = attempt.await;
-                            shared.record_outcome(trigger_id, &settlement.verdict);
-                            let _ = done_tx
-                                .send(Done {
-                                    settlement,
-                                    _permit: permit,
-                                })
-                                .await;
-                        });
-                        continue;
-                    }
+                    let (shared, done_tx) = (self.shared.clone(), self.done_tx.clone());
+                    deliveries.spawn(async move {
+                        let settlement =
+                            deliver::attempt(sink, policy, name, event, current_retry, claim).await;
+                        shared.record_outcome(trigger_id, &settlement.verdict);
+                        let _ = done_tx
+                            .send(Done {
+                                settlement,
+                                _permit: permit,
+                            })
+                            .await;
+                    });
+                    continue;
                 }
                 Err(error) => Done {
                     settlement: Settlement {
@@ -1078,7 +1068,13 @@ impl ClaimLoop<'_> {
                     _permit: permit,
                 },
             };
-            let _ = self.done_tx.send(settlement).await;
+            // Never waits for the settler (it may be retrying a database that is gone).
+            if let Err(TrySendError::Full(done)) = self.done_tx.try_send(settlement) {
+                let done_tx = self.done_tx.clone();
+                deliveries.spawn(async move {
+                    let _ = done_tx.send(done).await;
+                });
+            }
         }
     }
 

@@ -119,6 +119,10 @@ impl DeliverFirst for Inline {
                 let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, permit).await else {
                     break;
                 };
+                // Drained (shutdown): this and the rest are written pending.
+                if lock(&self.tasks).is_none() {
+                    break;
+                }
                 let Ok(event) = event_of(claimed, route, self.salt) else {
                     continue;
                 };
@@ -131,8 +135,14 @@ impl DeliverFirst for Inline {
                     claim,
                 ));
                 // Most in-process handlers finish without waiting: such an attempt ends here,
-                // without a task of its own.
-                if let Poll::Ready(settlement) = futures::poll!(attempt.as_mut()) {
+                // without a task of its own. Past the wait, the rest start as tasks (a
+                // handler that works long without waiting must not hold the write longer).
+                let polled = if tokio::time::Instant::now() < deadline {
+                    futures::poll!(attempt.as_mut())
+                } else {
+                    Poll::Pending
+                };
+                if let Poll::Ready(settlement) = polled {
                     self.shared.record_outcome(trigger_id, &settlement.verdict);
                     if let Verdict::Retry(after) = settlement.verdict {
                         lock(&self.shared.retries).push(Reverse(Instant::now() + after));

@@ -271,8 +271,8 @@ impl Store {
     /// holds back among the rows whose images are under `inline_bytes` (waiting at most
     /// `wait` for the attempts) and writes them as delivered ([`crate::inline`]); bigger
     /// rows are written pending by the database itself. Returns how many moved, and how many
-    /// of those were delivered (the rest were written pending, or leased to `delivery` while
-    /// their attempts go on).
+    /// of those were delivered (the rest were written pending, failed, or leased to
+    /// `delivery` while their attempts go on).
     pub async fn move_delivering(
         &self,
         max_rows: i32,
