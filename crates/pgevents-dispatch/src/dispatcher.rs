@@ -843,7 +843,7 @@ impl ClaimLoop<'_> {
             claimed
         };
         let got = claimed.len();
-        self.spawn(claimed, deliveries).await;
+        self.spawn(claimed, deliveries);
         // While claims fill whole batches, the ingest runs on unawaited; otherwise this
         // step's ingest decides whether more is coming.
         let ingest = if got >= free {
@@ -1022,7 +1022,7 @@ impl ClaimLoop<'_> {
     }
 
     /// Starts a delivery for each claimed event, each holding one in-flight permit.
-    async fn spawn(&mut self, claimed: Vec<Claimed>, deliveries: &mut JoinSet<()>) {
+    fn spawn(&mut self, claimed: Vec<Claimed>, deliveries: &mut JoinSet<()>) {
         let d = self.dispatcher;
         let now = Instant::now();
         for c in claimed {

@@ -135,14 +135,9 @@ impl DeliverFirst for Inline {
                     claim,
                 ));
                 // Most in-process handlers finish without waiting: such an attempt ends here,
-                // without a task of its own. Past the wait, the rest start as tasks (a
-                // handler that works long without waiting must not hold the write longer).
-                let polled = if tokio::time::Instant::now() < deadline {
-                    futures::poll!(attempt.as_mut())
-                } else {
-                    Poll::Pending
-                };
-                if let Poll::Ready(settlement) = polled {
+                // without a task of its own (a handler that works long without waiting holds
+                // the write that long, as it would hold a runtime thread anyway).
+                if let Poll::Ready(settlement) = futures::poll!(attempt.as_mut()) {
                     self.shared.record_outcome(trigger_id, &settlement.verdict);
                     if let Verdict::Retry(after) = settlement.verdict {
                         lock(&self.shared.retries).push(Reverse(Instant::now() + after));
