@@ -247,6 +247,13 @@ impl Shared {
             lock(&self.retries).push(Reverse(at));
         }
     }
+
+    /// Schedules the claim loop's look for the retry `verdict` calls for, if any.
+    pub(crate) fn schedule_retry(&self, verdict: &Verdict) {
+        if let Verdict::Retry(after) = verdict {
+            lock(&self.retries).push(Reverse(Instant::now() + *after));
+        }
+    }
 }
 
 pub(crate) struct Done {
@@ -487,7 +494,6 @@ impl Dispatcher {
             vacuumed: Instant::now(),
             swept: None,
             last_moved: 0,
-            delivered_all: false,
             found_nothing: None,
             waker: None,
             backoff: Backoff::default(),
@@ -636,8 +642,6 @@ struct ClaimLoop<'a> {
     swept: Option<Instant>,
     /// Rows the last finished ingest moved.
     last_moved: usize,
-    /// Whether the last finished ingest moved rows and delivered every one of them.
-    delivered_all: bool,
     /// When the last claim found nothing, and the settled batches counted before it ran;
     /// `None` until a claim finds nothing, after one that found something, after an error,
     /// and after a move that wrote rows pending (see [`CLAIM_AT_LEAST_EVERY`]).
@@ -829,7 +833,7 @@ impl ClaimLoop<'_> {
         // Read before the claim: a batch settled while it runs may free what it did not see.
         let settles = self.shared.settles.load(AtomicOrdering::Acquire);
         let skip = may_skip_claim(
-            moved > 0 && self.delivered_all,
+            moved > 0,
             retry_due,
             self.found_nothing,
             settles,
@@ -883,8 +887,7 @@ impl ClaimLoop<'_> {
             self.moved_since_vacuum += moved as u64;
         }
         self.last_moved = moved;
-        self.delivered_all = moved > 0 && ingested.delivered == moved as i64;
-        if moved > 0 && !self.delivered_all {
+        if moved > 0 && ingested.delivered != moved as i64 {
             // It wrote rows pending (or ran beside a claim that could not see them): the
             // next look claims, whatever the move it waits for does.
             self.found_nothing = None;
@@ -1174,17 +1177,18 @@ struct Ingested {
 }
 
 /// Whether a look in a trickle may skip its claim (see [`CLAIM_AT_LEAST_EVERY`]): the move
-/// it waited for delivered every row it moved, no retry fell due, and the last claim found
-/// nothing (`found_nothing`: when, and the settled batches counted before it), less than
-/// that long before `now`, with no batch settled since (`settles` now).
+/// it waited for `moved` rows (one that wrote any pending has cleared `found_nothing`), no
+/// retry fell due, and the last claim found nothing (`found_nothing`: when, and the settled
+/// batches counted before it), less than that long before `now`, with no batch settled
+/// since (`settles` now).
 fn may_skip_claim(
-    delivered_all: bool,
+    moved: bool,
     retry_due: bool,
     found_nothing: Option<(Instant, u64)>,
     settles: u64,
     now: Instant,
 ) -> bool {
-    delivered_all
+    moved
         && !retry_due
         && found_nothing.is_some_and(|(at, before)| {
             before == settles && now.duration_since(at) < CLAIM_AT_LEAST_EVERY
@@ -1386,8 +1390,8 @@ mod tests {
         let soon = at + CLAIM_AT_LEAST_EVERY / 2;
         let nothing = Some((at, 3));
         assert!(may_skip_claim(true, false, nothing, 3, soon));
-        // The move wrote something pending (or moved nothing), a retry fell due, the last
-        // claim found events, a batch settled since: claim.
+        // The move moved nothing, a retry fell due, the last claim found events (or a move
+        // wrote rows pending since), a batch settled since: claim.
         assert!(!may_skip_claim(false, false, nothing, 3, soon));
         assert!(!may_skip_claim(true, true, nothing, 3, soon));
         assert!(!may_skip_claim(true, false, None, 3, soon));

@@ -9,7 +9,6 @@
 //! leased to this dispatcher and becomes one of its claims: its lease is renewed, and once
 //! the transaction has committed its outcome goes to the settler like any other.
 
-use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +17,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use pgevents_log::inline::{Attempted, DeliverFirst, Delivered};
-use pgevents_log::store::{Claimed, Verdict};
+use pgevents_log::store::Claimed;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -139,9 +138,7 @@ impl DeliverFirst for Inline {
                 // the write that long, as it would hold a runtime thread anyway).
                 if let Poll::Ready(settlement) = futures::poll!(attempt.as_mut()) {
                     self.shared.record_outcome(trigger_id, &settlement.verdict);
-                    if let Verdict::Retry(after) = settlement.verdict {
-                        lock(&self.shared.retries).push(Reverse(Instant::now() + after));
-                    }
+                    self.shared.schedule_retry(&settlement.verdict);
                     ended.push(Attempted::Ended(settlement));
                     continue;
                 }
@@ -151,15 +148,10 @@ impl DeliverFirst for Inline {
                 let attempt = async move {
                     let settlement = attempt.await;
                     shared.record_outcome(trigger_id, &settlement.verdict);
-                    let retry = match settlement.verdict {
-                        Verdict::Retry(after) => Some(after),
-                        _ => None,
-                    };
+                    let verdict = settlement.verdict;
                     // Taken by the writing transaction, which records the outcome itself.
                     let Err(settlement) = ended_tx.send(settlement) else {
-                        if let Some(after) = retry {
-                            lock(&shared.retries).push(Reverse(Instant::now() + after));
-                        }
+                        shared.schedule_retry(&verdict);
                         return;
                     };
                     // Left under way: settled like any claim once the transaction committed.
