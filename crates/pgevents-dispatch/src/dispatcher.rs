@@ -1278,14 +1278,14 @@ async fn settle_loop(
                 }
             }
         }
-        let now = Instant::now();
+        let (now, utc) = (Instant::now(), chrono::Utc::now());
         {
             let mut in_flight = lock(&shared.in_flight);
             let mut retries = lock(&shared.retries);
             for s in &settlements {
                 in_flight.remove(&s.claim);
-                if let Verdict::Retry(after) = s.verdict {
-                    retries.push(Reverse(now + after));
+                if let Some(left) = s.retry_left(utc) {
+                    retries.push(Reverse(now + left));
                 }
             }
         }

@@ -88,6 +88,19 @@ pub struct Settlement {
     pub response: Option<String>,
 }
 
+impl Settlement {
+    /// How long the retry this outcome calls for has still to wait at `now`: a retry
+    /// interval runs from the attempt's end, not from when its outcome is written (which a
+    /// busy settler or a lost connection may delay). `None` for an outcome that is no retry.
+    pub fn retry_left(&self, now: DateTime<Utc>) -> Option<Duration> {
+        let Verdict::Retry(after) = self.verdict else {
+            return None;
+        };
+        let since = (now - self.started_at).to_std().unwrap_or(Duration::ZERO);
+        Some(after.saturating_sub(since.saturating_sub(self.duration)))
+    }
+}
+
 /// "Still pending", in the statements that find claimed events by their key (settle, renew,
 /// release), written so that it implies no partial index's predicate (`status = 'p'`
 /// would): otherwise, with statistics taken while no event was leased, the planner walks
@@ -462,11 +475,12 @@ where
     S: ?Sized + ToStatement + Sync + Send,
 {
     let c = Common::of(outcomes);
+    let now = Utc::now();
     let (verdict, delay): (Vec<i16>, Vec<i64>) = outcomes
         .iter()
         .map(|o| match o.verdict {
             Verdict::Delivered => (0, 0),
-            Verdict::Retry(d) => (1, millis(d)),
+            Verdict::Retry(_) => (1, millis(o.retry_left(now).unwrap_or_default())),
             Verdict::Failed => (2, 0),
         })
         .unzip();
@@ -727,4 +741,38 @@ pub async fn purge(
         .await
         .map_err(|e| Error::query("removing old events (retention)", e))?;
     Ok(row.get::<_, i64>(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settlement(verdict: Verdict, started_at: DateTime<Utc>, duration: Duration) -> Settlement {
+        Settlement {
+            claim: ClaimToken { seq: 1, attempt: 1 },
+            verdict,
+            started_at,
+            duration,
+            status: None,
+            error: None,
+            response: None,
+        }
+    }
+
+    #[test]
+    fn a_retry_waits_from_the_attempts_end_whenever_its_outcome_is_written() {
+        let start = Utc::now();
+        let ms = Duration::from_millis;
+        let failed = settlement(Verdict::Retry(ms(300)), start, ms(50));
+        // Written as the attempt ends: the whole interval is left.
+        assert_eq!(failed.retry_left(start + ms(50)), Some(ms(300)));
+        // Written 200 ms later (a busy settler): only what is left of it.
+        assert_eq!(failed.retry_left(start + ms(250)), Some(ms(100)));
+        // Written after the interval ran out: due at once.
+        assert_eq!(failed.retry_left(start + ms(2_000)), Some(Duration::ZERO));
+        // A clock that went back counts as no time passed.
+        assert_eq!(failed.retry_left(start - ms(1_000)), Some(ms(300)));
+        let delivered = settlement(Verdict::Delivered, start, ms(50));
+        assert_eq!(delivered.retry_left(start), None);
+    }
 }
