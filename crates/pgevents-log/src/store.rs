@@ -293,8 +293,11 @@ impl Store {
         delivery: &dyn DeliverFirst,
         wait: Duration,
     ) -> Result<(i32, i64), Error> {
+        // The look for pending events plans the same way whatever the log's size: a
+        // generic plan spares planning it at every move of a trickle. Set with the BEGIN,
+        // whether rows turn up or not: a round trip of its own cost more than the setting.
         self.client
-            .batch_execute("BEGIN")
+            .batch_execute("BEGIN; SET LOCAL plan_cache_mode = auto")
             .await
             .map_err(|e| Error::query("starting a move of captured rows", e))?;
         let moved = async {
@@ -308,14 +311,6 @@ impl Store {
                 .filter(|r| r.get::<_, bool>(8))
                 .map(Unwritten::from_row)
                 .collect();
-            // The look for pending events plans the same way whatever the log's size: a
-            // generic plan spares planning it at every move of a trickle.
-            if !events.is_empty() {
-                self.client
-                    .batch_execute("SET LOCAL plan_cache_mode = auto")
-                    .await
-                    .map_err(|e| Error::query("configuring a move of captured rows", e))?;
-            }
             let (delivered, finish) = inline::deliver_and_write(
                 &self.client,
                 &self.inline,
