@@ -31,6 +31,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// Replication events buffered between the protocol client and the decoder. Each holds one
 /// row change, so this bounds memory together with the batch limits.
 const STREAM_BUFFER: usize = 64;
+/// How long the loop naps between takes of the events that came while a batch gathers
+/// (see the session loop); well under what fills [`STREAM_BUFFER`] at
+/// the rates writers reach here (about 15 messages a millisecond beside 8 writers).
+const GATHER_NAP: Duration = Duration::from_millis(1);
 /// Session settings of the walsender, so values come out in unambiguous text forms that the
 /// log connection reads back exactly (ISO dates, UTC offsets, shortest-exact floats).
 const WALSENDER_OPTIONS: &str =
@@ -300,15 +304,36 @@ impl LogicalCapture {
         let mut next_tick = Instant::now() + TICK;
         loop {
             let wake = deadline.map_or(next_tick, |d| d.min(next_tick));
-            let received = tokio::select! {
-                biased;
-                _ = shutdown.as_mut() => None,
-                written = log.written(), if log.is_writing() => {
-                    let end = log.settle(written)?;
-                    confirm.written(end, &stream);
-                    continue;
+            // While a batch gathers, the events that came meanwhile are taken without a
+            // wake-up each, in naps of GATHER_NAP: the batch is written at its deadline
+            // anyway, and beside busy writers a wake-up per message (three per row
+            // change) cost the process more than decoding it.
+            let gathering = deadline.is_some();
+            let ready = if gathering {
+                tokio::select! {
+                    biased;
+                    r = stream.recv() => Some(r),
+                    _ = std::future::ready(()) => None,
                 }
-                r = tokio::time::timeout_at(wake, stream.recv()) => Some(r),
+            } else {
+                None
+            };
+            let received = match ready {
+                Some(r) => Some(Some(r)),
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.as_mut() => None,
+                    written = log.written(), if log.is_writing() => {
+                        let end = log.settle(written)?;
+                        confirm.written(end, &stream);
+                        continue;
+                    }
+                    r = tokio::time::timeout_at(wake, stream.recv()), if !gathering => {
+                        Some(r.ok())
+                    }
+                    _ = tokio::time::sleep_until(wake.min(Instant::now() + GATHER_NAP)),
+                        if gathering => Some(None),
+                },
             };
             let Some(received) = received else {
                 self.finish(&mut log, &mut decoder, &mut stream, &mut confirm)
@@ -316,8 +341,8 @@ impl LogicalCapture {
                 return Ok(Stop::Shutdown);
             };
             match received {
-                Err(_) => {}
-                Ok(Ok(Some(event))) => match event {
+                None => {}
+                Some(Ok(Some(event))) => match event {
                     ReplicationEvent::Begin {
                         final_lsn,
                         commit_time_micros,
@@ -345,7 +370,7 @@ impl LogicalCapture {
                     }
                     _ => {}
                 },
-                Ok(Ok(None)) => {
+                Some(Ok(None)) => {
                     return Err(Error::replication(
                         "streaming",
                         PgWireError::Io(Arc::new(std::io::Error::new(
@@ -354,7 +379,7 @@ impl LogicalCapture {
                         ))),
                     ))
                 }
-                Ok(Err(source)) => return Err(self.stream_error(source, lead).await),
+                Some(Err(source)) => return Err(self.stream_error(source, lead).await),
             }
             let now = Instant::now();
             if decoder.batch.is_empty() {
