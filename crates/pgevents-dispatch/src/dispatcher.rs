@@ -140,13 +140,10 @@ const COMPACT_EVERY: Duration = Duration::from_secs(1);
 /// never leave it empty would otherwise grow its file until autovacuum comes by, and each
 /// move reads the whole file (measured beside 8 writers: the move's DELETE 10.3 µs per event
 /// over an 8 s run, 5.1 with the vacuum; a move of 60 rows 0.28 ms from an empty file,
-/// 0.6 ms beside 19,000 moved rows' dead space). Often, since each vacuum costs about half a
-/// millisecond and the dead rows it clears are read by every move until then (measured
-/// beside 8 writers: every 5,000 rows and 1 s, the DELETE 9.0 µs per event and the
-/// vacuums 0.1; every 1,000 rows and 200 ms, 6.0 and 0.3).
-const VACUUM_AFTER: u64 = 1_000;
+/// 0.6 ms beside 19,000 moved rows' dead space).
+const VACUUM_AFTER: u64 = 5_000;
 /// The least time between two vacuums of the capture table.
-const VACUUM_EVERY: Duration = Duration::from_millis(200);
+const VACUUM_EVERY: Duration = Duration::from_secs(1);
 /// How many outcomes one settle statement writes.
 const SETTLE_BATCH: usize = 1000;
 /// A settle waits for more outcomes while it has fewer than this...
