@@ -296,10 +296,15 @@ impl Store {
         // The look for pending events plans the same way whatever the log's size: a
         // generic plan spares planning it at every move of a trickle. Set with the BEGIN,
         // whether rows turn up or not: a round trip of its own cost more than the setting.
-        self.client
+        if let Err(e) = self
+            .client
             .batch_execute("BEGIN; SET LOCAL plan_cache_mode = auto")
             .await
-            .map_err(|e| Error::query("starting a move of captured rows", e))?;
+        {
+            // The BEGIN may have opened the transaction the setting then failed in.
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            return Err(Error::query("starting a move of captured rows", e));
+        }
         let moved = async {
             let rows = self
                 .client

@@ -321,7 +321,8 @@ impl LogicalCapture {
             } else {
                 None
             };
-            if ready.is_some() {
+            let from_ready = ready.is_some();
+            if from_ready {
                 taken += 1;
             } else if gathering {
                 nap = taken < STREAM_BUFFER;
@@ -398,7 +399,9 @@ impl LogicalCapture {
                 let due = *deadline.get_or_insert(now + self.options.linger);
                 let full = decoder.batch.len() >= self.options.batch_rows
                     || decoder.batch.bytes() >= self.options.batch_bytes;
-                if full || due <= now {
+                // Past the deadline, events that came in the last nap still join the batch:
+                // it is cut once a take finds nothing more (or it is full).
+                if full || (due <= now && !from_ready) {
                     self.flush(&mut log, &mut decoder, &stream, &mut confirm)
                         .await?;
                     if !full {
@@ -408,6 +411,7 @@ impl LogicalCapture {
                         confirm.after_write(&mut log, &stream).await?;
                     }
                     nap = !full;
+                    taken = 0;
                     deadline = None;
                 }
             }
