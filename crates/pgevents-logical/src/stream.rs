@@ -305,10 +305,12 @@ impl LogicalCapture {
         let mut next_check = Instant::now() + self.options.health_interval;
         let mut next_tick = Instant::now() + TICK;
         // Whether the loop naps while a batch gathers (see GATHER_NAP): only once the stream
-        // has caught up (the last batch was cut by the linger), and not after the events
-        // taken in a row since the last nap filled the buffer (the stream outpaces naps).
+        // has caught up (the last batch was cut by the linger, not full).
         let mut nap = false;
+        // Whether the last wait was a nap, and the events taken without waiting since.
+        let mut napped = false;
         let mut taken = 0usize;
+        let mut full_naps = 0u32;
         loop {
             let wake = deadline.map_or(next_tick, |d| d.min(next_tick));
             let mut gathering = nap && deadline.is_some();
@@ -325,8 +327,21 @@ impl LogicalCapture {
             if from_ready {
                 taken += 1;
             } else if gathering {
-                nap = taken < STREAM_BUFFER;
-                gathering = nap;
+                // Two naps in a row that each filled the buffer: the stream outpaces naps (one
+                // alone does, after a write was awaited), so none until the next batch cut by
+                // the linger.
+                if napped {
+                    full_naps = if taken >= STREAM_BUFFER {
+                        full_naps + 1
+                    } else {
+                        0
+                    };
+                }
+                if full_naps >= 2 {
+                    nap = false;
+                    gathering = false;
+                }
+                napped = gathering;
                 taken = 0;
             }
             let received = match ready {
@@ -399,9 +414,9 @@ impl LogicalCapture {
                 let due = *deadline.get_or_insert(now + self.options.linger);
                 let full = decoder.batch.len() >= self.options.batch_rows
                     || decoder.batch.bytes() >= self.options.batch_bytes;
-                // Past the deadline, events that came in the last nap still join the batch:
-                // it is cut once a take finds nothing more (or it is full).
-                if full || (due <= now && !from_ready) {
+                // Past the deadline, events that came in the last nap (a buffer's worth at
+                // most) still join the batch: it is cut once a take finds nothing more.
+                if full || (due <= now && !(from_ready && taken < STREAM_BUFFER)) {
                     self.flush(&mut log, &mut decoder, &stream, &mut confirm)
                         .await?;
                     if !full {
@@ -411,7 +426,8 @@ impl LogicalCapture {
                         confirm.after_write(&mut log, &stream).await?;
                     }
                     nap = !full;
-                    taken = 0;
+                    napped = false;
+                    full_naps = 0;
                     deadline = None;
                 }
             }
