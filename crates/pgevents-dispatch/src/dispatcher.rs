@@ -248,10 +248,11 @@ impl Shared {
         }
     }
 
-    /// Schedules the claim loop's look for the retry `verdict` calls for, if any.
-    pub(crate) fn schedule_retry(&self, verdict: &Verdict) {
-        if let Verdict::Retry(after) = verdict {
-            lock(&self.retries).push(Reverse(Instant::now() + *after));
+    /// Schedules the claim loop's look for a retry due in `left` (an outcome's
+    /// [`Settlement::retry_left`]), if any.
+    pub(crate) fn schedule_retry(&self, left: Option<Duration>) {
+        if let Some(left) = left {
+            lock(&self.retries).push(Reverse(Instant::now() + left));
         }
     }
 }
@@ -1278,16 +1279,15 @@ async fn settle_loop(
                 }
             }
         }
-        let (now, utc) = (Instant::now(), chrono::Utc::now());
         {
             let mut in_flight = lock(&shared.in_flight);
-            let mut retries = lock(&shared.retries);
             for s in &settlements {
                 in_flight.remove(&s.claim);
-                if let Some(left) = s.retry_left(utc) {
-                    retries.push(Reverse(now + left));
-                }
             }
+        }
+        let now = chrono::Utc::now();
+        for s in &settlements {
+            shared.schedule_retry(s.retry_left(now));
         }
         batch.clear();
         shared.settles.fetch_add(1, AtomicOrdering::Release);

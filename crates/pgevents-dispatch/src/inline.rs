@@ -138,7 +138,8 @@ impl DeliverFirst for Inline {
                 // the write that long, as it would hold a runtime thread anyway).
                 if let Poll::Ready(settlement) = futures::poll!(attempt.as_mut()) {
                     self.shared.record_outcome(trigger_id, &settlement.verdict);
-                    self.shared.schedule_retry(&settlement.verdict);
+                    self.shared
+                        .schedule_retry(settlement.retry_left(chrono::Utc::now()));
                     ended.push(Attempted::Ended(settlement));
                     continue;
                 }
@@ -148,10 +149,10 @@ impl DeliverFirst for Inline {
                 let attempt = async move {
                     let settlement = attempt.await;
                     shared.record_outcome(trigger_id, &settlement.verdict);
-                    let verdict = settlement.verdict;
+                    let left = settlement.retry_left(chrono::Utc::now());
                     // Taken by the writing transaction, which records the outcome itself.
                     let Err(settlement) = ended_tx.send(settlement) else {
-                        shared.schedule_retry(&verdict);
+                        shared.schedule_retry(left);
                         return;
                     };
                     // Left under way: settled like any claim once the transaction committed.
