@@ -47,6 +47,31 @@ pub fn loadavg() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (state, ppid, …), or `None` once
+/// the process is gone.
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    // The state is a letter: counted as 0, so the others keep their positions.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+fn field(fields: &[u64], i: usize) -> u64 {
+    fields.get(i).copied().unwrap_or(0)
+}
+
+/// CPU ticks (user + system) used so far by process `pid` itself: not its children, not
+/// the processes it waited for. 0 once it is gone.
+pub fn own_ticks(pid: u32) -> u64 {
+    stat_fields(pid).map_or(0, |f| field(&f, 11) + field(&f, 12))
+}
+
 /// CPU ticks (user + system) used so far by the processes descending from `roots`.
 pub fn tree_ticks(roots: &[u32]) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -62,23 +87,17 @@ pub fn tree_ticks(roots: &[u32]) -> u64 {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some(f) = stat_fields(pid) else {
             continue;
         };
-        // The command name may hold spaces and parentheses: fields start after the last ')'.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let ppid = u32::try_from(field(1)).unwrap_or(0);
-        procs.insert(pid, (ppid, field(11) + field(12) + field(13) + field(14)));
+        let ppid = u32::try_from(field(&f, 1)).unwrap_or(0);
+        procs.insert(
+            pid,
+            (
+                ppid,
+                field(&f, 11) + field(&f, 12) + field(&f, 13) + field(&f, 14),
+            ),
+        );
     }
     procs
         .iter()

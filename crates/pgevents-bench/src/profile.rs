@@ -18,7 +18,7 @@ use anyhow::Context;
 
 use crate::cluster::Bench;
 use crate::listening::{Counter, RunningListener};
-use crate::load::tree_ticks;
+use crate::load::{own_ticks, tree_ticks};
 use crate::writer::Workload;
 
 /// Rows per transaction of the backlog insert.
@@ -71,7 +71,10 @@ async fn beside(bench: &Bench, script: &std::path::Path, logical: bool) -> anyho
     let running = RunningListener::start(listener);
     reset_statistics(&client).await?;
     let (ours, postgres) = (std::process::id(), bench.postmaster());
-    let before = (tree_ticks(&[ours]), tree_ticks(&postgres));
+    // pgbench is this process's child: only this process's own ticks are pgevents'.
+    let mut sessions = Sessions::default();
+    sessions.look(&client).await?;
+    let before = (own_ticks(ours), tree_ticks(&postgres));
     let started = Instant::now();
     let pgbench = crate::process::pgbench(bench, script, BESIDE_CLIENTS, BESIDE_SECS, &[]).await?;
     let n = pgbench.transactions;
@@ -79,20 +82,67 @@ async fn beside(bench: &Bench, script: &std::path::Path, logical: bool) -> anyho
         .wait_for(n, Duration::from_secs(120.max(n / 500)))
         .await?;
     let took = started.elapsed();
-    let after = (tree_ticks(&[ours]), tree_ticks(&postgres));
+    sessions.look(&client).await?;
+    let after = (own_ticks(ours), tree_ticks(&postgres));
     running.stop().await?;
     let per_event = |ticks: u64| micros_per_event(ticks, n);
+    let (postgres_ticks, listener_ticks) = (after.1.saturating_sub(before.1), sessions.ticks());
     let mut out = format!(
         "\n### {name} mode, pgbench INSERT beside (8 clients, {BESIDE_SECS} s)\n\n\
          - writers: {:.0} TPS, {n} events, all delivered {:.1} s after pgbench started\n\
-         - CPU per event, writers' statements included: pgevents {:.1} µs, PostgreSQL {:.1} µs\n\n",
+         - CPU per event: pgevents {:.1} µs (pgbench not included); PostgreSQL {:.1} µs, of \
+           which the listener's sessions {:.1} µs and the writers' and the rest {:.1} µs\n\n",
         pgbench.tps,
         took.as_secs_f64(),
         per_event(after.0.saturating_sub(before.0)),
-        per_event(after.1.saturating_sub(before.1)),
+        per_event(postgres_ticks),
+        per_event(listener_ticks),
+        per_event(postgres_ticks.saturating_sub(listener_ticks)),
     );
     out.push_str(&statements(&client, n).await?);
     Ok(out)
+}
+
+/// The listener's server processes (`application_name` pgevents, the replication stream's
+/// included) and their CPU ticks: at the first look and at the last, so a session opened
+/// between the two counts from its start.
+#[derive(Default)]
+struct Sessions {
+    first: Option<std::collections::HashMap<u32, u64>>,
+    last: std::collections::HashMap<u32, u64>,
+}
+
+impl Sessions {
+    async fn look(&mut self, client: &tokio_postgres::Client) -> anyhow::Result<()> {
+        let rows = client
+            .query(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&pgevents_postgres::APPLICATION_NAME],
+            )
+            .await
+            .context("listing the listener's sessions")?;
+        let ticks = rows
+            .iter()
+            .filter_map(|r| u32::try_from(r.get::<_, i32>(0)).ok())
+            .map(|pid| (pid, own_ticks(pid)));
+        match self.first {
+            None => self.first = Some(ticks.collect()),
+            Some(_) => self.last = ticks.collect(),
+        }
+        Ok(())
+    }
+
+    /// Ticks between the two looks, of the sessions alive at the last.
+    fn ticks(&self) -> u64 {
+        self.last
+            .iter()
+            .map(|(pid, t)| {
+                let first = self.first.as_ref().and_then(|f| f.get(pid)).copied();
+                t.saturating_sub(first.unwrap_or(0))
+            })
+            .sum()
+    }
 }
 
 /// The listener of `bench`'s table in either capture mode, counting into `counter`.
