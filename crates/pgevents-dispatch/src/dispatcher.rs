@@ -101,17 +101,26 @@ const MOVE_WAIT: Duration = Duration::from_millis(5);
 /// often. So it sleeps only after a lull, and polls with a short backoff until then.
 const SLEEP_AFTER: Duration = Duration::from_millis(250);
 /// The pause after a look that claimed less than a batch and moved nothing, or moved and
-/// claimed a trickle of at least [`GATHER_FROM`] rows. Each look costs the database a claim
-/// and an ingest whatever they find; with writers running, the dispatcher's claim, settle
-/// and ingest sessions took about 30%, 20% and 20% of a core (sampled with top). The pause
-/// adds at most this much latency.
+/// claimed a trickle of at least [`GATHER_FROM`] rows (longer after a bigger one: see
+/// [`gather_wait`]). Each look costs the database a claim and an ingest whatever they find;
+/// with writers running, the dispatcher's claim, settle and ingest sessions took about 30%,
+/// 20% and 20% of a core (sampled with top). The pause adds at most this much latency.
 const TRICKLE_WAIT: Duration = Duration::from_millis(1);
 /// A look that moved and claimed at least this many captured rows is followed by a pause of
-/// [`TRICKLE_WAIT`] (fewer: by the next look at once). At 1,000 changes/s a look moves one
-/// or two, and a pause would add to every event's latency (measured: p50 2.7 → 4.3 ms);
-/// with writers saturating the machine it moves dozens, and the pause cuts the statements
-/// per event by a third or more.
+/// [`TRICKLE_WAIT`] or more (fewer: by the next look at once). At 1,000 changes/s a look
+/// moves one or two, and a pause would add to every event's latency (measured: p50 2.7 →
+/// 4.3 ms); with writers saturating the machine it moves dozens, and the pause cuts the
+/// statements per event by a third or more.
 const GATHER_FROM: usize = 8;
+/// Rows moved per millisecond of pause after a move: the pause grows with the move that
+/// came before it, from [`TRICKLE_WAIT`] up to [`GATHER_MAX`].
+const GATHER_ROWS_PER_MS: usize = 16;
+/// The longest pause after a move. Beside 8 writers a move of 70 rows every 4.5 ms became
+/// one of 150 every 9 ms with a 5 ms pause: the listener's CPU per event (its own and its
+/// sessions' in PostgreSQL) fell by 5–26% in two pairs of runs (BENCHMARKS.md); each move
+/// has a fixed cost (its transaction, five round trips, a read of the capture table's
+/// file), and the rest grows with its rows.
+const GATHER_MAX: Duration = Duration::from_millis(4);
 /// How long a look in a trickle waits for the move under way before claiming beside it.
 const TRICKLE_INGEST_WAIT: Duration = Duration::from_millis(5);
 /// How long after a claim that found nothing a look in a trickle may skip its claim: when
@@ -664,8 +673,8 @@ enum Idle {
 enum Pause {
     /// Look again at once.
     Again,
-    /// Wait a moment for more events to gather (unless shut down meanwhile).
-    Gather,
+    /// Wait this moment for more events to gather (unless shut down meanwhile).
+    Gather(Duration),
     /// Wait this long, or until woken.
     Wait(Duration),
 }
@@ -688,13 +697,13 @@ impl ClaimLoop<'_> {
             }
             let wait = match self.pause_after(step, &mut short_wait) {
                 Pause::Again => continue,
-                Pause::Gather => {
+                Pause::Gather(gather) => {
                     tokio::select! {
                         _ = &mut *shutdown => {
                             self.stop_ingest().await;
                             return;
                         }
-                        _ = tokio::time::sleep(TRICKLE_WAIT) => {}
+                        _ = tokio::time::sleep(gather) => {}
                     }
                     continue;
                 }
@@ -748,10 +757,10 @@ impl ClaimLoop<'_> {
                 *short_wait = AWAKE_POLL_MIN;
                 Pause::Again
             }
-            Ok(Step::Trickle) => {
+            Ok(Step::Trickle { moved }) => {
                 // Let a few more events gather, so one claim takes many.
                 *short_wait = AWAKE_POLL_MIN;
-                Pause::Gather
+                Pause::Gather(gather_wait(moved))
             }
             Ok(Step::Full | Step::Idle { sleeping: true }) => Pause::Wait(idle_poll),
             Ok(Step::Lull) => {
@@ -864,7 +873,7 @@ impl ClaimLoop<'_> {
         // Rows moved and claimed in a trickle are delivered already: at a high rate, a moment's
         // pause lets the next look take many more; at a low one it would only add latency.
         let busy = unclaimed > 0 || (moved > 0 && moved < GATHER_FROM);
-        self.after_look(got >= free, moved + unclaimed > 0 || got > 0, busy)
+        self.after_look(got >= free, moved + unclaimed > 0 || got > 0, busy, moved)
             .await
     }
 
@@ -1083,8 +1092,15 @@ impl ClaimLoop<'_> {
     }
 
     /// What to do after a look that filled the batch (`full`), found any work (`found`) or
-    /// calls for the next at once (`busy`): look again at once, after a moment, or sleep.
-    async fn after_look(&mut self, full: bool, found: bool, busy: bool) -> Result<Step, Error> {
+    /// calls for the next at once (`busy`), having waited for a move of `moved` rows: look
+    /// again at once, after a moment, or sleep.
+    async fn after_look(
+        &mut self,
+        full: bool,
+        found: bool,
+        busy: bool,
+        moved: usize,
+    ) -> Result<Step, Error> {
         if found {
             // Work turned up: stay awake (writers stop notifying) and look again: at once
             // when `busy` (rows just moved are due, or a trickle is taken as it commits) or
@@ -1096,7 +1112,7 @@ impl ClaimLoop<'_> {
             return Ok(if full || busy {
                 Step::Busy
             } else {
-                Step::Trickle
+                Step::Trickle { moved }
             });
         }
         let Some(waker) = self.waker.as_mut() else {
@@ -1202,6 +1218,16 @@ type Joined = Result<Result<Ingested, Error>, tokio::task::JoinError>;
 /// The result of an ingest task that ended. A task that did not complete (aborted, or
 /// panicked) reports nothing moved: whatever its statement did on the server is found by
 /// the next claims, and the next step ingests again.
+/// The pause after a look that waited for a move of `moved` rows (0: it claimed without
+/// one): [`TRICKLE_WAIT`], longer by a millisecond per [`GATHER_ROWS_PER_MS`] rows moved,
+/// up to [`GATHER_MAX`].
+fn gather_wait(moved: usize) -> Duration {
+    let ms = u32::try_from(moved / GATHER_ROWS_PER_MS).unwrap_or(u32::MAX);
+    TRICKLE_WAIT
+        .max(Duration::from_millis(1) * ms)
+        .min(GATHER_MAX)
+}
+
 fn joined(ended: Joined) -> Result<Ingested, Error> {
     ended.unwrap_or_else(|error| {
         tracing::warn!(%error, "an ingest did not complete; it will be retried");
@@ -1212,8 +1238,9 @@ fn joined(ended: Joined) -> Result<Ingested, Error> {
 enum Step {
     /// More work is likely waiting: loop at once.
     Busy,
-    /// Less than a batch claimed and nothing moved: look again after [`TRICKLE_WAIT`].
-    Trickle,
+    /// Less than a batch claimed, and nothing or a trickle of `moved` rows moved: look
+    /// again after [`gather_wait`] of them.
+    Trickle { moved: usize },
     /// Every in-flight slot is taken: wait for a settlement.
     Full,
     /// Nothing to do for less than [`SLEEP_AFTER`]: stay awake and look again soon.
@@ -1404,6 +1431,16 @@ mod tests {
             3,
             at + CLAIM_AT_LEAST_EVERY
         ));
+    }
+
+    #[test]
+    fn the_pause_after_a_move_grows_with_it_up_to_a_bound() {
+        assert_eq!(gather_wait(0), TRICKLE_WAIT);
+        assert_eq!(gather_wait(GATHER_FROM), TRICKLE_WAIT);
+        assert_eq!(gather_wait(32), Duration::from_millis(2));
+        assert_eq!(gather_wait(48), Duration::from_millis(3));
+        assert_eq!(gather_wait(1000), GATHER_MAX);
+        assert_eq!(gather_wait(usize::MAX), GATHER_MAX);
     }
 
     #[test]
