@@ -37,6 +37,16 @@ const STREAM_BUFFER: usize = 64;
 /// than decoding it. A backlog is read without naps: a nap lets at most [`STREAM_BUFFER`]
 /// messages in (measured: a backlog read in naps drained at 0.29× `pg_recvlogical`).
 const GATHER_NAP: Duration = Duration::from_millis(1);
+/// How far behind its commits the stream may fall before the loop stops napping: a backlog,
+/// or writes faster than naps take them (see [`Lag`]). Below it, naps go on even when each
+/// fills the buffer: the protocol client then reads many messages per wake-up (with room in
+/// the buffer it woke for each packet, and cost more CPU per event, measured with a buffer
+/// of 256), and what the buffer holds back waits in the socket.
+const NAP_MAX_LAG_MICROS: i64 = 200_000;
+/// How long [`Lag`] keeps the smallest transit time it saw as the clocks' offset: long
+/// enough to see the stream with nothing queued, short enough that the clocks' drift (NTP
+/// slews by at most 0.5 ms a second) stays far below [`NAP_MAX_LAG_MICROS`].
+const LAG_WINDOW: Duration = Duration::from_secs(5);
 /// Session settings of the walsender, so values come out in unambiguous text forms that the
 /// log connection reads back exactly (ISO dates, UTC offsets, shortest-exact floats).
 const WALSENDER_OPTIONS: &str =
@@ -307,13 +317,16 @@ impl LogicalCapture {
         // Whether the loop naps while a batch gathers (see GATHER_NAP): only once the stream
         // has caught up (the last batch was cut by the linger, not full).
         let mut nap = false;
-        // Whether the last wait was a nap, and the events taken without waiting since.
-        let mut napped = false;
+        // The events taken without waiting since the last nap.
         let mut taken = 0usize;
-        let mut full_naps = 0u32;
+        // The commit time of the transaction being received, how far behind its commits the
+        // stream is, and whether by more than NAP_MAX_LAG_MICROS at the last change.
+        let mut commit_micros = None;
+        let mut lag = Lag::default();
+        let mut lagging = false;
         loop {
             let wake = deadline.map_or(next_tick, |d| d.min(next_tick));
-            let mut gathering = nap && deadline.is_some();
+            let gathering = nap && !lagging && deadline.is_some();
             let ready = if gathering {
                 tokio::select! {
                     biased;
@@ -327,21 +340,6 @@ impl LogicalCapture {
             if from_ready {
                 taken += 1;
             } else if gathering {
-                // Two naps in a row that each filled the buffer: the stream outpaces naps (one
-                // alone does, after a write was awaited), so none until the next batch cut by
-                // the linger.
-                if napped {
-                    full_naps = if taken >= STREAM_BUFFER {
-                        full_naps + 1
-                    } else {
-                        0
-                    };
-                }
-                if full_naps >= 2 {
-                    nap = false;
-                    gathering = false;
-                }
-                napped = gathering;
                 taken = 0;
             }
             let received = match ready {
@@ -373,8 +371,19 @@ impl LogicalCapture {
                         final_lsn,
                         commit_time_micros,
                         ..
-                    } => decoder.begin(final_lsn.0, commit_time_micros),
-                    ReplicationEvent::XLogData { data, .. } => {
+                    } => {
+                        commit_micros = Some(commit_time_micros);
+                        decoder.begin(final_lsn.0, commit_time_micros);
+                    }
+                    ReplicationEvent::XLogData {
+                        data,
+                        server_time_micros,
+                        ..
+                    } => {
+                        lagging = commit_micros.is_some_and(|commit| {
+                            lag.behind(commit, server_time_micros, now_micros(), Instant::now())
+                                > NAP_MAX_LAG_MICROS
+                        });
                         let message = pgoutput::decode(&data)?;
                         decoder.change(message, lead).await?;
                     }
@@ -426,8 +435,6 @@ impl LogicalCapture {
                         confirm.after_write(&mut log, &stream).await?;
                     }
                     nap = !full;
-                    napped = false;
-                    full_naps = 0;
                     deadline = None;
                 }
             }
@@ -533,6 +540,47 @@ impl LogicalCapture {
 }
 
 /// Waits `delay` (doubling it for next time) unless shutdown comes first; false on shutdown.
+/// How far the replication stream is behind the commits it carries: the server's clock when
+/// it sent a change less its transaction's commit time (a backlog the walsender decodes),
+/// plus the time the change waited on its way here (in socket buffers and the protocol
+/// client's). That wait is the change's transit time (this clock at arrival less the
+/// server's at sending) less the smallest transit time seen in the last [`LAG_WINDOW`] or
+/// two: the clocks' offset plus the network's delay, which is never a backlog.
+#[derive(Debug, Default)]
+struct Lag {
+    /// The smallest transit time of this window and of the one before, and when this one
+    /// started.
+    window: Option<(i64, i64, Instant)>,
+}
+
+impl Lag {
+    /// Microseconds the change sent at `sent` (the server's clock, µs since 2000) of a
+    /// transaction committed at `commit` (same clock) is behind, having arrived at `arrived`
+    /// (this clock, same unit) and `at`.
+    fn behind(&mut self, commit: i64, sent: i64, arrived: i64, at: Instant) -> i64 {
+        let transit = arrived.saturating_sub(sent);
+        let (current, previous, started) = self.window.get_or_insert((transit, transit, at));
+        if at.duration_since(*started) >= LAG_WINDOW {
+            *previous = *current;
+            *current = transit;
+            *started = at;
+        }
+        *current = (*current).min(transit);
+        let base = (*current).min(*previous);
+        sent.saturating_sub(commit)
+            .max(0)
+            .saturating_add(transit.saturating_sub(base))
+    }
+}
+
+/// This clock's time in µs since 2000-01-01, as the server's replication messages count it.
+fn now_micros() -> i64 {
+    let since_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    since_unix.saturating_sub(PG_EPOCH_MICROS)
+}
+
 async fn pause<F: Future>(delay: &mut Duration, shutdown: Shutdown<'_, F>) -> bool {
     let wait = *delay;
     *delay = (*delay * 2).min(RETRY_MAX);
@@ -889,4 +937,43 @@ async fn table_info(client: &Client, oid: u32) -> Result<Option<TableInfo>, Erro
         name: name.get(1),
     };
     Ok(pgevents_postgres::catalog::describe_table(client, &table).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_the_servers_backlog_and_the_wait_on_the_way_not_the_clocks_offset() {
+        let mut lag = Lag::default();
+        let t0 = Instant::now();
+        // This clock runs 7 s ahead of the server's; the network takes 1 ms.
+        let offset = 7_000_000 + 1_000;
+        // Sent as committed, nothing queued.
+        assert_eq!(lag.behind(100, 100, 100 + offset, t0), 0);
+        // The walsender decoding a backlog: sent 3 s after the commit.
+        assert_eq!(
+            lag.behind(100, 3_000_100, 3_000_100 + offset, t0),
+            3_000_000
+        );
+        // Queued 25 ms on the way: behind by that much, though sent at once.
+        let queued = lag.behind(5_000, 5_000, 5_000 + offset + 25_000, t0);
+        assert_eq!(queued, 25_000);
+        assert!(queued > NAP_MAX_LAG_MICROS);
+        // A server clock that stepped back is no backlog.
+        assert_eq!(lag.behind(9_000, 8_000, 8_000 + offset, t0), 0);
+    }
+
+    #[test]
+    fn lag_forgets_a_transit_time_older_than_two_windows() {
+        let mut lag = Lag::default();
+        let t0 = Instant::now();
+        assert_eq!(lag.behind(0, 0, 1_000, t0), 0);
+        // This clock drifted 2 ms ahead: within a window, that counts as a wait.
+        assert_eq!(lag.behind(0, 0, 3_000, t0 + LAG_WINDOW / 2), 2_000);
+        // The next window still remembers the first one's transit.
+        assert_eq!(lag.behind(0, 0, 3_000, t0 + LAG_WINDOW), 2_000);
+        // Two windows on, the drift is the new offset.
+        assert_eq!(lag.behind(0, 0, 3_000, t0 + LAG_WINDOW * 2), 0);
+    }
 }
