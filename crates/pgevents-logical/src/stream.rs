@@ -43,9 +43,10 @@ const GATHER_NAP: Duration = Duration::from_millis(1);
 /// the buffer it woke for each packet, and cost more CPU per event, measured with a buffer
 /// of 256), and what the buffer holds back waits in the socket.
 const NAP_MAX_LAG_MICROS: i64 = 200_000;
-/// How long [`Lag`] keeps the smallest transit time it saw as the clocks' offset: long
-/// enough to see the stream with nothing queued, short enough that the clocks' drift (NTP
-/// slews by at most 0.5 ms a second) stays far below [`NAP_MAX_LAG_MICROS`].
+/// How long [`Lag`] keeps the smallest transit time it saw as the clocks' offset (5 to 10 s:
+/// this window's and the one before): long enough to see the stream with nothing queued,
+/// short enough that the clocks' drift (NTP slews by at most 0.5 ms a second) stays far
+/// below [`NAP_MAX_LAG_MICROS`].
 const LAG_WINDOW: Duration = Duration::from_secs(5);
 /// Session settings of the walsender, so values come out in unambiguous text forms that the
 /// log connection reads back exactly (ISO dates, UTC offsets, shortest-exact floats).
@@ -315,7 +316,8 @@ impl LogicalCapture {
         let mut next_check = Instant::now() + self.options.health_interval;
         let mut next_tick = Instant::now() + TICK;
         // Whether the loop naps while a batch gathers (see GATHER_NAP): only once the stream
-        // has caught up (the last batch was cut by the linger, not full).
+        // has caught up (the last batch was cut by the linger, not full), and while it is not
+        // lagging (see NAP_MAX_LAG_MICROS).
         let mut nap = false;
         // The events taken without waiting since the last nap.
         let mut taken = 0usize;
@@ -539,13 +541,13 @@ impl LogicalCapture {
     }
 }
 
-/// Waits `delay` (doubling it for next time) unless shutdown comes first; false on shutdown.
 /// How far the replication stream is behind the commits it carries: the server's clock when
 /// it sent a change less its transaction's commit time (a backlog the walsender decodes),
 /// plus the time the change waited on its way here (in socket buffers and the protocol
 /// client's). That wait is the change's transit time (this clock at arrival less the
 /// server's at sending) less the smallest transit time seen in the last [`LAG_WINDOW`] or
-/// two: the clocks' offset plus the network's delay, which is never a backlog.
+/// two: the clocks' offset plus the network's delay, which is never a backlog. After two
+/// windows without a change (an idle stream), it starts afresh from the next one.
 #[derive(Debug, Default)]
 struct Lag {
     /// The smallest transit time of this window and of the one before, and when this one
@@ -560,10 +562,11 @@ impl Lag {
     fn behind(&mut self, commit: i64, sent: i64, arrived: i64, at: Instant) -> i64 {
         let transit = arrived.saturating_sub(sent);
         let (current, previous, started) = self.window.get_or_insert((transit, transit, at));
-        if at.duration_since(*started) >= LAG_WINDOW {
-            *previous = *current;
-            *current = transit;
-            *started = at;
+        let elapsed = at.duration_since(*started);
+        if elapsed >= LAG_WINDOW * 2 {
+            (*previous, *current, *started) = (transit, transit, at);
+        } else if elapsed >= LAG_WINDOW {
+            (*previous, *current, *started) = (*current, transit, at);
         }
         *current = (*current).min(transit);
         let base = (*current).min(*previous);
@@ -581,6 +584,7 @@ fn now_micros() -> i64 {
     since_unix.saturating_sub(PG_EPOCH_MICROS)
 }
 
+/// Waits `delay` (doubling it for next time) unless shutdown comes first; false on shutdown.
 async fn pause<F: Future>(delay: &mut Duration, shutdown: Shutdown<'_, F>) -> bool {
     let wait = *delay;
     *delay = (*delay * 2).min(RETRY_MAX);
@@ -956,9 +960,9 @@ mod tests {
             lag.behind(100, 3_000_100, 3_000_100 + offset, t0),
             3_000_000
         );
-        // Queued 25 ms on the way: behind by that much, though sent at once.
-        let queued = lag.behind(5_000, 5_000, 5_000 + offset + 25_000, t0);
-        assert_eq!(queued, 25_000);
+        // Queued 250 ms on the way: behind by that much, though sent at once.
+        let queued = lag.behind(5_000, 5_000, 5_000 + offset + 250_000, t0);
+        assert_eq!(queued, 250_000);
         assert!(queued > NAP_MAX_LAG_MICROS);
         // A server clock that stepped back is no backlog.
         assert_eq!(lag.behind(9_000, 8_000, 8_000 + offset, t0), 0);
@@ -975,5 +979,8 @@ mod tests {
         assert_eq!(lag.behind(0, 0, 3_000, t0 + LAG_WINDOW), 2_000);
         // Two windows on, the drift is the new offset.
         assert_eq!(lag.behind(0, 0, 3_000, t0 + LAG_WINDOW * 2), 0);
+        // After an idle stream, the first change sets the offset afresh: a clock that
+        // stepped 1 s meanwhile is no lag.
+        assert_eq!(lag.behind(0, 0, 1_003_000, t0 + LAG_WINDOW * 5), 0);
     }
 }
