@@ -117,9 +117,9 @@ const GATHER_FROM: usize = 8;
 const GATHER_ROWS_PER_MS: usize = 16;
 /// The longest pause after a move. Beside 8 writers a move of 70 rows every 4.5 ms became
 /// one of 150 every 9 ms with a 5 ms pause: the listener's CPU per event (its own and its
-/// sessions' in PostgreSQL) fell by 5–26% in two pairs of runs (BENCHMARKS.md); each move
-/// has a fixed cost (its transaction, five round trips, a read of the capture table's
-/// file), and the rest grows with its rows.
+/// sessions' in PostgreSQL) fell by 5–26% in two pairs of runs, and by a median of 25%
+/// with this bound in three (BENCHMARKS.md); each move has a fixed cost (its transaction,
+/// five round trips, a read of the capture table's file), and the rest grows with its rows.
 const GATHER_MAX: Duration = Duration::from_millis(4);
 /// How long a look in a trickle waits for the move under way before claiming beside it.
 const TRICKLE_INGEST_WAIT: Duration = Duration::from_millis(5);
@@ -1215,9 +1215,6 @@ fn may_skip_claim(
 /// How an ingest task ended, as its handle reports it.
 type Joined = Result<Result<Ingested, Error>, tokio::task::JoinError>;
 
-/// The result of an ingest task that ended. A task that did not complete (aborted, or
-/// panicked) reports nothing moved: whatever its statement did on the server is found by
-/// the next claims, and the next step ingests again.
 /// The pause after a look that waited for a move of `moved` rows (0: it claimed without
 /// one): [`TRICKLE_WAIT`], longer by a millisecond per [`GATHER_ROWS_PER_MS`] rows moved,
 /// up to [`GATHER_MAX`].
@@ -1228,6 +1225,9 @@ fn gather_wait(moved: usize) -> Duration {
         .min(GATHER_MAX)
 }
 
+/// The result of an ingest task that ended. A task that did not complete (aborted, or
+/// panicked) reports nothing moved: whatever its statement did on the server is found by
+/// the next claims, and the next step ingests again.
 fn joined(ended: Joined) -> Result<Ingested, Error> {
     ended.unwrap_or_else(|error| {
         tracing::warn!(%error, "an ingest did not complete; it will be retried");
