@@ -321,9 +321,8 @@ impl LogicalCapture {
         let mut nap = false;
         // The events taken without waiting since the last nap.
         let mut taken = 0usize;
-        // The commit time of the transaction being received, how far behind its commits the
-        // stream is, and whether by more than NAP_MAX_LAG_MICROS at the last change.
-        let mut commit_micros = None;
+        // How far behind its commits the stream is, and whether by more than
+        // NAP_MAX_LAG_MICROS at the last change.
         let mut lag = Lag::default();
         let mut lagging = false;
         loop {
@@ -373,16 +372,13 @@ impl LogicalCapture {
                         final_lsn,
                         commit_time_micros,
                         ..
-                    } => {
-                        commit_micros = Some(commit_time_micros);
-                        decoder.begin(final_lsn.0, commit_time_micros);
-                    }
+                    } => decoder.begin(final_lsn.0, commit_time_micros),
                     ReplicationEvent::XLogData {
                         data,
                         server_time_micros,
                         ..
                     } => {
-                        lagging = commit_micros.is_some_and(|commit| {
+                        lagging = decoder.commit_micros().is_some_and(|commit| {
                             lag.behind(commit, server_time_micros, now_micros(), Instant::now())
                                 > NAP_MAX_LAG_MICROS
                         });
@@ -730,6 +726,13 @@ impl Decoder {
             next: 0,
             skip_below,
         });
+    }
+
+    /// The commit time of the transaction being decoded, in µs since 2000-01-01 (as the
+    /// server's replication messages count it).
+    fn commit_micros(&self) -> Option<i64> {
+        let txn = self.txn.as_ref()?;
+        Some(txn.commit_time.timestamp_micros().saturating_sub(PG_EPOCH_MICROS))
     }
 
     fn commit(&mut self, end_lsn: u64) -> Result<(), Error> {
