@@ -732,7 +732,11 @@ impl Decoder {
     /// server's replication messages count it).
     fn commit_micros(&self) -> Option<i64> {
         let txn = self.txn.as_ref()?;
-        Some(txn.commit_time.timestamp_micros().saturating_sub(PG_EPOCH_MICROS))
+        Some(
+            txn.commit_time
+                .timestamp_micros()
+                .saturating_sub(PG_EPOCH_MICROS),
+        )
     }
 
     fn commit(&mut self, end_lsn: u64) -> Result<(), Error> {
